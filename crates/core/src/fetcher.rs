@@ -1,0 +1,251 @@
+//! The `Fetcher` trait: how a module gets from somewhere into a caller's sink.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::{Error, ModuleUrl, Sha256Digest};
+
+/// The default size limit of a module, after unboxing: 256 MiB.
+pub const DEFAULT_MAX_MODULE_SIZE: u64 = 256 * 1024 * 1024;
+
+/// Pull-secret bytes: a Docker `config.json`
+/// (`{"auths":{"<registry>":{"auth":"base64(user:pass)"}}}`).
+///
+/// `Debug` shows only the length; there is no `Display`. Clones share the bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PullSecret(Arc<[u8]>);
+
+impl PullSecret {
+    /// Wraps secret bytes.
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The secret bytes. Never log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PullSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PullSecret(<redacted, {} bytes>)", self.0.len())
+    }
+}
+
+/// One fetch, as the cache asks for it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FetchRequest {
+    /// What to fetch.
+    pub url: ModuleUrl,
+    /// When the whole operation (resolve, connect, redirects, retries, body)
+    /// must be over. A fetcher must not start a request after it.
+    pub deadline: Instant,
+    /// Credentials for the registry, if any.
+    pub pull_secret: Option<PullSecret>,
+    /// Size limit of the module after unboxing; more is an error, never a truncation.
+    pub max_size: u64,
+    /// For content-addressed sources (OCI): fetch exactly the manifest with this
+    /// digest, as returned by [`Fetcher::resolve`] or pinned by the caller.
+    /// Ignored by fetchers whose `resolve` returns `None`.
+    pub digest: Option<Sha256Digest>,
+}
+
+impl FetchRequest {
+    /// A request for `url` that must be over by `deadline`, with no secret,
+    /// the default size limit and no digest.
+    pub fn new(url: ModuleUrl, deadline: Instant) -> Self {
+        Self {
+            url,
+            deadline,
+            pull_secret: None,
+            max_size: DEFAULT_MAX_MODULE_SIZE,
+            digest: None,
+        }
+    }
+
+    /// Sets the pull secret.
+    #[must_use]
+    pub fn with_pull_secret(mut self, secret: Option<PullSecret>) -> Self {
+        self.pull_secret = secret;
+        self
+    }
+
+    /// Sets the size limit.
+    #[must_use]
+    pub fn with_max_size(mut self, max_size: u64) -> Self {
+        self.max_size = max_size;
+        self
+    }
+
+    /// Sets the digest to fetch.
+    #[must_use]
+    pub fn with_digest(mut self, digest: Option<Sha256Digest>) -> Self {
+        self.digest = digest;
+        self
+    }
+
+    /// Time left before the deadline, measured from `now`.
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.deadline.saturating_duration_since(now)
+    }
+
+    /// The timeout error for this request, `elapsed` being the time it was given.
+    pub fn timeout_error(&self, elapsed: Duration) -> Error {
+        Error::Timeout {
+            url: self.url.redacted(),
+            elapsed,
+        }
+    }
+}
+
+/// Where a fetcher writes the module: the unboxed Wasm bytes, in order.
+///
+/// The cache's sink hashes and writes to a temporary file as chunks arrive, so a
+/// fetcher must never buffer the whole module. An error from `write` is final:
+/// the fetcher stops and returns [`Error::Sink`].
+pub trait ModuleSink: Send {
+    /// Takes the next chunk of the module.
+    ///
+    /// # Errors
+    /// Any I/O error (disk full, permissions, a size limit of the sink).
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()>;
+}
+
+impl ModuleSink for Vec<u8> {
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.extend_from_slice(chunk);
+        Ok(())
+    }
+}
+
+impl<S: ModuleSink + ?Sized> ModuleSink for &mut S {
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        (**self).write(chunk)
+    }
+}
+
+/// What a finished fetch reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Fetched {
+    /// Bytes written to the sink.
+    pub size: u64,
+    /// For content-addressed sources, the digest of what was fetched (the OCI
+    /// manifest digest); `None` when the module's own hash is the checksum.
+    pub digest: Option<Sha256Digest>,
+}
+
+impl Fetched {
+    /// A fetch that wrote `size` bytes and reports `digest`.
+    pub fn new(size: u64, digest: Option<Sha256Digest>) -> Self {
+        Self { size, digest }
+    }
+}
+
+/// A source of Wasm modules for one or more URL schemes.
+///
+/// # Contract
+/// - `resolve` is cheap: for content-addressed sources (OCI) it returns the
+///   digest that identifies what `fetch` would write (the manifest digest the
+///   reference names; for an image index, the index's digest) without downloading
+///   the module; other sources return `Ok(None)`. The cache looks the digest up
+///   before downloading anything, so a cached module is not fetched again.
+/// - `fetch` writes the **unboxed** module (gzip/tar removed) into `sink`, chunk
+///   by chunk, with memory bounded by a constant, not by the module's size. With
+///   `req.digest` set, it fetches exactly that digest, or fails.
+/// - More than `req.max_size` bytes is [`Error::TooLarge`]; nothing is truncated.
+/// - Nothing is started after `req.deadline`; an expired deadline is
+///   [`Error::Timeout`] without any request made.
+/// - A URL of a scheme the fetcher does not serve is [`Error::UnsupportedScheme`].
+/// - A sink error stops the fetch and is returned as [`Error::Sink`].
+/// - On error the sink may have received a prefix of the module: the caller
+///   discards it. A fetcher never touches the cache's store.
+/// - Secrets (the pull secret, passwords, tokens, credentials inside URLs) never
+///   appear in errors, logs or `Debug` output.
+///
+/// The `wasm-cache-conformance` crate has a check for each rule; every backend
+/// runs them, and a third-party fetcher can too.
+#[async_trait]
+pub trait Fetcher: Send + Sync + fmt::Debug + 'static {
+    /// The digest that identifies what [`Fetcher::fetch`] would write, if the
+    /// source is content-addressed; `None` otherwise.
+    async fn resolve(&self, req: &FetchRequest) -> Result<Option<Sha256Digest>, Error>;
+
+    /// Writes the module into `sink`.
+    async fn fetch(&self, req: &FetchRequest, sink: &mut dyn ModuleSink) -> Result<Fetched, Error>;
+}
+
+#[async_trait]
+impl<F: Fetcher + ?Sized> Fetcher for Arc<F> {
+    async fn resolve(&self, req: &FetchRequest) -> Result<Option<Sha256Digest>, Error> {
+        (**self).resolve(req).await
+    }
+    async fn fetch(&self, req: &FetchRequest, sink: &mut dyn ModuleSink) -> Result<Fetched, Error> {
+        (**self).fetch(req, sink).await
+    }
+}
+
+/// The Wasm binary magic, `\0asm`.
+pub const WASM_MAGIC: [u8; 4] = [0x00, 0x61, 0x73, 0x6d];
+
+/// Checks the 8-byte Wasm header: the magic and binary version 1.
+///
+/// # Errors
+/// A reason naming what is wrong (too short, bad magic, other version).
+pub fn check_wasm_header(prefix: &[u8]) -> Result<(), String> {
+    if prefix.len() < 8 {
+        return Err(format!(
+            "{} bytes is shorter than the 8-byte Wasm header",
+            prefix.len()
+        ));
+    }
+    if prefix[..4] != WASM_MAGIC {
+        return Err(format!(
+            "bad magic {:02x?}, expected {WASM_MAGIC:02x?}",
+            &prefix[..4]
+        ));
+    }
+    if prefix[4..8] != [1, 0, 0, 0] {
+        return Err(format!(
+            "unsupported Wasm binary version {:02x?}, expected [01, 00, 00, 00]",
+            &prefix[4..8]
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_check() {
+        assert!(check_wasm_header(b"\0asm\x01\0\0\0rest").is_ok());
+        assert!(check_wasm_header(b"\0asm").unwrap_err().contains("shorter"));
+        assert!(
+            check_wasm_header(b"\x7fELF\x01\0\0\0")
+                .unwrap_err()
+                .contains("bad magic")
+        );
+        assert!(
+            check_wasm_header(b"\0asm\x02\0\0\0")
+                .unwrap_err()
+                .contains("version")
+        );
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = PullSecret::new(b"{\"auths\":{\"x\":{\"auth\":\"aHVudGVyMg==\"}}}".to_vec());
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("aHVudGVyMg"), "{shown}");
+        let req = FetchRequest::new(ModuleUrl::parse("oci://a.io/b").unwrap(), Instant::now())
+            .with_pull_secret(Some(s));
+        assert!(!format!("{req:?}").contains("aHVudGVyMg"));
+    }
+}

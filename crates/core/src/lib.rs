@@ -1,0 +1,42 @@
+//! # wasm-cache-core
+//!
+//! The pure heart of wasm-cache: module keys, URL parsing, pull policy, the
+//! checksum index with expiry and LRU selection, and the [`Fetcher`] trait that
+//! backends implement.
+//!
+//! Design choice: this crate does no I/O, reads no clock and needs no async
+//! runtime. Time is a parameter ([`Timestamp`]), so every rule here is
+//! deterministic and property-tested; the crates above it own files, sockets and
+//! clocks.
+//!
+//! ```
+//! use wasm_cache_core::{ModuleUrl, PullPolicy, Sha256Digest};
+//!
+//! let url = ModuleUrl::parse("oci://ghcr.io/org/filter:v1")?;
+//! assert_eq!(url.module_name(), "oci://ghcr.io/org/filter");
+//! // A tagged OCI URL with no policy may reuse a cached checksum...
+//! assert!(PullPolicy::Unspecified.ignores_resource_version(&url));
+//! // ...and checksums are validated before they can name a file.
+//! let sum: Sha256Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse()?;
+//! assert_eq!(sum.file_name().len(), 69);
+//! assert!("../etc/passwd".parse::<Sha256Digest>().is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod digest;
+mod error;
+mod fetcher;
+mod policy;
+pub mod retry;
+mod url;
+
+pub use crate::digest::Sha256Digest;
+pub use crate::error::{BoxError, Error, ErrorKind};
+pub use crate::fetcher::{
+    DEFAULT_MAX_MODULE_SIZE, FetchRequest, Fetched, Fetcher, ModuleSink, PullSecret, WASM_MAGIC,
+    check_wasm_header,
+};
+pub use crate::policy::PullPolicy;
+pub use crate::url::{
+    DOCKER_HUB_REGISTRY, ModuleUrl, OCI_PREFIX, OciReference, Scheme, redact_url,
+};

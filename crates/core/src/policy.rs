@@ -1,0 +1,105 @@
+//! Pull policy and the "ignore the resource version" rule (REFERENCE §3).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Error, ModuleUrl, Scheme};
+
+/// When to pull a module whose URL is not pinned to a checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PullPolicy {
+    /// No policy given (0): OCI behaves as `IfNotPresent` unless the tag is
+    /// `:latest`; http(s) keeps the reference's "always" semantics.
+    #[default]
+    Unspecified,
+    /// Pull only if no module is cached for the URL (1).
+    IfNotPresent,
+    /// Pull whenever the resource version changes (2).
+    Always,
+}
+
+impl PullPolicy {
+    /// The reference's rule (`pullIfNotPresent` in the seed): whether the cached
+    /// checksum of `url` may be used whatever the request's resource version.
+    ///
+    /// | scheme | Unspecified | IfNotPresent | Always |
+    /// |---|---|---|---|
+    /// | oci | yes, unless the URL names `:latest` | yes | no |
+    /// | http/https | no | yes (newer Istio) | no |
+    pub fn ignores_resource_version(self, url: &ModuleUrl) -> bool {
+        match (url.scheme(), self) {
+            (_, Self::Always) => false,
+            (_, Self::IfNotPresent) => true,
+            (Scheme::Oci, Self::Unspecified) => !url.is_latest(),
+            (Scheme::Http | Scheme::Https, Self::Unspecified) => false,
+        }
+    }
+
+    /// The name used on the command line and in config (`if-not-present`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::IfNotPresent => "if-not-present",
+            Self::Always => "always",
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PullPolicy {
+    type Err = Error;
+    /// Accepts `unspecified`, `if-not-present`, `always`, the Kubernetes /
+    /// Istio spellings `IfNotPresent`, `Always`, and the numbers 0, 1, 2.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "" | "unspecified" | "0" => Ok(Self::Unspecified),
+            "ifnotpresent" | "1" => Ok(Self::IfNotPresent),
+            "always" | "2" => Ok(Self::Always),
+            _ => Err(Error::InvalidConfig {
+                reason: format!(
+                    "unknown pull policy {s:?}: expected unspecified, if-not-present or always"
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_of_the_reference() {
+        let oci = ModuleUrl::parse("oci://ghcr.io/a/b:v1").unwrap();
+        let latest = ModuleUrl::parse("oci://ghcr.io/a/b:latest").unwrap();
+        let http = ModuleUrl::parse("https://h.example/a.wasm").unwrap();
+        use PullPolicy::*;
+        assert!(Unspecified.ignores_resource_version(&oci));
+        assert!(!Unspecified.ignores_resource_version(&latest));
+        assert!(IfNotPresent.ignores_resource_version(&latest));
+        assert!(!Always.ignores_resource_version(&oci));
+        assert!(!Unspecified.ignores_resource_version(&http));
+        assert!(IfNotPresent.ignores_resource_version(&http));
+        assert!(!Always.ignores_resource_version(&http));
+    }
+
+    #[test]
+    fn parses_all_spellings() {
+        for (s, p) in [
+            ("IfNotPresent", PullPolicy::IfNotPresent),
+            ("if-not-present", PullPolicy::IfNotPresent),
+            ("Always", PullPolicy::Always),
+            ("0", PullPolicy::Unspecified),
+        ] {
+            assert_eq!(s.parse::<PullPolicy>().unwrap(), p);
+            assert_eq!(p.as_str().parse::<PullPolicy>().unwrap(), p);
+        }
+        let e = "sometimes".parse::<PullPolicy>().unwrap_err().to_string();
+        assert!(e.contains("unknown pull policy \"sometimes\""), "{e}");
+    }
+}

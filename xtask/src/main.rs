@@ -1,0 +1,2 @@
+//! Project automation. Under construction.
+fn main() {}
