@@ -1,4 +1,9 @@
 //! # wasm-cache-testkit
 //!
-//! Test support: a real registry and HTTP server on loopback. Under construction (issue 5): this crate exposes nothing yet,
-//! so nothing can mistake it for a working implementation.
+//! Test support shared by the workspace's tests, the demo and the benchmarks:
+//! sample modules and archives ([`modules`]), a real HTTP(S) server on loopback
+//! (`http`), and a real `docker-registry` (the CNCF distribution server) on
+//! 127.0.0.1 with images pushed in every supported layout (`registry`, `images`).
+//! Not published: it starts processes and servers, which no library should.
+
+pub mod modules;
