@@ -26,6 +26,7 @@
 pub mod digest;
 mod error;
 mod fetcher;
+pub mod index;
 mod policy;
 pub mod retry;
 mod url;
@@ -35,6 +36,9 @@ pub use crate::error::{BoxError, Error, ErrorKind};
 pub use crate::fetcher::{
     DEFAULT_MAX_MODULE_SIZE, FetchRequest, Fetched, Fetcher, ModuleSink, PullSecret, WASM_MAGIC,
     check_wasm_header,
+};
+pub use crate::index::{
+    ChecksumRecord, EntryInfo, Index, IndexEvent, Lookup, LookupRequest, ModuleKey, Timestamp,
 };
 pub use crate::policy::PullPolicy;
 pub use crate::url::{

@@ -1,0 +1,475 @@
+use super::*;
+use proptest::prelude::*;
+
+fn sum(i: u8) -> Sha256Digest {
+    Sha256Digest::from_bytes([i; 32])
+}
+
+fn url(s: &str) -> ModuleUrl {
+    ModuleUrl::parse(s).unwrap()
+}
+
+const URLS: [&str; 6] = [
+    "http://a.example/m.wasm",
+    "https://b.example/m.wasm",
+    "oci://r.io/x:v1",
+    "oci://r.io/x:latest",
+    "oci://r.io/y",
+    "oci://r.io/x@sha256:0101010101010101010101010101010101010101010101010101010101010101",
+];
+
+fn req<'a>(
+    u: &'a ModuleUrl,
+    checksum: Option<Sha256Digest>,
+    rv: &'a str,
+    policy: PullPolicy,
+) -> LookupRequest<'a> {
+    LookupRequest {
+        url: u,
+        checksum,
+        resource_name: "ns/plugin",
+        resource_version: rv,
+        policy,
+    }
+}
+
+#[test]
+fn reference_scenarios_of_the_lookup() {
+    let idx = Index::new();
+    let tagged = url("oci://r.io/x:v1");
+    let t0 = Timestamp(1_000);
+    // Cache miss: nothing known.
+    assert_eq!(
+        idx.lookup(&req(&tagged, None, "1", PullPolicy::Unspecified), t0),
+        Lookup::Miss {
+            name: "oci://r.io/x".into(),
+            expected: None
+        }
+    );
+    // After a pull the tagged URL hits with the same or another version (tag not latest).
+    let key = ModuleKey::new(tagged.module_name(), sum(1));
+    idx.insert(key.clone(), 10, Some(tagged.as_str()), t0);
+    idx.record_checksum(tagged.as_str(), sum(1), "ns/plugin", "1");
+    assert_eq!(
+        idx.lookup(&req(&tagged, None, "2", PullPolicy::Unspecified), t0),
+        Lookup::Hit { key: key.clone() }
+    );
+    // Always with a new version pulls; with the recorded version it does not.
+    assert!(matches!(
+        idx.lookup(&req(&tagged, None, "3", PullPolicy::Always), t0),
+        Lookup::Miss { .. }
+    ));
+    assert_eq!(
+        idx.lookup(&req(&tagged, None, "2", PullPolicy::Always), t0),
+        Lookup::Hit { key: key.clone() }
+    );
+    // ... and the failed "3" was not recorded.
+    assert_eq!(
+        idx.checksum_record(tagged.as_str())
+            .unwrap()
+            .resource_versions["ns/plugin"],
+        "2"
+    );
+    // A pinned checksum hits whatever the policy.
+    assert_eq!(
+        idx.lookup(&req(&tagged, Some(sum(1)), "9", PullPolicy::Always), t0),
+        Lookup::Hit { key: key.clone() }
+    );
+    // A pinned checksum that is not cached is an expected checksum for the fetch.
+    assert_eq!(
+        idx.lookup(&req(&tagged, Some(sum(2)), "9", PullPolicy::Always), t0),
+        Lookup::Miss {
+            name: "oci://r.io/x".into(),
+            expected: Some(sum(2))
+        }
+    );
+    // :latest pulls unless IfNotPresent.
+    let latest = url("oci://r.io/x:latest");
+    idx.insert(key.clone(), 10, Some(latest.as_str()), t0);
+    idx.record_checksum(latest.as_str(), sum(1), "ns/plugin", "1");
+    assert!(matches!(
+        idx.lookup(&req(&latest, None, "2", PullPolicy::Unspecified), t0),
+        Lookup::Miss { .. }
+    ));
+    assert!(matches!(
+        idx.lookup(&req(&latest, None, "2", PullPolicy::IfNotPresent), t0),
+        Lookup::Hit { .. }
+    ));
+    // A digest in the URL is the checksum.
+    let pinned = url(URLS[5]);
+    assert_eq!(
+        idx.lookup(&req(&pinned, None, "", PullPolicy::Always), t0),
+        Lookup::Hit { key }
+    );
+    // http with Unspecified: same version hits, another version pulls.
+    let h = url(URLS[0]);
+    let hk = ModuleKey::new(h.module_name(), sum(3));
+    idx.insert(hk.clone(), 5, Some(h.as_str()), t0);
+    idx.record_checksum(h.as_str(), sum(3), "ns/plugin", "1");
+    assert_eq!(
+        idx.lookup(&req(&h, None, "1", PullPolicy::Unspecified), t0),
+        Lookup::Hit { key: hk }
+    );
+    assert!(matches!(
+        idx.lookup(&req(&h, None, "2", PullPolicy::Unspecified), t0),
+        Lookup::Miss { expected: None, .. }
+    ));
+}
+
+#[test]
+fn other_digest_algorithms_skip_the_cache() {
+    let idx = Index::new();
+    let u =
+        url("oci://r.io/x@sha512:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+    idx.record_checksum(u.as_str(), sum(1), "r", "1");
+    idx.insert(
+        ModuleKey::new(u.module_name(), sum(1)),
+        1,
+        None,
+        Timestamp(0),
+    );
+    assert_eq!(
+        idx.lookup(&req(&u, None, "1", PullPolicy::IfNotPresent), Timestamp(0)),
+        Lookup::Miss {
+            name: "oci://r.io/x".into(),
+            expected: None
+        }
+    );
+}
+
+#[test]
+fn purge_removes_entry_and_its_records_but_keeps_moved_urls() {
+    let idx = Index::new();
+    let a = url(URLS[0]);
+    let k1 = ModuleKey::new(a.module_name(), sum(1));
+    let k2 = ModuleKey::new(a.module_name(), sum(2));
+    idx.insert(k1.clone(), 1, Some(a.as_str()), Timestamp(0));
+    idx.insert(k2.clone(), 1, Some(a.as_str()), Timestamp(10_000));
+    idx.record_checksum(a.as_str(), sum(2), "r", "2");
+    let exp = idx.expired(Timestamp(10_000), Duration::from_secs(5));
+    assert_eq!(exp, vec![k1.clone()]);
+    assert!(
+        idx.remove_if_idle(&k1, Timestamp(10_000), Duration::from_secs(5))
+            .is_some()
+    );
+    // The URL moved on to sum(2): its record stays.
+    assert_eq!(idx.checksum_record(a.as_str()).unwrap().checksum, sum(2));
+    // A touch in between saves an entry from purge.
+    idx.touch(&k2, Timestamp(20_000));
+    assert!(
+        idx.remove_if_idle(&k2, Timestamp(20_001), Duration::from_secs(5))
+            .is_none()
+    );
+    assert!(idx.remove(&k2).is_some());
+    assert_eq!(idx.record_count(), 0);
+}
+
+#[test]
+fn shared_checksums_count_once_and_stay_in_use() {
+    let idx = Index::new();
+    let a = ModuleKey::new("http://a/m.wasm", sum(1));
+    let b = ModuleKey::new("http://b/m.wasm", sum(1));
+    idx.insert(a.clone(), 100, None, Timestamp(0));
+    idx.insert(b.clone(), 100, None, Timestamp(1));
+    assert_eq!(idx.total_bytes(), 100);
+    // Budget 0: both must go, since removing one frees nothing.
+    assert_eq!(
+        idx.select_lru(Timestamp(1_000_000), 0, Duration::ZERO),
+        vec![a.clone(), b]
+    );
+    idx.remove(&a);
+    assert!(idx.checksum_in_use(&sum(1)));
+}
+
+#[test]
+fn events_round_trip() {
+    let idx = Index::new();
+    idx.insert(
+        ModuleKey::new("oci://r.io/x", sum(1)),
+        7,
+        Some("oci://r.io/x:v1"),
+        Timestamp(5),
+    );
+    idx.insert(
+        ModuleKey::new("oci://r.io/x", sum(2)),
+        9,
+        None,
+        Timestamp(6),
+    );
+    idx.record_checksum("oci://r.io/x:v1", sum(1), "a", "1");
+    idx.record_checksum("oci://r.io/x:v1", sum(1), "b", "4");
+    let replayed = Index::new();
+    for e in idx.to_events() {
+        let json = serde_json::to_string(&e).unwrap();
+        replayed.apply(&serde_json::from_str(&json).unwrap());
+    }
+    assert_eq!(replayed.entries(), idx.entries());
+    assert_eq!(
+        replayed.checksum_record("oci://r.io/x:v1"),
+        idx.checksum_record("oci://r.io/x:v1")
+    );
+}
+
+// ---- Model-based test -------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Advance(u64),
+    /// The size is a function of the checksum, as it is for real content.
+    Insert {
+        url: usize,
+        sum: u8,
+    },
+    Touch {
+        url: usize,
+        sum: u8,
+    },
+    Lookup {
+        url: usize,
+        sum: Option<u8>,
+        rv: u8,
+        policy: u8,
+    },
+    Record {
+        url: usize,
+        sum: u8,
+        rv: u8,
+    },
+    Remove {
+        url: usize,
+        sum: u8,
+    },
+    Purge {
+        expiry: u64,
+    },
+    Evict {
+        budget: u64,
+        grace: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let u = 0..URLS.len();
+    prop_oneof![
+        (0u64..5_000).prop_map(Op::Advance),
+        (u.clone(), 1u8..5).prop_map(|(url, sum)| Op::Insert { url, sum }),
+        (u.clone(), 1u8..5).prop_map(|(url, sum)| Op::Touch { url, sum }),
+        (u.clone(), proptest::option::of(1u8..5), 0u8..3, 0u8..3).prop_map(
+            |(url, sum, rv, policy)| Op::Lookup {
+                url,
+                sum,
+                rv,
+                policy
+            }
+        ),
+        (u.clone(), 1u8..5, 0u8..3).prop_map(|(url, sum, rv)| Op::Record { url, sum, rv }),
+        (u, 1u8..5).prop_map(|(url, sum)| Op::Remove { url, sum }),
+        (0u64..8_000).prop_map(|expiry| Op::Purge { expiry }),
+        (0u64..300, 0u64..4_000).prop_map(|(budget, grace)| Op::Evict { budget, grace }),
+    ]
+}
+
+/// The tiny reference model: ordered maps and the rules written out plainly.
+#[derive(Default)]
+struct Model {
+    modules: BTreeMap<ModuleKey, (u64, u64, BTreeSet<String>)>,
+    records: BTreeMap<String, (Sha256Digest, BTreeMap<String, String>)>,
+}
+
+impl Model {
+    fn remove(&mut self, key: &ModuleKey) -> bool {
+        let Some((_, _, urls)) = self.modules.remove(key) else {
+            return false;
+        };
+        for u in urls {
+            if self.records.get(&u).is_some_and(|r| r.0 == key.checksum) {
+                self.records.remove(&u);
+            }
+        }
+        true
+    }
+
+    fn lookup(
+        &mut self,
+        u: &ModuleUrl,
+        checksum: Option<Sha256Digest>,
+        rv: &str,
+        policy: PullPolicy,
+        now: u64,
+    ) -> Lookup {
+        let name = u.module_name();
+        let pinned = checksum.or(u.pinned_digest());
+        let mut chosen = pinned;
+        if chosen.is_none() && !u.has_digest() {
+            if let Some((c, versions)) = self.records.get_mut(u.as_str()) {
+                let same = versions.get("r").map(String::as_str) == Some(rv);
+                if policy.ignores_resource_version(u) || same {
+                    versions.insert("r".into(), rv.into());
+                    chosen = Some(*c);
+                }
+            }
+        }
+        if let Some(c) = chosen {
+            let key = ModuleKey::new(name.clone(), c);
+            if let Some(m) = self.modules.get_mut(&key) {
+                m.1 = m.1.max(now);
+                return Lookup::Hit { key };
+            }
+        }
+        Lookup::Miss {
+            name,
+            expected: pinned,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        let per_sum: BTreeMap<_, _> = self
+            .modules
+            .iter()
+            .map(|(k, v)| (k.checksum, v.0))
+            .collect();
+        per_sum.values().sum()
+    }
+}
+
+fn policy(p: u8) -> PullPolicy {
+    [
+        PullPolicy::Unspecified,
+        PullPolicy::IfNotPresent,
+        PullPolicy::Always,
+    ][usize::from(p % 3)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn index_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let idx = Index::new();
+        let mut model = Model::default();
+        let urls: Vec<ModuleUrl> = URLS.iter().map(|s| url(s)).collect();
+        let mut now = 1_000u64;
+        for op in ops {
+            match op {
+                Op::Advance(ms) => now += ms,
+                Op::Insert { url: i, sum: s } => {
+                    let size = u64::from(s) * 23;
+                    let key = ModuleKey::new(urls[i].module_name(), sum(s));
+                    let new = idx.insert(key.clone(), size, Some(urls[i].as_str()), Timestamp(now));
+                    let m = model.modules.entry(key).or_insert((size, now, BTreeSet::new()));
+                    prop_assert_eq!(new, m.2.is_empty() && m.1 == now && m.0 == size);
+                    m.0 = size;
+                    m.1 = m.1.max(now);
+                    m.2.insert(urls[i].as_str().to_owned());
+                }
+                Op::Touch { url: i, sum: s } => {
+                    let key = ModuleKey::new(urls[i].module_name(), sum(s));
+                    let hit = model.modules.get_mut(&key).map(|m| m.1 = m.1.max(now)).is_some();
+                    prop_assert_eq!(idx.touch(&key, Timestamp(now)), hit);
+                }
+                Op::Lookup { url: i, sum: s, rv, policy: p } => {
+                    let rv = rv.to_string();
+                    let got = idx.lookup(&LookupRequest {
+                        url: &urls[i], checksum: s.map(sum), resource_name: "r",
+                        resource_version: &rv, policy: policy(p),
+                    }, Timestamp(now));
+                    prop_assert_eq!(got, model.lookup(&urls[i], s.map(sum), &rv, policy(p), now));
+                }
+                Op::Record { url: i, sum: s, rv } => {
+                    idx.record_checksum(urls[i].as_str(), sum(s), "r", &rv.to_string());
+                    let r = model.records.entry(urls[i].as_str().to_owned()).or_insert((sum(s), BTreeMap::new()));
+                    r.0 = sum(s);
+                    r.1.insert("r".into(), rv.to_string());
+                }
+                Op::Remove { url: i, sum: s } => {
+                    let key = ModuleKey::new(urls[i].module_name(), sum(s));
+                    prop_assert_eq!(idx.remove(&key).is_some(), model.remove(&key));
+                }
+                Op::Purge { expiry } => {
+                    let expiry_d = Duration::from_millis(expiry);
+                    let want: Vec<ModuleKey> = model.modules.iter()
+                        .filter(|(_, v)| now.saturating_sub(v.1) > expiry)
+                        .map(|(k, _)| k.clone()).collect();
+                    let got = idx.expired(Timestamp(now), expiry_d);
+                    prop_assert_eq!(&got, &want);
+                    for k in &got {
+                        prop_assert!(idx.remove_if_idle(k, Timestamp(now), expiry_d).is_some());
+                        model.remove(k);
+                    }
+                    // Purge never removes an entry used within the expiry.
+                    for e in idx.entries() {
+                        prop_assert!(now.saturating_sub(e.last_use.0) <= expiry);
+                    }
+                }
+                Op::Evict { budget, grace } => {
+                    let grace_d = Duration::from_millis(grace);
+                    let chosen = idx.select_lru(Timestamp(now), budget, grace_d);
+                    let in_grace = |last: u64| now.saturating_sub(last) < grace;
+                    for k in &chosen {
+                        let (_, last, _) = model.modules[k];
+                        prop_assert!(!in_grace(last), "picked a grace-protected entry");
+                        // LRU: nothing left behind (outside grace) is older.
+                        for (other, (_, olast, _)) in &model.modules {
+                            if !chosen.contains(other) && !in_grace(*olast) {
+                                prop_assert!(*olast >= last, "{:?} older than chosen {:?}", other, k);
+                            }
+                        }
+                    }
+                    // Minimal: without the last pick the budget would not hold.
+                    if let Some((last_pick, rest)) = chosen.split_last() {
+                        let mut m2 = Model { modules: model.modules.clone(), records: BTreeMap::new() };
+                        for k in rest { m2.remove(k); }
+                        prop_assert!(m2.total() > budget);
+                        let _ = last_pick;
+                    }
+                    for k in &chosen {
+                        prop_assert!(idx.remove(k).is_some());
+                        model.remove(k);
+                    }
+                    // Within budget unless only grace-protected entries remain.
+                    let all_protected = model.modules.values().all(|(_, l, _)| in_grace(*l));
+                    prop_assert!(model.total() <= budget || all_protected);
+                    prop_assert_eq!(idx.total_bytes(), model.total());
+                }
+            }
+            // Compare the whole state after every step.
+            let entries: Vec<(ModuleKey, u64, u64, BTreeSet<String>)> = idx.entries().into_iter()
+                .map(|e| (e.key, e.size, e.last_use.0, e.urls)).collect();
+            let want: Vec<(ModuleKey, u64, u64, BTreeSet<String>)> = model.modules.iter()
+                .map(|(k, (s, l, u))| (k.clone(), *s, *l, u.clone())).collect();
+            prop_assert_eq!(entries, want);
+            for u in URLS {
+                let got = idx.checksum_record(u).map(|r| (r.checksum, r.resource_versions));
+                prop_assert_eq!(got, model.records.get(u).cloned());
+            }
+        }
+        // Replaying the events gives the same index.
+        let replayed = Index::new();
+        for e in idx.to_events() { replayed.apply(&e); }
+        prop_assert_eq!(replayed.entries(), idx.entries());
+    }
+
+    #[test]
+    fn a_pinned_checksum_makes_the_policy_irrelevant(
+        ops in proptest::collection::vec(op(), 0..30),
+        i in 0..URLS.len(), s in 1u8..5, rv in 0u8..3,
+    ) {
+        let idx = Index::new();
+        let urls: Vec<ModuleUrl> = URLS.iter().map(|s| url(s)).collect();
+        for op in ops {
+            match op {
+                Op::Insert { url: i, sum: s } => {
+                    idx.insert(ModuleKey::new(urls[i].module_name(), sum(s)), u64::from(s) * 23, Some(urls[i].as_str()), Timestamp(0));
+                }
+                Op::Record { url: i, sum: s, rv } => idx.record_checksum(urls[i].as_str(), sum(s), "r", &rv.to_string()),
+                _ => {}
+            }
+        }
+        let rv = rv.to_string();
+        let answers: Vec<Lookup> = [0u8, 1, 2].iter().flat_map(|p| ["0", "1", rv.as_str()].map(|v| {
+            idx.lookup(&LookupRequest { url: &urls[i], checksum: Some(sum(s)), resource_name: "r",
+                resource_version: v, policy: policy(*p) }, Timestamp(0))
+        })).collect();
+        prop_assert!(answers.windows(2).all(|w| w[0] == w[1]), "{:?}", answers);
+    }
+}
