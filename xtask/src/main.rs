@@ -1,2 +1,164 @@
-//! Project automation. Under construction.
-fn main() {}
+//! Project automation: `cargo xtask <command>`.
+//!
+//! - `ci`: what CI runs, and the README's test command: installs the services the
+//!   tests need (Debian's `docker-registry`, `apache2-utils`) when missing, then
+//!   runs `cargo fmt --check`, `cargo clippy --all-targets -D warnings`, rustdoc
+//!   with warnings denied, and the whole test suite, last, so the output ends
+//!   with cargo's test summary lines.
+//! - `demo`: the main job end to end on this machine, with no outside network.
+//! - `bench`: the benchmark table.
+//! - `deps`: only the service installation step of `ci`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let root = project_root();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(&root),
+        Some("deps") => ensure_system_packages(),
+        Some("demo") => not_yet("demo", "issue 7 (the wasm-cache command)"),
+        Some("bench") => not_yet("bench", "issue 8 (benchmarks)"),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|demo|bench|deps>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn not_yet(what: &str, needs: &str) -> Result {
+    Err(format!(
+        "`cargo xtask {what}` is not available yet: it needs {needs}"
+    ))
+}
+
+/// The workspace root, from this crate's manifest directory.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result {
+    eprintln!("xtask: {what}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what}: failed ({status})"))
+    }
+}
+
+fn ci(root: &Path) -> Result {
+    ensure_system_packages()?;
+    run(
+        "cargo fmt --check",
+        cargo()
+            .current_dir(root)
+            .args(["fmt", "--all", "--", "--check"]),
+    )?;
+    run(
+        "cargo clippy",
+        cargo().current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "cargo doc",
+        cargo()
+            .current_dir(root)
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args(["doc", "--workspace", "--no-deps", "--locked"]),
+    )?;
+    // Last, so the output ends with cargo's test summary lines.
+    run(
+        "cargo test",
+        cargo()
+            .current_dir(root)
+            .args(["test", "--workspace", "--locked"]),
+    )
+}
+
+/// Binaries the tests need, and the Debian package that provides each.
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[
+    ("docker-registry", "docker-registry"),
+    ("htpasswd", "apache2-utils"),
+];
+
+fn on_path(bin: &str) -> bool {
+    env::var_os("PATH").is_some_and(|p| env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// Installs missing packages with apt (idempotent: nothing happens when every
+/// binary is present). Needs root, as on CI and on a fresh Debian machine.
+fn ensure_system_packages() -> Result {
+    let missing: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut c = if is_root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(
+        "apt-get update",
+        apt(&["update", "-qq"]).arg("-o=Dpkg::Use-Pty=0"),
+    )?;
+    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    run(
+        &format!("apt-get install {}", missing.join(" ")),
+        &mut install,
+    )?;
+    // The Debian package may start a system registry on :5000 where an init
+    // system runs; the tests start their own on free ports and do not use it.
+    let still: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(b, _)| *b)
+        .collect();
+    if still.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("still missing after install: {}", still.join(", ")))
+    }
+}
