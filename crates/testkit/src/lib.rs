@@ -6,4 +6,6 @@
 //! 127.0.0.1 with images pushed in every supported layout (`registry`, `images`).
 //! Not published: it starts processes and servers, which no library should.
 
+pub mod images;
 pub mod modules;
+pub mod registry;
