@@ -61,6 +61,10 @@ impl ModuleKey {
 pub struct EntryInfo {
     /// The entry's key.
     pub key: ModuleKey,
+    /// The sha256 of the module's bytes, which names its file in the store.
+    /// Equal to the key's checksum for http(s); for OCI the key holds the
+    /// manifest digest instead.
+    pub content: Sha256Digest,
     /// The module's size in bytes.
     pub size: u64,
     /// When the entry was last handed out or stored.
@@ -86,6 +90,7 @@ impl Default for Sha256Digest {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    content: Sha256Digest,
     size: u64,
     last_use: Timestamp,
     urls: BTreeSet<String>,
@@ -134,6 +139,8 @@ pub enum IndexEvent {
     Insert {
         /// The entry's key.
         key: ModuleKey,
+        /// The sha256 of the module's bytes.
+        content: Sha256Digest,
         /// Its size.
         size: u64,
         /// The URL that led to it, if any.
@@ -189,12 +196,12 @@ impl Index {
         self.modules.is_empty()
     }
 
-    /// Total size of all entries, counting a checksum shared by several
-    /// entries once (the store keeps one file per checksum).
+    /// Total size of all entries, counting content shared by several entries
+    /// once (the store keeps one file per content digest).
     pub fn total_bytes(&self) -> u64 {
         let mut seen = BTreeMap::new();
         for e in &self.modules {
-            seen.insert(e.key().checksum, e.value().size);
+            seen.insert(e.value().content, e.value().size);
         }
         seen.values().sum()
     }
@@ -271,23 +278,38 @@ impl Index {
         self.modules.get(key).map(|e| info(key, e.value()))
     }
 
-    /// Whether any entry has this checksum (then its file is still needed).
-    pub fn checksum_in_use(&self, checksum: &Sha256Digest) -> bool {
-        self.modules.iter().any(|e| e.key().checksum == *checksum)
+    /// Whether any entry's module has this content digest (then its file is
+    /// still needed).
+    pub fn content_in_use(&self, content: &Sha256Digest) -> bool {
+        self.modules.iter().any(|e| e.value().content == *content)
     }
 
-    /// Adds or refreshes an entry: sets its size, touches it, and adds `url` to
-    /// its referencing URLs. Returns true when the entry is new.
-    pub fn insert(&self, key: ModuleKey, size: u64, url: Option<&str>, now: Timestamp) -> bool {
+    /// The content digest of the entry under `key` (touching nothing).
+    pub fn content_of(&self, key: &ModuleKey) -> Option<Sha256Digest> {
+        self.modules.get(key).map(|e| e.content)
+    }
+
+    /// Adds or refreshes an entry: sets its content and size, touches it, and
+    /// adds `url` to its referencing URLs. Returns true when the entry is new.
+    pub fn insert(
+        &self,
+        key: ModuleKey,
+        content: Sha256Digest,
+        size: u64,
+        url: Option<&str>,
+        now: Timestamp,
+    ) -> bool {
         let mut new = false;
         let mut e = self.modules.entry(key).or_insert_with(|| {
             new = true;
             Entry {
+                content,
                 size,
                 last_use: now,
                 urls: BTreeSet::new(),
             }
         });
+        e.content = content;
         e.size = size;
         e.last_use = e.last_use.max(now);
         if let Some(u) = url {
@@ -369,29 +391,36 @@ impl Index {
     /// within `grace` of `now`. Oldest first. If only grace-protected entries
     /// remain, the total may stay above the budget.
     pub fn select_lru(&self, now: Timestamp, budget: u64, grace: Duration) -> Vec<ModuleKey> {
-        let mut entries: Vec<(Timestamp, ModuleKey, u64)> = self
+        let mut entries: Vec<(Timestamp, ModuleKey, Sha256Digest, u64)> = self
             .modules
             .iter()
-            .map(|e| (e.value().last_use, e.key().clone(), e.value().size))
+            .map(|e| {
+                (
+                    e.value().last_use,
+                    e.key().clone(),
+                    e.value().content,
+                    e.value().size,
+                )
+            })
             .collect();
         entries.sort();
-        // Bytes per checksum and how many entries share it: a file is freed
-        // only when its last entry goes.
+        // Bytes per content digest and how many entries share it: a file is
+        // freed only when its last entry goes.
         let mut sharing: BTreeMap<Sha256Digest, (u64, usize)> = BTreeMap::new();
-        for (_, k, size) in &entries {
-            let s = sharing.entry(k.checksum).or_insert((*size, 0));
+        for (_, _, content, size) in &entries {
+            let s = sharing.entry(*content).or_insert((*size, 0));
             s.1 += 1;
         }
         let mut total: u64 = sharing.values().map(|(s, _)| s).sum();
         let mut out = Vec::new();
-        for (last, key, _) in entries {
+        for (last, key, content, _) in entries {
             if total <= budget {
                 break;
             }
             if now.since(last) < grace {
                 continue;
             }
-            if let Some(s) = sharing.get_mut(&key.checksum) {
+            if let Some(s) = sharing.get_mut(&content) {
                 s.1 -= 1;
                 if s.1 == 0 {
                     total -= s.0;
@@ -416,8 +445,14 @@ impl Index {
     /// Applies a persisted change.
     pub fn apply(&self, event: &IndexEvent) {
         match event {
-            IndexEvent::Insert { key, size, url, at } => {
-                self.insert(key.clone(), *size, url.as_deref(), *at);
+            IndexEvent::Insert {
+                key,
+                content,
+                size,
+                url,
+                at,
+            } => {
+                self.insert(key.clone(), *content, *size, url.as_deref(), *at);
             }
             IndexEvent::Touch { key, at } => {
                 self.touch(key, *at);
@@ -441,6 +476,7 @@ impl Index {
         for e in self.entries() {
             out.push(IndexEvent::Insert {
                 key: e.key.clone(),
+                content: e.content,
                 size: e.size,
                 url: None,
                 at: e.last_use,
@@ -448,6 +484,7 @@ impl Index {
             for u in e.urls {
                 out.push(IndexEvent::Insert {
                     key: e.key.clone(),
+                    content: e.content,
                     size: e.size,
                     url: Some(u),
                     at: e.last_use,
@@ -477,6 +514,7 @@ impl Index {
 fn info(key: &ModuleKey, e: &Entry) -> EntryInfo {
     EntryInfo {
         key: key.clone(),
+        content: e.content,
         size: e.size,
         last_use: e.last_use,
         urls: e.urls.clone(),

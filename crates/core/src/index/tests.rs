@@ -48,7 +48,7 @@ fn reference_scenarios_of_the_lookup() {
     );
     // After a pull the tagged URL hits with the same or another version (tag not latest).
     let key = ModuleKey::new(tagged.module_name(), sum(1));
-    idx.insert(key.clone(), 10, Some(tagged.as_str()), t0);
+    idx.insert(key.clone(), sum(1), 10, Some(tagged.as_str()), t0);
     idx.record_checksum(tagged.as_str(), sum(1), "ns/plugin", "1");
     assert_eq!(
         idx.lookup(&req(&tagged, None, "2", PullPolicy::Unspecified), t0),
@@ -85,7 +85,7 @@ fn reference_scenarios_of_the_lookup() {
     );
     // :latest pulls unless IfNotPresent.
     let latest = url("oci://r.io/x:latest");
-    idx.insert(key.clone(), 10, Some(latest.as_str()), t0);
+    idx.insert(key.clone(), sum(1), 10, Some(latest.as_str()), t0);
     idx.record_checksum(latest.as_str(), sum(1), "ns/plugin", "1");
     assert!(matches!(
         idx.lookup(&req(&latest, None, "2", PullPolicy::Unspecified), t0),
@@ -104,7 +104,7 @@ fn reference_scenarios_of_the_lookup() {
     // http with Unspecified: same version hits, another version pulls.
     let h = url(URLS[0]);
     let hk = ModuleKey::new(h.module_name(), sum(3));
-    idx.insert(hk.clone(), 5, Some(h.as_str()), t0);
+    idx.insert(hk.clone(), sum(3), 5, Some(h.as_str()), t0);
     idx.record_checksum(h.as_str(), sum(3), "ns/plugin", "1");
     assert_eq!(
         idx.lookup(&req(&h, None, "1", PullPolicy::Unspecified), t0),
@@ -124,6 +124,7 @@ fn other_digest_algorithms_skip_the_cache() {
     idx.record_checksum(u.as_str(), sum(1), "r", "1");
     idx.insert(
         ModuleKey::new(u.module_name(), sum(1)),
+        sum(1),
         1,
         None,
         Timestamp(0),
@@ -143,8 +144,8 @@ fn purge_removes_entry_and_its_records_but_keeps_moved_urls() {
     let a = url(URLS[0]);
     let k1 = ModuleKey::new(a.module_name(), sum(1));
     let k2 = ModuleKey::new(a.module_name(), sum(2));
-    idx.insert(k1.clone(), 1, Some(a.as_str()), Timestamp(0));
-    idx.insert(k2.clone(), 1, Some(a.as_str()), Timestamp(10_000));
+    idx.insert(k1.clone(), sum(1), 1, Some(a.as_str()), Timestamp(0));
+    idx.insert(k2.clone(), sum(2), 1, Some(a.as_str()), Timestamp(10_000));
     idx.record_checksum(a.as_str(), sum(2), "r", "2");
     let exp = idx.expired(Timestamp(10_000), Duration::from_secs(5));
     assert_eq!(exp, vec![k1.clone()]);
@@ -169,8 +170,8 @@ fn shared_checksums_count_once_and_stay_in_use() {
     let idx = Index::new();
     let a = ModuleKey::new("http://a/m.wasm", sum(1));
     let b = ModuleKey::new("http://b/m.wasm", sum(1));
-    idx.insert(a.clone(), 100, None, Timestamp(0));
-    idx.insert(b.clone(), 100, None, Timestamp(1));
+    idx.insert(a.clone(), sum(1), 100, None, Timestamp(0));
+    idx.insert(b.clone(), sum(1), 100, None, Timestamp(1));
     assert_eq!(idx.total_bytes(), 100);
     // Budget 0: both must go, since removing one frees nothing.
     assert_eq!(
@@ -178,7 +179,7 @@ fn shared_checksums_count_once_and_stay_in_use() {
         vec![a.clone(), b]
     );
     idx.remove(&a);
-    assert!(idx.checksum_in_use(&sum(1)));
+    assert!(idx.content_in_use(&sum(1)));
 }
 
 #[test]
@@ -186,12 +187,14 @@ fn events_round_trip() {
     let idx = Index::new();
     idx.insert(
         ModuleKey::new("oci://r.io/x", sum(1)),
+        sum(7),
         7,
         Some("oci://r.io/x:v1"),
         Timestamp(5),
     );
     idx.insert(
         ModuleKey::new("oci://r.io/x", sum(2)),
+        sum(9),
         9,
         None,
         Timestamp(6),
@@ -326,10 +329,16 @@ impl Model {
         let per_sum: BTreeMap<_, _> = self
             .modules
             .iter()
-            .map(|(k, v)| (k.checksum, v.0))
+            .map(|(k, v)| (content(k.checksum.as_bytes()[0]), v.0))
             .collect();
         per_sum.values().sum()
     }
+}
+
+/// The content digest behind checksum `s`: several checksums share content,
+/// as OCI manifests of one module pushed twice do.
+fn content(s: u8) -> Sha256Digest {
+    sum(100 + s % 3)
 }
 
 fn policy(p: u8) -> PullPolicy {
@@ -353,9 +362,9 @@ proptest! {
             match op {
                 Op::Advance(ms) => now += ms,
                 Op::Insert { url: i, sum: s } => {
-                    let size = u64::from(s) * 23;
+                    let size = u64::from(content(s).as_bytes()[0]) * 23;
                     let key = ModuleKey::new(urls[i].module_name(), sum(s));
-                    let new = idx.insert(key.clone(), size, Some(urls[i].as_str()), Timestamp(now));
+                    let new = idx.insert(key.clone(), content(s), size, Some(urls[i].as_str()), Timestamp(now));
                     let m = model.modules.entry(key).or_insert((size, now, BTreeSet::new()));
                     prop_assert_eq!(new, m.2.is_empty() && m.1 == now && m.0 == size);
                     m.0 = size;
@@ -434,7 +443,7 @@ proptest! {
             }
             // Compare the whole state after every step.
             let entries: Vec<(ModuleKey, u64, u64, BTreeSet<String>)> = idx.entries().into_iter()
-                .map(|e| (e.key, e.size, e.last_use.0, e.urls)).collect();
+                .map(|e| { assert_eq!(e.content, content(e.key.checksum.as_bytes()[0])); (e.key, e.size, e.last_use.0, e.urls) }).collect();
             let want: Vec<(ModuleKey, u64, u64, BTreeSet<String>)> = model.modules.iter()
                 .map(|(k, (s, l, u))| (k.clone(), *s, *l, u.clone())).collect();
             prop_assert_eq!(entries, want);
@@ -459,7 +468,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Insert { url: i, sum: s } => {
-                    idx.insert(ModuleKey::new(urls[i].module_name(), sum(s)), u64::from(s) * 23, Some(urls[i].as_str()), Timestamp(0));
+                    idx.insert(ModuleKey::new(urls[i].module_name(), sum(s)), content(s), 23, Some(urls[i].as_str()), Timestamp(0));
                 }
                 Op::Record { url: i, sum: s, rv } => idx.record_checksum(urls[i].as_str(), sum(s), "r", &rv.to_string()),
                 _ => {}
