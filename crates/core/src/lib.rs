@@ -29,6 +29,7 @@ mod fetcher;
 pub mod index;
 mod policy;
 pub mod retry;
+pub mod unbox;
 mod url;
 
 pub use crate::digest::Sha256Digest;
