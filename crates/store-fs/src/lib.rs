@@ -1,4 +1,135 @@
 //! # wasm-store-fs
 //!
-//! A crash-safe, content-addressed module store. Under construction (issue 3): this crate exposes nothing yet,
-//! so nothing can mistake it for a working implementation.
+//! The module store of wasm-cache: a directory of Wasm modules named by their
+//! sha256 (`<dir>/<hex>.wasm`, the reference's layout), written so that a crash,
+//! a full disk or a concurrent delete never leaves a wrong file under a
+//! module's name, plus a small crash-safe [`Journal`] the cache uses to keep its
+//! own metadata (URLs, last use) across restarts.
+//!
+//! Why: the reference writes straight to the final path, so a crash mid-write
+//! leaves a truncated module that Envoy will be handed later, and it forgets
+//! everything on restart. Here a module appears at its final path only complete,
+//! checked and durable, and [`FsStore::open`] rebuilds the list of modules from
+//! the directory.
+//!
+//! ```
+//! use wasm_cache_core::ModuleSink;
+//! use wasm_store_fs::FsStore;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let (store, report) = FsStore::open(dir.path())?;
+//! assert_eq!(report.modules, 0);
+//!
+//! // Stream a module in, chunk by chunk (a fetcher does this through `&mut dyn ModuleSink`).
+//! let mut ingest = store.ingest(None, 1024 * 1024)?;
+//! ingest.write(b"\0asm\x01\0\0\0")?;
+//! ingest.write(b"...sections...")?;
+//! let committed = ingest.commit()?;
+//! assert_eq!(committed.path, store.path_of(&committed.digest));
+//! assert!(store.contains(&committed.digest));
+//!
+//! // After a restart the module is listed again, unverified until re-hashed once.
+//! drop(store);
+//! let (store, report) = FsStore::open(dir.path())?;
+//! assert_eq!(report.modules, 1);
+//! assert!(!store.list()[0].verified);
+//! assert!(store.verify(&committed.digest)?);
+//! assert!(store.get(&committed.digest).unwrap().verified);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Crash-safety protocol of an ingest
+//!
+//! 1. [`FsStore::ingest`] creates `.tmp-<random>-<n>.wasm.partial` in the store
+//!    directory with `O_CREAT|O_EXCL`. Temporary names start with `.` and end in
+//!    `.partial`; final names are 64 hex digits plus `.wasm`, so the two patterns
+//!    can never match the same name.
+//! 2. Each chunk is checked against the size limit (the chunk that crosses it
+//!    fails), hashed with SHA-256 and written through a fixed 64 KiB buffer.
+//!    Memory does not depend on the module's size.
+//! 3. [`Ingest::commit`] checks the digest against the expected one and the
+//!    8-byte Wasm header (`00 61 73 6d 01 00 00 00`, via
+//!    [`wasm_cache_core::check_wasm_header`]), flushes and `fsync`s the temporary file.
+//! 4. Under the digest's lock: if a *verified* file of the same digest and size
+//!    is already in place, it is kept untouched and the temporary file deleted
+//!    ([`Committed::already_present`]). Otherwise the temporary file is
+//!    `rename`d onto `<hex>.wasm` (atomic: readers see the old file or the new
+//!    one, never a partial one), then the directory is `fsync`ed so the new
+//!    name is durable.
+//! 5. Any failure before the rename, and dropping an [`Ingest`] without
+//!    committing, deletes the temporary file. A crash (even `SIGKILL` or power
+//!    loss) leaves at most a temporary file, which the next [`FsStore::open`]
+//!    deletes. A file at a final name was therefore complete and checked when
+//!    it got there.
+//!
+//! Disk full (`ENOSPC`) or permission errors surface as [`StoreError::Io`]
+//! naming the operation and the path (`creating temporary file in /x: ...`,
+//! `writing temporary file /x/.tmp-...: No space left on device`), with
+//! [`StoreError::is_no_space`] / [`StoreError::kind`]; the store is left as it
+//! was.
+//!
+//! ## Recovery and lazy verification
+//!
+//! [`FsStore::open`] lists the directory: every regular file named
+//! `<64 lowercase hex>.wasm` becomes a module with its size and modification
+//! time (the cache's fallback for "last use" when its journal has nothing
+//! later); temporary files are deleted; other `*.wasm` entries (upper-case or
+//! short names, symlinks, directories) are ignored, reported in
+//! [`RecoveryReport::ignored`] and never listed.
+//!
+//! **Decision: verification is lazy.** Open reads no content, so it stays a
+//! `readdir` plus one `stat` per file (10,000 modules open in milliseconds).
+//! Every recovered module is marked unverified ([`StoredModule::verified`] is
+//! `false`); the cache calls [`FsStore::verify`] (a full streaming re-hash plus
+//! the header check) once before it first serves a recovered module, and
+//! removes it if that fails. Modules ingested by this process are verified by
+//! construction. [`FsStore::verify_all`] re-hashes everything, and with
+//! `repair` deletes mismatching files. The trade-off: a corrupted file costs one
+//! re-hash on first use instead of slowing every start-up by the size of the
+//! whole cache.
+//!
+//! ## Concurrency
+//!
+//! [`FsStore`] is `Send + Sync` and cheap to clone. Operations that change a
+//! final name ([`Ingest::commit`]'s install step, [`FsStore::remove`],
+//! [`FsStore::verify`]'s update, `verify_all`'s repair) take a lock chosen by
+//! the digest (64 stripes); writing and hashing a module happen outside it.
+//!
+//! Invariant: whenever no lock is held, the index has an entry for a digest if
+//! and only if `<hex>.wasm` exists (unless someone else touches the directory),
+//! and a file written by this store holds bytes hashing to its name. A remove
+//! racing an ingest of the same digest is serialised with the ingest's
+//! exists-check-and-rename: either the remove runs first (and the ingest then
+//! installs the file), or the ingest installs first (and the remove then
+//! deletes it). There is no third outcome such as an index entry without a
+//! file or a file deleted between the check and the rename. Deciding which
+//! order is wanted is the cache's job (it serialises `get` and eviction per key).
+//!
+//! A directory must be opened by one [`FsStore`] at a time (one process): the
+//! locks are in memory and opening deletes temporary files.
+//!
+//! ## Journal format
+//!
+//! [`Journal<T>`] stores records of any `T: Serialize + DeserializeOwned`, one
+//! per line: `<crc32 of the JSON as 8 lowercase hex> <compact JSON>\n`.
+//! [`Journal::append`] writes the whole line with one `write` on an `O_APPEND`
+//! descriptor and `fdatasync`s. [`Journal::replay`] skips lines whose checksum
+//! or JSON is wrong and ignores a final line without newline (a torn append);
+//! [`Journal::open`] truncates such a tail so the next append starts on a fresh
+//! line. [`Journal::compact`] writes a new journal to `<journal>.compact-tmp`,
+//! `fsync`s, renames it over the old one and `fsync`s the directory. A journal
+//! may live inside the store directory: names not ending in `.wasm` are
+//! ignored by recovery.
+
+mod error;
+mod ingest;
+mod journal;
+mod names;
+mod store;
+
+pub use crate::error::{StoreError, StoreErrorKind};
+pub use crate::ingest::{Committed, Ingest};
+pub use crate::journal::{Journal, Replay};
+pub use crate::store::{
+    FsStore, IgnoredFile, Mismatch, RecoveryReport, StoredModule, VerifyReport,
+};

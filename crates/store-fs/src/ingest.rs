@@ -1,0 +1,249 @@
+//! Streaming ingest: chunks in, a checked module at its final name out.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasm_cache_core::{ModuleSink, Sha256Digest, check_wasm_header};
+
+use crate::StoreError;
+use crate::names;
+use crate::store::{IO_BUFFER, Inner};
+
+/// A module being written into the store.
+///
+/// Created by [`FsStore::ingest`](crate::FsStore::ingest). Each chunk given to
+/// [`ModuleSink::write`] is hashed (ring's SHA-256) and written to a temporary
+/// file `.tmp-<random>.wasm.partial` in the store directory through a fixed
+/// 64 KiB buffer, so memory does not grow with the module. The chunk that would
+/// take the module past its size limit fails, and so does every later call.
+///
+/// [`commit`](Self::commit) checks and installs the module; dropping the ingest
+/// without committing (or [`abort`](Self::abort)) deletes the temporary file.
+#[derive(Debug)]
+pub struct Ingest {
+    store: Arc<Inner>,
+    temp: PathBuf,
+    out: Option<BufWriter<File>>,
+    hasher: HashContext,
+    size: u64,
+    max_size: u64,
+    expected: Option<Sha256Digest>,
+    header: [u8; 8],
+    failure: Option<StoreError>,
+    finished: bool,
+}
+
+/// `ring::digest::Context` with a `Debug` that does not dump internal state.
+struct HashContext(ring::digest::Context);
+
+impl std::fmt::Debug for HashContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sha256Context")
+    }
+}
+
+/// A module installed by [`Ingest::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Committed {
+    /// The module's sha256.
+    pub digest: Sha256Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its file, `<dir>/<hex>.wasm`.
+    pub path: PathBuf,
+    /// `true` when a verified file with this digest was already in place and was
+    /// kept untouched (same inode, same mtime); the new bytes were discarded.
+    pub already_present: bool,
+}
+
+/// Copies the part of `chunk` that falls in the first 8 bytes of the stream.
+pub(crate) fn fill_header(header: &mut [u8; 8], offset: u64, chunk: &[u8]) {
+    if let Ok(start) = usize::try_from(offset) {
+        if start < header.len() {
+            let n = (header.len() - start).min(chunk.len());
+            header[start..start + n].copy_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+pub(crate) fn finish_digest(ctx: ring::digest::Context) -> Sha256Digest {
+    let d = ctx.finish();
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(d.as_ref());
+    Sha256Digest::from_bytes(bytes)
+}
+
+impl Ingest {
+    pub(crate) fn create(
+        store: Arc<Inner>,
+        expected: Option<Sha256Digest>,
+        max_size: u64,
+    ) -> Result<Self, StoreError> {
+        let dir = store.dir();
+        let temp = dir.join(names::temp_name());
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| StoreError::io("creating temporary file in", dir, e))?;
+        Ok(Self {
+            store,
+            temp,
+            out: Some(BufWriter::with_capacity(IO_BUFFER, file)),
+            hasher: HashContext(ring::digest::Context::new(&ring::digest::SHA256)),
+            size: 0,
+            max_size,
+            expected,
+            header: [0; 8],
+            failure: None,
+            finished: false,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The temporary file being written.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// The error that made a [`write`](ModuleSink::write) fail, if one did.
+    pub fn error(&self) -> Option<&StoreError> {
+        self.failure.as_ref()
+    }
+
+    /// Checks and installs the module:
+    ///
+    /// 1. a failed write fails the commit with that write's error;
+    /// 2. the sha256 must equal `expected`, if one was given
+    ///    ([`StoreError::DigestMismatch`]);
+    /// 3. the first 8 bytes must be the Wasm magic and version 1
+    ///    ([`StoreError::InvalidModule`]);
+    /// 4. the buffer is flushed and the temporary file fsynced;
+    /// 5. under the digest's lock, the file is renamed to `<hex>.wasm` and the
+    ///    directory fsynced, unless a verified identical file is already there
+    ///    (then it is kept and `already_present` is `true`).
+    ///
+    /// On any error the temporary file is deleted and the store is as before.
+    ///
+    /// # Errors
+    /// As listed above, plus [`StoreError::Io`] for a failed flush, fsync or
+    /// rename.
+    pub fn commit(mut self) -> Result<Committed, StoreError> {
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
+        let actual = finish_digest(self.hasher.0.clone());
+        if let Some(expected) = self.expected {
+            if expected != actual {
+                return Err(StoreError::DigestMismatch { expected, actual });
+            }
+        }
+        let header_len = usize::try_from(self.size).map_or(8, |s| s.min(8));
+        check_wasm_header(&self.header[..header_len])
+            .map_err(|reason| StoreError::InvalidModule { reason })?;
+        let out = self.out.take().ok_or_else(|| StoreError::IngestFailed {
+            path: self.temp.clone(),
+            reason: "the temporary file is already closed".into(),
+        })?;
+        let file = out
+            .into_inner()
+            .map_err(|e| StoreError::io("writing temporary file", &self.temp, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io("syncing temporary file", &self.temp, e))?;
+        drop(file);
+        let committed = self.store.install(&self.temp, actual, self.size)?;
+        self.finished = true;
+        Ok(committed)
+    }
+
+    /// Abandons the ingest and deletes the temporary file (the same as dropping
+    /// it; a file that cannot be deleted is logged and removed by the next
+    /// [`FsStore::open`](crate::FsStore::open)).
+    pub fn abort(self) {
+        drop(self);
+    }
+
+    fn fail(&mut self, err: StoreError) -> io::Error {
+        let kind = match &err {
+            StoreError::Io { source, .. } => source.kind(),
+            StoreError::TooLarge { .. } => io::ErrorKind::FileTooLarge,
+            _ => io::ErrorKind::Other,
+        };
+        // The returned error carries a copy a caller can find with
+        // `StoreError::from_io`; the ingest keeps the original for `commit`.
+        let copy = match &err {
+            StoreError::TooLarge { limit } => StoreError::TooLarge { limit: *limit },
+            other => StoreError::IngestFailed {
+                path: self.temp.clone(),
+                reason: other.to_string(),
+            },
+        };
+        self.failure = Some(err);
+        // Free the buffer now: nothing more will be written.
+        self.out = None;
+        io::Error::new(kind, copy)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn replace_output_for_test(&mut self, file: File) {
+        self.out = Some(BufWriter::with_capacity(IO_BUFFER, file));
+    }
+}
+
+impl ModuleSink for Ingest {
+    fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if let Some(e) = &self.failure {
+            return Err(io::Error::other(StoreError::IngestFailed {
+                path: self.temp.clone(),
+                reason: e.to_string(),
+            }));
+        }
+        let new_size = self.size.saturating_add(chunk.len() as u64);
+        if new_size > self.max_size {
+            let limit = self.max_size;
+            return Err(self.fail(StoreError::TooLarge { limit }));
+        }
+        let Some(out) = self.out.as_mut() else {
+            return Err(io::Error::other(StoreError::IngestFailed {
+                path: self.temp.clone(),
+                reason: "the temporary file is already closed".into(),
+            }));
+        };
+        if let Err(e) = out.write_all(chunk) {
+            let err = StoreError::io("writing temporary file", &self.temp, e);
+            return Err(self.fail(err));
+        }
+        fill_header(&mut self.header, self.size, chunk);
+        self.hasher.0.update(chunk);
+        self.size = new_size;
+        Ok(())
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Close before unlinking (not required on Unix, tidy everywhere). A
+        // failed flush here is irrelevant: the file is going away.
+        if let Some(out) = self.out.take() {
+            let (file, _unflushed) = out.into_parts();
+            drop(file);
+        }
+        match fs::remove_file(&self.temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.temp.display(), error = %e, "could not remove temporary file of an abandoned ingest");
+            }
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The store: a directory of `<sha256>.wasm` files and an in-memory index of them.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use wasm_cache_core::{Sha256Digest, check_wasm_header};
+
+use crate::StoreError;
+use crate::ingest::{Committed, Ingest};
+use crate::names::{self, NameKind};
+
+/// Number of per-digest lock stripes. Two digests share a stripe with
+/// probability 1/64; that only makes them wait for each other, never wrong.
+const STRIPES: usize = 64;
+
+/// Size of the buffer used to re-hash a file.
+pub(crate) const IO_BUFFER: usize = 64 * 1024;
+
+/// A crash-safe, content-addressed directory of Wasm modules.
+///
+/// Cloning is cheap (an [`Arc`] inside) and every method takes `&self`, so one
+/// store can be shared by every task of the cache. One directory must be owned
+/// by one `FsStore` (and its clones) at a time: opening removes temporary files,
+/// and the per-digest locks that make [`remove`](Self::remove) safe against a
+/// concurrent [`ingest`](Self::ingest) live in memory.
+#[derive(Clone, Debug)]
+pub struct FsStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    dir: PathBuf,
+    index: Mutex<HashMap<Sha256Digest, Meta>>,
+    stripes: Box<[Mutex<()>]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    size: u64,
+    modified: SystemTime,
+    verified: bool,
+}
+
+/// One module in the store, as [`FsStore::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredModule {
+    /// Its sha256, which is also its file name.
+    pub digest: Sha256Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The file's modification time: when it was written. The cache uses it as
+    /// the last use of a recovered module unless its journal says later.
+    pub modified: SystemTime,
+    /// Whether this process has checked that the content hashes to the name:
+    /// `true` for modules ingested since [`FsStore::open`] and for those
+    /// [`FsStore::verify`] accepted; `false` for modules recovered from disk.
+    pub verified: bool,
+}
+
+/// What [`FsStore::open`] found in the directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Modules recovered (all unverified).
+    pub modules: usize,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Temporary files of interrupted ingests that were deleted.
+    pub removed_temp_files: Vec<PathBuf>,
+    /// Entries that look like modules (or temporary files) but are not served.
+    pub ignored: Vec<IgnoredFile>,
+}
+
+/// A directory entry [`FsStore::open`] refused to treat as a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IgnoredFile {
+    /// The entry.
+    pub path: PathBuf,
+    /// Why it is not served.
+    pub reason: String,
+}
+
+/// What [`FsStore::verify_all`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Modules whose content hashes to their name and is a Wasm binary.
+    pub ok: Vec<Sha256Digest>,
+    /// Modules whose content does not.
+    pub mismatched: Vec<Mismatch>,
+    /// Mismatching modules deleted because `repair` was set.
+    pub removed: Vec<Sha256Digest>,
+    /// Modules in the index whose file had disappeared (dropped from the index).
+    pub missing: Vec<Sha256Digest>,
+}
+
+/// A module whose file does not hold what its name says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Mismatch {
+    /// The name's digest.
+    pub digest: Sha256Digest,
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong (`content hashes to <hex>`, or why it is not Wasm).
+    pub reason: String,
+}
+
+/// The outcome of re-hashing one file.
+enum Verdict {
+    Ok,
+    Mismatch(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock cannot leave the index inconsistent with more
+    // than that one entry, and the file system stays the source of truth.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("syncing directory", dir, e))
+}
+
+impl FsStore {
+    /// Opens (creating it if needed) the store in `dir` and recovers its
+    /// modules: every `<sha256>.wasm` regular file is listed, unverified, with
+    /// its size and modification time; temporary files of interrupted ingests
+    /// are deleted; anything else named `*.wasm` is ignored and reported.
+    ///
+    /// Open reads no module content (see "Lazy verification" in the crate docs),
+    /// so it costs one `readdir` plus one `stat` per module.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the directory cannot be created or listed.
+    pub fn open(dir: impl AsRef<Path>) -> Result<(Self, RecoveryReport), StoreError> {
+        let given = dir.as_ref();
+        let dir = std::path::absolute(given)
+            .map_err(|e| StoreError::io("resolving store directory", given, e))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io("creating store directory", &dir, e))?;
+        let mut report = RecoveryReport::default();
+        let mut index = HashMap::new();
+        let entries =
+            fs::read_dir(&dir).map_err(|e| StoreError::io("listing store directory", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("listing store directory", &dir, e))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let kind = match name.to_str() {
+                Some(n) => names::classify(n),
+                None if name.as_encoded_bytes().ends_with(b".wasm") => {
+                    NameKind::BadModuleName("the name is not valid UTF-8".into())
+                }
+                None => NameKind::Other,
+            };
+            let ignore = |report: &mut RecoveryReport, reason: String| {
+                tracing::warn!(path = %path.display(), %reason, "ignoring file in the module store");
+                report.ignored.push(IgnoredFile {
+                    path: path.clone(),
+                    reason,
+                });
+            };
+            // `file_type` does not follow symlinks: a symlink is never a module.
+            let Ok(file_type) = entry.file_type() else {
+                continue; // Vanished since readdir.
+            };
+            match kind {
+                NameKind::Other => {}
+                NameKind::BadModuleName(reason) => {
+                    ignore(
+                        &mut report,
+                        format!("not a valid module file name: {reason}"),
+                    );
+                }
+                NameKind::Temp if file_type.is_file() => match fs::remove_file(&path) {
+                    Ok(()) => report.removed_temp_files.push(path),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        ignore(&mut report, format!("could not remove temporary file: {e}"));
+                    }
+                },
+                NameKind::Temp => ignore(&mut report, "temporary name but not a file".into()),
+                NameKind::Module(digest) if file_type.is_file() => {
+                    let Ok(meta) = entry.metadata() else {
+                        continue; // Vanished since readdir.
+                    };
+                    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    report.modules += 1;
+                    report.bytes += meta.len();
+                    index.insert(
+                        digest,
+                        Meta {
+                            size: meta.len(),
+                            modified,
+                            verified: false,
+                        },
+                    );
+                }
+                NameKind::Module(_) => {
+                    ignore(&mut report, "module name but not a regular file".into());
+                }
+            }
+        }
+        if !report.removed_temp_files.is_empty() {
+            sync_dir(&dir)?;
+            tracing::info!(
+                count = report.removed_temp_files.len(),
+                dir = %dir.display(),
+                "removed temporary files of interrupted ingests"
+            );
+        }
+        let store = Self {
+            inner: Arc::new(Inner {
+                dir,
+                index: Mutex::new(index),
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            }),
+        };
+        Ok((store, report))
+    }
+
+    /// The store directory (absolute).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Where the module with this digest lives (or would live): `<dir>/<hex>.wasm`.
+    pub fn path_of(&self, digest: &Sha256Digest) -> PathBuf {
+        self.inner.path_of(digest)
+    }
+
+    /// Starts writing a module. Feed it through [`ModuleSink::write`](wasm_cache_core::ModuleSink::write),
+    /// then [`Ingest::commit`]; dropping it (or [`Ingest::abort`]) deletes the
+    /// temporary file.
+    ///
+    /// `expected` is the sha256 the module must have, if known; `max_size` the
+    /// most bytes it may have.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the temporary file cannot be created.
+    pub fn ingest(
+        &self,
+        expected: Option<Sha256Digest>,
+        max_size: u64,
+    ) -> Result<Ingest, StoreError> {
+        Ingest::create(Arc::clone(&self.inner), expected, max_size)
+    }
+
+    /// Deletes a module. Returns whether there was a file to delete.
+    ///
+    /// Safe against a concurrent ingest of the same digest: the two are
+    /// serialised by the digest's lock, so the outcome is one of the two orders
+    /// (see "Concurrency" in the crate docs), never a half of each.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the file cannot be deleted; the module stays.
+    pub fn remove(&self, digest: &Sha256Digest) -> Result<bool, StoreError> {
+        let _guard = lock(self.inner.stripe(digest));
+        self.inner.remove_locked(digest)
+    }
+
+    /// Whether a file for this digest exists right now (a `stat`, nothing more:
+    /// it says nothing about the content; see [`verify`](Self::verify)).
+    pub fn contains(&self, digest: &Sha256Digest) -> bool {
+        fs::metadata(self.path_of(digest)).is_ok_and(|m| m.is_file())
+    }
+
+    /// The index entry of one module, if the store knows it.
+    pub fn get(&self, digest: &Sha256Digest) -> Option<StoredModule> {
+        lock(&self.inner.index)
+            .get(digest)
+            .map(|m| stored(*digest, m))
+    }
+
+    /// Every module the store knows, sorted by digest.
+    pub fn list(&self) -> Vec<StoredModule> {
+        let mut out: Vec<_> = lock(&self.inner.index)
+            .iter()
+            .map(|(d, m)| stored(*d, m))
+            .collect();
+        out.sort_by_key(|m| m.digest);
+        out
+    }
+
+    /// Re-hashes the module's file (streaming, constant memory) and checks its
+    /// Wasm header. `Ok(true)` marks it verified; `Ok(false)` marks it
+    /// unverified and leaves the file alone (the caller decides: usually
+    /// [`remove`](Self::remove) and fetch again).
+    ///
+    /// Holds the digest's lock while hashing, so a concurrent commit or remove of
+    /// the same digest waits.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] if there is no file (the index entry is dropped);
+    /// [`StoreError::Io`] if it cannot be read.
+    pub fn verify(&self, digest: &Sha256Digest) -> Result<bool, StoreError> {
+        let _guard = lock(self.inner.stripe(digest));
+        Ok(matches!(self.inner.verify_locked(digest)?, Verdict::Ok))
+    }
+
+    /// Re-hashes every module in the index. With `repair`, mismatching files are
+    /// deleted (and listed in [`VerifyReport::removed`]).
+    ///
+    /// # Errors
+    /// The first [`StoreError::Io`] met while reading or deleting.
+    pub fn verify_all(&self, repair: bool) -> Result<VerifyReport, StoreError> {
+        let digests: Vec<Sha256Digest> = self.list().into_iter().map(|m| m.digest).collect();
+        let mut report = VerifyReport::default();
+        for digest in digests {
+            let _guard = lock(self.inner.stripe(&digest));
+            match self.inner.verify_locked(&digest) {
+                Ok(Verdict::Ok) => report.ok.push(digest),
+                Ok(Verdict::Mismatch(reason)) => {
+                    let path = self.path_of(&digest);
+                    tracing::warn!(path = %path.display(), %reason, "module file does not match its name");
+                    if repair && self.inner.remove_locked(&digest)? {
+                        report.removed.push(digest);
+                    }
+                    report.mismatched.push(Mismatch {
+                        digest,
+                        path,
+                        reason,
+                    });
+                }
+                Err(StoreError::NotFound { .. }) => report.missing.push(digest),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn stored(digest: Sha256Digest, m: &Meta) -> StoredModule {
+    StoredModule {
+        digest,
+        size: m.size,
+        modified: m.modified,
+        verified: m.verified,
+    }
+}
+
+impl Inner {
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn path_of(&self, digest: &Sha256Digest) -> PathBuf {
+        self.dir.join(digest.file_name())
+    }
+
+    fn stripe(&self, digest: &Sha256Digest) -> &Mutex<()> {
+        &self.stripes[usize::from(digest.as_bytes()[0]) % self.stripes.len()]
+    }
+
+    /// Moves a complete, checked, fsynced temporary file into place.
+    ///
+    /// Under the digest's lock: if a verified file of the same size is already
+    /// in place it is kept (its name is its hash, and this process checked it)
+    /// and the temporary file is deleted; otherwise the temporary file is
+    /// renamed over the final name (atomically replacing an unverified or
+    /// foreign file), the directory is fsynced, and the index updated.
+    pub(crate) fn install(
+        &self,
+        temp: &Path,
+        digest: Sha256Digest,
+        size: u64,
+    ) -> Result<Committed, StoreError> {
+        let _guard = lock(self.stripe(&digest));
+        let path = self.path_of(&digest);
+        let known_good = lock(&self.index)
+            .get(&digest)
+            .is_some_and(|m| m.verified && m.size == size);
+        if known_good && fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size) {
+            if let Err(e) = fs::remove_file(temp) {
+                // Harmless: the next open removes it.
+                tracing::warn!(path = %temp.display(), error = %e, "could not remove temporary file");
+            }
+            return Ok(Committed {
+                digest,
+                size,
+                path,
+                already_present: true,
+            });
+        }
+        fs::rename(temp, &path)
+            .map_err(|e| StoreError::io("renaming temporary file into", &path, e))?;
+        let modified = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        // The file is in place and checked: index it before the directory fsync,
+        // so the index matches the directory even if that fsync fails.
+        lock(&self.index).insert(
+            digest,
+            Meta {
+                size,
+                modified,
+                verified: true,
+            },
+        );
+        sync_dir(&self.dir)?;
+        Ok(Committed {
+            digest,
+            size,
+            path,
+            already_present: false,
+        })
+    }
+
+    /// Deletes a module's file; the caller holds the digest's lock.
+    fn remove_locked(&self, digest: &Sha256Digest) -> Result<bool, StoreError> {
+        let path = self.path_of(digest);
+        let existed = match fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StoreError::io("removing module file", &path, e)),
+        };
+        lock(&self.index).remove(digest);
+        if existed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(existed)
+    }
+
+    /// Re-hashes a module's file; the caller holds the digest's lock.
+    fn verify_locked(&self, digest: &Sha256Digest) -> Result<Verdict, StoreError> {
+        let path = self.path_of(digest);
+        let (actual, size, header) = match hash_file(&path) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                lock(&self.index).remove(digest);
+                return Err(StoreError::NotFound {
+                    digest: *digest,
+                    path,
+                });
+            }
+            Err(e) => return Err(StoreError::io("reading module file", &path, e)),
+        };
+        let verdict = if actual != *digest {
+            Verdict::Mismatch(format!("content hashes to {actual}"))
+        } else if let Err(reason) = check_wasm_header(&header[..header.len().min(size_usize(size))])
+        {
+            Verdict::Mismatch(format!("not a Wasm module: {reason}"))
+        } else {
+            Verdict::Ok
+        };
+        let modified = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        let mut index = lock(&self.index);
+        let entry = index.entry(*digest).or_insert(Meta {
+            size,
+            modified,
+            verified: false,
+        });
+        entry.size = size;
+        entry.verified = matches!(verdict, Verdict::Ok);
+        Ok(verdict)
+    }
+}
+
+fn size_usize(size: u64) -> usize {
+    usize::try_from(size).unwrap_or(usize::MAX)
+}
+
+/// Streams a file through SHA-256 with a fixed buffer; returns the digest, the
+/// size and the first (up to) 8 bytes.
+fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64, [u8; 8])> {
+    let mut file = File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; IO_BUFFER];
+    let mut header = [0u8; 8];
+    let mut size: u64 = 0;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = &buf[..n];
+        crate::ingest::fill_header(&mut header, size, chunk);
+        ctx.update(chunk);
+        size += n as u64;
+    }
+    Ok((crate::ingest::finish_digest(ctx), size, header))
+}
+
+#[cfg(test)]
+mod tests;
