@@ -180,6 +180,11 @@ impl Ingest {
         // `StoreError::from_io`; the ingest keeps the original for `commit`.
         let copy = match &err {
             StoreError::TooLarge { limit } => StoreError::TooLarge { limit: *limit },
+            StoreError::Io { op, path, source } => StoreError::Io {
+                op,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
             other => StoreError::IngestFailed {
                 path: self.temp.clone(),
                 reason: other.to_string(),

@@ -32,11 +32,20 @@ pub struct FsStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 pub(crate) struct Inner {
     dir: PathBuf,
     index: Mutex<HashMap<Sha256Digest, Meta>>,
     stripes: Box<[Mutex<()>]>,
+}
+
+impl std::fmt::Debug for Inner {
+    // Not the index: a `Debug` of the store or an ingest must stay short.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsStore")
+            .field("dir", &self.dir)
+            .field("modules", &lock(&self.index).len())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -269,10 +278,11 @@ impl FsStore {
         self.inner.remove_locked(digest)
     }
 
-    /// Whether a file for this digest exists right now (a `stat`, nothing more:
-    /// it says nothing about the content; see [`verify`](Self::verify)).
+    /// Whether a regular file for this digest exists right now (an `lstat`,
+    /// nothing more: it says nothing about the content; see
+    /// [`verify`](Self::verify)). A symlink at the name does not count.
     pub fn contains(&self, digest: &Sha256Digest) -> bool {
-        fs::metadata(self.path_of(digest)).is_ok_and(|m| m.is_file())
+        fs::symlink_metadata(self.path_of(digest)).is_ok_and(|m| m.is_file())
     }
 
     /// The index entry of one module, if the store knows it.
@@ -434,6 +444,13 @@ impl Inner {
     /// Re-hashes a module's file; the caller holds the digest's lock.
     fn verify_locked(&self, digest: &Sha256Digest) -> Result<Verdict, StoreError> {
         let path = self.path_of(digest);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if !m.is_file() => {
+                lock(&self.index).remove(digest);
+                return Ok(Verdict::Mismatch("not a regular file".into()));
+            }
+            _ => {}
+        }
         let (actual, size, header) = match hash_file(&path) {
             Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
