@@ -1,0 +1,115 @@
+//! rustls client configurations, always on the ring provider.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use wasm_cache_core::Error;
+
+fn provider() -> Arc<CryptoProvider> {
+    // Explicitly ring: never the process-wide default, which another crate
+    // could have installed (or left unset).
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidConfig { reason }
+}
+
+/// The trusted roots: webpki's Mozilla roots, the system's (when asked and
+/// readable), and the extra PEM bundles (`(origin, bytes)`, origin naming the
+/// file for errors).
+pub(crate) fn roots(native: bool, extra: &[(String, Vec<u8>)]) -> Result<RootCertStore, Error> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if native {
+        // Missing or unreadable system stores are not fatal: webpki roots remain.
+        let found = rustls_native_certs::load_native_certs();
+        let (added, ignored) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!(
+            added,
+            ignored,
+            errors = found.errors.len(),
+            "system root certificates"
+        );
+    }
+    for (origin, pem) in extra {
+        let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(format!("CA bundle {origin} is not valid PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(invalid(format!(
+                "CA bundle {origin} holds no PEM certificate"
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| invalid(format!("CA bundle {origin}: unusable certificate: {e}")))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// A verifying client configuration over `roots`.
+pub(crate) fn verifying(roots: RootCertStore) -> Result<ClientConfig, Error> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A client configuration that accepts any server certificate (insecure hosts
+/// only). Handshake signatures are still checked, so the session is at least
+/// bound to the certificate presented.
+pub(crate) fn insecure() -> Result<ClientConfig, Error> {
+    let provider = provider();
+    let verifier = NoVerify(provider.signature_verification_algorithms);
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(format!("TLS setup: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+#[derive(Debug)]
+struct NoVerify(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
