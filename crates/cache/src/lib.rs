@@ -1,4 +1,108 @@
 //! # wasm-cache
 //!
-//! The composed module cache. Under construction (issue 6): this crate exposes nothing yet,
-//! so nothing can mistake it for a working implementation.
+//! A verified, content-addressed local cache of WebAssembly modules fetched
+//! over HTTP(S) and from OCI registries: it turns
+//! `oci://ghcr.io/org/filter:v1` into the path of a local file holding a
+//! verified Wasm binary, on every config push, for months without a restart.
+//!
+//! [`Cache::get`] is the reference's `Get` (Istio's `pkg/wasm`): URL, optional
+//! checksum, resource name and version, timeout, pull secret and pull policy
+//! in, local path out, with the same lookup and pull-policy rules and error
+//! wording. [`Cache::shutdown`] is its `Cleanup`. Beyond the reference:
+//!
+//! - **single flight**: concurrent gets of one missing module download it once;
+//!   distinct modules download in parallel (no global lock);
+//! - **streaming and crash safety**: modules are hashed while they are written
+//!   to a temporary file and appear at `<dir>/<sha256>.wasm` only complete and
+//!   verified (see `wasm-store-fs`);
+//! - **restart**: the index (entries, per-URL checksum records, last use) is
+//!   journaled in the directory and recovered, so a restart re-downloads
+//!   nothing; recovered files are re-hashed once before they are first served;
+//! - **no dangling paths**: a hit whose file vanished is a miss that fetches again;
+//! - **bounded size**: besides idle expiry (counted from the last `get`), an
+//!   optional byte budget evicts least recently used modules, never one
+//!   handed out within the grace period;
+//! - a failed `Always` pull does not record the new resource version.
+//!
+//! Design: this crate only composes. Rules live in `wasm-cache-core`, files in
+//! `wasm-store-fs`, network in the fetchers (`wasm-fetch-http`,
+//! `wasm-fetch-oci`), each replaceable per scheme with any
+//! `Arc<dyn Fetcher>` ([`CacheBuilder::fetcher`]).
+//!
+//! ## Observability
+//! `tracing` events (URLs redacted, never secrets) and three metrics through the
+//! [`metrics`](::metrics) facade, with Istio's names: [`metrics::CACHE_ENTRIES`]
+//! (`wasm_cache_entries`, gauge), [`metrics::LOOKUP_COUNT`]
+//! (`wasm_cache_lookup_count{hit}`) and [`metrics::REMOTE_FETCH_COUNT`]
+//! (`wasm_remote_fetch_count{result}`).
+//!
+//! ## Example
+//! A cache whose `https` fetcher is replaced by an in-memory one (any
+//! `Arc<dyn Fetcher>` can be plugged in the same way):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use wasm_cache::{Cache, GetRequest, Scheme};
+//! use wasm_cache_conformance::MemoryFetcher;
+//!
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! let upstream = Arc::new(MemoryFetcher::new());
+//! upstream.insert("https://example.com/filter.wasm", b"\0asm\x01\0\0\0".to_vec(), None);
+//! let cache = Cache::builder(dir.path())
+//!     .fetcher(Scheme::Https, upstream.clone())
+//!     .build()
+//!     .await?;
+//! let req = GetRequest::new("https://example.com/filter.wasm").resource("ns/plugin", "1");
+//! let path = cache.get(&req).await?;
+//! assert_eq!(std::fs::read(&path)?, b"\0asm\x01\0\0\0");
+//! // Same resource version: served from the cache, no second download.
+//! assert_eq!(cache.get(&req).await?, path);
+//! assert_eq!(upstream.fetch_count(), 1);
+//! cache.shutdown().await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The same over real HTTP, from a server on loopback started by the example:
+//!
+//! ```
+//! use wasm_cache::{Cache, GetRequest};
+//! use wasm_cache_testkit::http::{Route, ServerOptions, TestServer};
+//! use wasm_cache_testkit::modules::sample_module;
+//!
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let server = TestServer::start(ServerOptions::plain());
+//! let module = sample_module(4096, 1);
+//! server.route("/filter.wasm", Route::bytes(module.clone()));
+//! let dir = tempfile::tempdir()?;
+//! let cache = Cache::builder(dir.path()).build().await?;
+//! let path = cache.get(&GetRequest::new(server.url("/filter.wasm"))).await?;
+//! assert_eq!(std::fs::read(&path)?, module);
+//! cache.shutdown().await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod backends;
+mod builder;
+mod cache;
+mod clock;
+mod error;
+pub mod metrics;
+mod request;
+
+pub use crate::builder::{CacheBuilder, DEFAULT_EXPIRY, DEFAULT_GRACE, DEFAULT_PURGE_INTERVAL};
+pub use crate::cache::{Cache, PurgeReport};
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::error::Error;
+pub use crate::request::{DEFAULT_TIMEOUT, GetRequest};
+pub use wasm_cache_core::{
+    ChecksumRecord, EntryInfo, ErrorKind, Fetcher, ModuleKey, ModuleUrl, PullPolicy, PullSecret,
+    Scheme, Sha256Digest,
+};
+pub use wasm_fetch_http::HttpFetcher;
+pub use wasm_fetch_oci::OciFetcher;
+pub use wasm_store_fs::FsStore;

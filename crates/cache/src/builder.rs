@@ -1,0 +1,170 @@
+//! [`CacheBuilder`]: every option, with the reference's defaults.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasm_cache_core::{DEFAULT_MAX_MODULE_SIZE, Fetcher, Scheme};
+
+use crate::cache::Options;
+use crate::{Cache, Clock, Error, SystemClock};
+
+/// The reference's purge interval: 10 minutes.
+pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// The reference's expiry: a module untouched for 24 hours is stale.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a module handed out is safe from eviction: 5 minutes.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// Builds a [`Cache`]. Defaults: purge every 10 minutes, expiry 24 hours, no
+/// byte budget, 5-minute eviction grace, 256 MiB module limit, our HTTP(S)
+/// and OCI fetchers with no insecure hosts and the system's trust roots.
+#[derive(Debug)]
+#[must_use]
+pub struct CacheBuilder {
+    dir: PathBuf,
+    purge_interval: Duration,
+    expiry: Duration,
+    max_bytes: Option<u64>,
+    grace: Duration,
+    max_module_size: u64,
+    insecure: Vec<String>,
+    ca_file: Option<PathBuf>,
+    fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
+    clock: Arc<dyn Clock>,
+    background_purge: bool,
+}
+
+impl CacheBuilder {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            purge_interval: DEFAULT_PURGE_INTERVAL,
+            expiry: DEFAULT_EXPIRY,
+            max_bytes: None,
+            grace: DEFAULT_GRACE,
+            max_module_size: DEFAULT_MAX_MODULE_SIZE,
+            insecure: Vec::new(),
+            ca_file: None,
+            fetchers: HashMap::new(),
+            clock: Arc::new(SystemClock),
+            background_purge: true,
+        }
+    }
+
+    /// How often the background task purges.
+    pub fn purge_interval(mut self, every: Duration) -> Self {
+        self.purge_interval = every;
+        self
+    }
+
+    /// How long an unused module stays (counted from its last `get`).
+    pub fn expiry(mut self, expiry: Duration) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// A byte budget: above it, least recently used modules are evicted,
+    /// except those used within the grace period.
+    pub fn max_bytes(mut self, budget: Option<u64>) -> Self {
+        self.max_bytes = budget;
+        self
+    }
+
+    /// How long a module handed out is safe from eviction.
+    pub fn eviction_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The largest module accepted (after unboxing); more is an error.
+    pub fn max_module_size(mut self, bytes: u64) -> Self {
+        self.max_module_size = bytes;
+        self
+    }
+
+    /// Hosts (`host:port`, or `*` for all) reached without TLS verification
+    /// (registries: plain HTTP allowed too). Applies to our default fetchers.
+    pub fn insecure_registries<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.insecure = hosts.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// An extra PEM bundle of trusted CAs for our default fetchers.
+    pub fn ca_file(mut self, path: Option<PathBuf>) -> Self {
+        self.ca_file = path;
+        self
+    }
+
+    /// Uses `fetcher` for `scheme`, replacing ours (or adding one).
+    pub fn fetcher(mut self, scheme: Scheme, fetcher: Arc<dyn Fetcher>) -> Self {
+        self.fetchers.insert(scheme, fetcher);
+        self
+    }
+
+    /// The clock (tests use [`ManualClock`](crate::ManualClock)).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Whether to run the periodic purge task (default true). Without it,
+    /// call [`Cache::purge`] yourself (the CLI does).
+    pub fn background_purge(mut self, on: bool) -> Self {
+        self.background_purge = on;
+        self
+    }
+
+    /// Opens the directory (creating it), recovers the index from it, builds
+    /// the default fetchers not replaced, and starts the purge task. Must be
+    /// called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Fetch`] with `InvalidConfig` for a bad option (zero interval,
+    /// unreadable CA file...), [`Error::Store`] if the directory cannot be used.
+    pub async fn build(self) -> Result<Cache, Error> {
+        if self.purge_interval.is_zero() {
+            return Err(config("purge interval must be more than zero"));
+        }
+        if self.max_module_size == 0 {
+            return Err(config("maximum module size must be more than zero"));
+        }
+        let mut fetchers = self.fetchers;
+        let needs_http =
+            !fetchers.contains_key(&Scheme::Http) || !fetchers.contains_key(&Scheme::Https);
+        if needs_http {
+            let http: Arc<dyn Fetcher> = Arc::new(crate::backends::http(
+                &self.insecure,
+                self.ca_file.as_deref(),
+            )?);
+            fetchers
+                .entry(Scheme::Http)
+                .or_insert_with(|| Arc::clone(&http));
+            fetchers.entry(Scheme::Https).or_insert(http);
+        }
+        if let std::collections::hash_map::Entry::Vacant(slot) = fetchers.entry(Scheme::Oci) {
+            let oci = crate::backends::oci(&self.insecure, self.ca_file.as_deref())?;
+            slot.insert(Arc::new(oci));
+        }
+        let opts = Options {
+            purge_interval: self.purge_interval,
+            expiry: self.expiry,
+            max_bytes: self.max_bytes,
+            grace: self.grace,
+            max_module_size: self.max_module_size,
+        };
+        Cache::open(self.dir, fetchers, self.clock, opts, self.background_purge).await
+    }
+}
+
+fn config(reason: &str) -> Error {
+    wasm_cache_core::Error::InvalidConfig {
+        reason: reason.to_owned(),
+    }
+    .into()
+}

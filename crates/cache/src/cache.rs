@@ -1,0 +1,722 @@
+//! The composed cache: lookup, single flight, fetch into the store, purge.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::{OnceCell, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use wasm_cache_core::{
+    EntryInfo, FetchRequest, Fetcher, Index, IndexEvent, Lookup, LookupRequest, ModuleKey,
+    ModuleUrl, Scheme, Sha256Digest, Timestamp,
+};
+use wasm_store_fs::{FsStore, Journal, StoreError};
+
+use crate::metrics::{self, FetchResult};
+use crate::{CacheBuilder, Clock, Error, GetRequest};
+
+/// The journal file, beside the modules.
+pub(crate) const JOURNAL_FILE: &str = "index.journal";
+
+/// Stripes of the lock that orders "publish a module" against "delete its file".
+const PUBLISH_STRIPES: usize = 64;
+
+/// A verified, content-addressed local cache of Wasm modules.
+///
+/// Cheap to clone (clones share one cache). Build one with [`Cache::builder`];
+/// stop it with [`Cache::shutdown`] (the reference's `Cleanup`).
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("dir", &self.inner.store.dir())
+            .field("entries", &self.inner.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one fetch, shared by every caller of a single flight.
+#[derive(Debug, Clone)]
+struct Published {
+    path: PathBuf,
+    checksum: Sha256Digest,
+    /// The (resource name, version) already recorded for the URL, if any.
+    recorded_for: (String, String),
+}
+
+type Flight = Arc<OnceCell<Result<Published, Error>>>;
+
+pub(crate) struct Options {
+    pub(crate) purge_interval: Duration,
+    pub(crate) expiry: Duration,
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) grace: Duration,
+    pub(crate) max_module_size: u64,
+}
+
+struct Inner {
+    store: FsStore,
+    index: Index,
+    journal: Journal<IndexEvent>,
+    fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
+    clock: Arc<dyn Clock>,
+    opts: Options,
+    flights: DashMap<(String, Option<Sha256Digest>), Flight>,
+    /// Content recovered from disk and not yet re-hashed in this process.
+    unverified: DashMap<Sha256Digest, ()>,
+    /// Files in the store that no entry references (e.g. a crash between
+    /// commit and journal append); deleted once older than the expiry.
+    orphans: Mutex<HashSet<Sha256Digest>>,
+    publish: [Mutex<()>; PUBLISH_STRIPES],
+    closed: AtomicBool,
+    task: Mutex<Option<(JoinHandle<()>, watch::Sender<bool>)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some((task, stop)) = lock(&self.task).take() {
+            let _ = stop.send(true);
+            task.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What one purge did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PurgeReport {
+    /// Entries removed because they were idle longer than the expiry.
+    pub expired: Vec<ModuleKey>,
+    /// Entries removed to fit the byte budget.
+    pub evicted: Vec<ModuleKey>,
+    /// Module files deleted.
+    pub files_removed: usize,
+    /// Files whose removal failed (their entries were kept).
+    pub failures: usize,
+}
+
+impl Cache {
+    /// A builder for a cache storing modules in `dir`.
+    pub fn builder(dir: impl Into<PathBuf>) -> CacheBuilder {
+        CacheBuilder::new(dir.into())
+    }
+
+    pub(crate) async fn open(
+        dir: PathBuf,
+        fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
+        clock: Arc<dyn Clock>,
+        opts: Options,
+        background: bool,
+    ) -> Result<Self, Error> {
+        let (store, index, journal, unverified, orphans) =
+            tokio::task::spawn_blocking(move || recover(&dir))
+                .await
+                .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+        let inner = Arc::new(Inner {
+            store,
+            index,
+            journal,
+            fetchers,
+            clock,
+            opts,
+            flights: DashMap::new(),
+            unverified,
+            orphans: Mutex::new(orphans),
+            publish: std::array::from_fn(|_| Mutex::new(())),
+            closed: AtomicBool::new(false),
+            task: Mutex::new(None),
+        });
+        metrics::entries(inner.index.len());
+        if background {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(purge_loop(
+                Arc::downgrade(&inner),
+                inner.opts.purge_interval,
+                stop_rx,
+            ));
+            *lock(&inner.task) = Some((task, stop_tx));
+        }
+        Ok(Self { inner })
+    }
+
+    /// The directory holding the modules.
+    pub fn dir(&self) -> &Path {
+        self.inner.store.dir()
+    }
+
+    /// The reference's `Get`: the path of a local, verified Wasm module for
+    /// the request, fetching it if the cache and the pull policy require.
+    ///
+    /// # Errors
+    /// [`Error::Fetch`] with the reference's wording (unsupported scheme,
+    /// unparseable URL, download failures, checksum mismatch, invalid module),
+    /// [`Error::Store`] for local storage failures, [`Error::ShutDown`] after
+    /// [`Cache::shutdown`].
+    pub async fn get(&self, req: &GetRequest) -> Result<PathBuf, Error> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let url = ModuleUrl::parse(&req.url)?;
+        let checksum = match req.checksum.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(c) => Some(Sha256Digest::parse(c)?),
+        };
+        let (name, expected) = match inner.try_hit(&url, checksum, req).await? {
+            Ok((path, _)) => {
+                metrics::lookup(true);
+                return Ok(path);
+            }
+            Err(miss) => miss,
+        };
+        metrics::lookup(false);
+        let published = self.single_flight(&url, name, expected, req).await?;
+        let (rn, rv) = &published.recorded_for;
+        if url.records_checksum() && (rn != &req.resource_name || rv != &req.resource_version) {
+            inner.record(&url, published.checksum, req);
+        }
+        Ok(published.path)
+    }
+
+    async fn single_flight(
+        &self,
+        url: &ModuleUrl,
+        name: String,
+        expected: Option<Sha256Digest>,
+        req: &GetRequest,
+    ) -> Result<Published, Error> {
+        let key = (url.as_str().to_owned(), expected);
+        let flight = self.inner.flights.entry(key.clone()).or_default().clone();
+        let result = flight
+            .get_or_init(|| {
+                let inner = Arc::clone(&self.inner);
+                async move {
+                    // Checked again inside the flight: a flight that finished
+                    // between our lookup and now has indexed and recorded the
+                    // module, so this is a hit rather than a second download.
+                    let checksum = req
+                        .checksum
+                        .as_deref()
+                        .and_then(|c| Sha256Digest::parse(c.trim()).ok());
+                    if let Ok((path, checksum)) = inner.try_hit(url, checksum, req).await? {
+                        return Ok(Published {
+                            path,
+                            checksum,
+                            recorded_for: (req.resource_name.clone(), req.resource_version.clone()),
+                        });
+                    }
+                    inner.fetch_and_publish(url, name, expected, req).await
+                }
+            })
+            .await
+            .clone();
+        self.inner
+            .flights
+            .remove_if(&key, |_, f| Arc::ptr_eq(f, &flight));
+        result
+    }
+
+    /// Applies expiry and the byte budget now.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if the purge task panicked.
+    pub async fn purge(&self) -> Result<PurgeReport, Error> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.purge())
+            .await
+            .map_err(|e| Error::Internal(format!("purge task failed: {e}")))
+    }
+
+    /// Snapshots of every entry.
+    pub fn entries(&self) -> Vec<EntryInfo> {
+        self.inner.index.entries()
+    }
+
+    /// The checksum remembered for `url`, with the resource versions that saw it.
+    pub fn checksum_record(&self, url: &str) -> Option<wasm_cache_core::ChecksumRecord> {
+        self.inner.index.checksum_record(url)
+    }
+
+    /// The store underneath (for listing and verification).
+    pub fn store(&self) -> &FsStore {
+        &self.inner.store
+    }
+
+    /// The reference's `Cleanup`: stops the background purge task (waiting for
+    /// it), refuses further `get`s, and writes the index to the journal.
+    /// Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the final journal write fails.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.inner.closed.store(true, Ordering::Release);
+        let task = lock(&self.inner.task).take();
+        if let Some((task, stop)) = task {
+            let _ = stop.send(true);
+            if let Err(e) = task.await {
+                if !e.is_cancelled() {
+                    return Err(Error::Internal(format!("purge task failed: {e}")));
+                }
+            }
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.flush())
+            .await
+            .map_err(|e| Error::Internal(format!("flush task failed: {e}")))?
+    }
+
+    /// Whether the background purge task is running.
+    pub fn purge_task_running(&self) -> bool {
+        lock(&self.inner.task)
+            .as_ref()
+            .is_some_and(|(t, _)| !t.is_finished())
+    }
+}
+
+async fn purge_loop(inner: Weak<Inner>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let start = tokio::time::Instant::now() + interval;
+    let mut tick = tokio::time::interval_at(start, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let Some(inner) = inner.upgrade() else { return };
+                let done = tokio::task::spawn_blocking(move || inner.purge()).await;
+                if let Err(e) = done {
+                    warn!(error = %e, "wasm cache purge failed");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+type Recovered = (
+    FsStore,
+    Index,
+    Journal<IndexEvent>,
+    DashMap<Sha256Digest, ()>,
+    HashSet<Sha256Digest>,
+);
+
+/// Opens the store and the journal, and rebuilds the index from both: entries
+/// whose file is gone are dropped, files no entry references are orphans.
+fn recover(dir: &Path) -> Result<Recovered, Error> {
+    let (store, report) = FsStore::open(dir)?;
+    if !report.ignored.is_empty() {
+        warn!(count = report.ignored.len(), dir = %dir.display(), "ignored files that are not modules");
+    }
+    let journal = Journal::open(dir.join(JOURNAL_FILE))?;
+    let index = Index::new();
+    for event in journal.replay()? {
+        index.apply(&event);
+    }
+    let on_disk: HashMap<Sha256Digest, bool> = store
+        .list()
+        .into_iter()
+        .map(|m| (m.digest, m.verified))
+        .collect();
+    for e in index.entries() {
+        if !on_disk.contains_key(&e.content) {
+            debug!(module = %e.key.name, "dropping an entry whose file is gone");
+            index.remove(&e.key);
+        }
+    }
+    let unverified = DashMap::new();
+    let mut orphans = HashSet::new();
+    for (digest, verified) in on_disk {
+        if !index.content_in_use(&digest) {
+            orphans.insert(digest);
+        } else if !verified {
+            unverified.insert(digest, ());
+        }
+    }
+    info!(entries = index.len(), orphans = orphans.len(), dir = %dir.display(), "wasm cache opened");
+    // Start the journal afresh from what survived.
+    journal.compact(&index.to_events())?;
+    Ok((store, index, journal, unverified, orphans))
+}
+
+impl Inner {
+    /// REFERENCE §3 steps 1-4 and the existence check: `Ok((path, checksum))`
+    /// on a hit, else `Err((module name, expected checksum))` for the fetch.
+    async fn try_hit(
+        self: &Arc<Self>,
+        url: &ModuleUrl,
+        checksum: Option<Sha256Digest>,
+        req: &GetRequest,
+    ) -> Result<Result<(PathBuf, Sha256Digest), (String, Option<Sha256Digest>)>, Error> {
+        let lookup = self.index.lookup(
+            &LookupRequest {
+                url,
+                checksum,
+                resource_name: &req.resource_name,
+                resource_version: &req.resource_version,
+                policy: req.pull_policy,
+            },
+            self.now(),
+        );
+        Ok(match lookup {
+            Lookup::Hit { key } => match self.serve(&key).await? {
+                Some(path) => Ok((path, key.checksum)),
+                None => Err((key.name, checksum.or_else(|| url.pinned_digest()))),
+            },
+            Lookup::Miss { name, expected } => Err((name, expected)),
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_system_time(self.clock.now())
+    }
+
+    fn publish_lock(&self, content: &Sha256Digest) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.publish[usize::from(content.as_bytes()[0]) % PUBLISH_STRIPES])
+    }
+
+    /// The path of the entry's file if it can be served: re-hashed once if it
+    /// was recovered from disk, and still there. Otherwise the entry is
+    /// dropped and `None` returned (a miss, never a dangling path).
+    async fn serve(self: &Arc<Self>, key: &ModuleKey) -> Result<Option<PathBuf>, Error> {
+        let Some(content) = self.index.content_of(key) else {
+            return Ok(None);
+        };
+        if self.unverified.contains_key(&content) {
+            let me = Arc::clone(self);
+            let ok = tokio::task::spawn_blocking(move || me.store.verify(&content))
+                .await
+                .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
+            match ok {
+                Ok(true) => {
+                    self.unverified.remove(&content);
+                }
+                Ok(false) | Err(StoreError::NotFound { .. }) => {
+                    warn!(module = %key.name, content = %content, "cached module failed verification; fetching again");
+                    self.drop_content(&content);
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let path = self.store.path_of(&content);
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            return Ok(Some(path));
+        }
+        warn!(module = %key.name, path = %path.display(), "cached module file vanished; fetching again");
+        self.forget(key);
+        Ok(None)
+    }
+
+    /// Drops an entry from the index (and journal), leaving files alone.
+    fn forget(&self, key: &ModuleKey) {
+        if self.index.remove(key).is_some() {
+            self.journal_append(&IndexEvent::Remove { key: key.clone() });
+            metrics::entries(self.index.len());
+        }
+    }
+
+    /// Drops every entry of a content digest and its file.
+    fn drop_content(&self, content: &Sha256Digest) {
+        let _guard = self.publish_lock(content);
+        for e in self.index.entries() {
+            if e.content == *content {
+                self.forget(&e.key);
+            }
+        }
+        if let Err(e) = self.store.remove(content) {
+            warn!(error = %e, "removing a corrupt module failed");
+        }
+        self.unverified.remove(content);
+    }
+
+    fn journal_append(&self, event: &IndexEvent) {
+        if let Err(e) = self.journal.append(event) {
+            // The module is served from memory all the same; a restart would
+            // treat its file as an orphan.
+            warn!(error = %e, "appending to the wasm cache journal failed");
+        }
+    }
+
+    fn record(&self, url: &ModuleUrl, checksum: Sha256Digest, req: &GetRequest) {
+        self.index.record_checksum(
+            url.as_str(),
+            checksum,
+            &req.resource_name,
+            &req.resource_version,
+        );
+        self.journal_append(&IndexEvent::Record {
+            url: url.as_str().to_owned(),
+            checksum,
+            resource_name: req.resource_name.clone(),
+            resource_version: req.resource_version.clone(),
+        });
+    }
+
+    async fn fetch_and_publish(
+        self: Arc<Self>,
+        url: &ModuleUrl,
+        name: String,
+        expected: Option<Sha256Digest>,
+        req: &GetRequest,
+    ) -> Result<Published, Error> {
+        let scheme = url.scheme();
+        let fetcher = self.fetchers.get(&scheme).ok_or_else(|| {
+            wasm_cache_core::Error::UnsupportedScheme {
+                scheme: scheme.as_str().to_owned(),
+            }
+        })?;
+        let deadline = Instant::now() + req.timeout;
+        let mut freq = FetchRequest::new(url.clone(), deadline)
+            .with_pull_secret(req.pull_secret.clone())
+            .with_max_size(self.opts.max_module_size);
+        let resolved = fetcher.resolve(&freq).await.inspect_err(|e| {
+            debug!(url = %url, error = %e, "resolve failed");
+            metrics::fetch(FetchResult::ManifestFailure);
+        })?;
+        if let Some(digest) = resolved {
+            if let Some(want) = expected.filter(|w| *w != digest) {
+                metrics::fetch(FetchResult::ChecksumMismatched);
+                return Err(wasm_cache_core::Error::ChecksumMismatch {
+                    url: url.redacted(),
+                    actual: digest.to_hex(),
+                    expected: want.to_hex(),
+                }
+                .into());
+            }
+            // REFERENCE §3 step 5: look again before downloading any layer.
+            let key = ModuleKey::new(name.clone(), digest);
+            if self.index.touch(&key, self.now()) {
+                if let Some(path) = self.serve(&key).await? {
+                    if url.records_checksum() {
+                        self.record(url, digest, req);
+                    }
+                    return Ok(Published {
+                        path,
+                        checksum: digest,
+                        recorded_for: (req.resource_name.clone(), req.resource_version.clone()),
+                    });
+                }
+            }
+            freq = freq.with_digest(Some(digest));
+        }
+        // Content-addressed sources are checked by digest above; otherwise the
+        // store checks the module's own hash.
+        let store_expected = if resolved.is_none() { expected } else { None };
+        let mut ingest = self
+            .store
+            .ingest(store_expected, self.opts.max_module_size)
+            .inspect_err(|_| metrics::fetch(FetchResult::FetchFailure))?;
+        let fetched = match fetcher.fetch(&freq, &mut ingest).await {
+            Ok(f) => f,
+            Err(e) => {
+                // A limit or check of the store surfaces as a sink error; report it as itself.
+                let e = match ingest.error() {
+                    Some(store_err) => store_error_for(url, store_err),
+                    None => e,
+                };
+                metrics::fetch(result_label(&e));
+                debug!(url = %url, error = %e, "fetch failed");
+                return Err(e.into());
+            }
+        };
+        let me = Arc::clone(&self);
+        let url_s = url.as_str().to_owned();
+        let redacted = url.redacted();
+        let now = self.now();
+        let published = tokio::task::spawn_blocking(move || {
+            // Commit and index under the content's publish lock, so a purge
+            // cannot delete the file between the two.
+            let committed = ingest.commit().map_err(|e| e.into_core_error(&redacted))?;
+            let _guard = me.publish_lock(&committed.digest);
+            let checksum = resolved.or(fetched.digest).unwrap_or(committed.digest);
+            let key = ModuleKey::new(name, checksum);
+            me.index.insert(
+                key.clone(),
+                committed.digest,
+                committed.size,
+                Some(&url_s),
+                now,
+            );
+            lock(&me.orphans).remove(&committed.digest);
+            me.unverified.remove(&committed.digest);
+            me.journal_append(&IndexEvent::Insert {
+                key,
+                content: committed.digest,
+                size: committed.size,
+                url: Some(url_s),
+                at: now,
+            });
+            Ok::<_, wasm_cache_core::Error>(Published {
+                path: committed.path,
+                checksum,
+                recorded_for: (String::new(), String::new()),
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("commit task failed: {e}")))?
+        .inspect_err(|e| metrics::fetch(result_label(e)))?;
+        // Recorded before the flight ends, so a caller that arrives just after
+        // finds the record instead of starting a second download.
+        let mut published = published;
+        if url.records_checksum() {
+            self.record(url, published.checksum, req);
+            published.recorded_for = (req.resource_name.clone(), req.resource_version.clone());
+        }
+        metrics::fetch(FetchResult::Success);
+        metrics::entries(self.index.len());
+        info!(url = %url, checksum = %published.checksum, "fetched wasm module");
+        if self
+            .opts
+            .max_bytes
+            .is_some_and(|b| self.index.total_bytes() > b)
+        {
+            let me = Arc::clone(&self);
+            tokio::task::spawn_blocking(move || me.purge());
+        }
+        Ok(published)
+    }
+
+    /// One purge: expiry, then the byte budget, then orphans; then the
+    /// journal is compacted.
+    fn purge(&self) -> PurgeReport {
+        let now = self.now();
+        let mut report = PurgeReport::default();
+        let mut removed = Vec::new();
+        for key in self.index.expired(now, self.opts.expiry) {
+            if let Some(e) = self.index.remove_if_idle(&key, now, self.opts.expiry) {
+                report.expired.push(key);
+                removed.push(e);
+            }
+        }
+        if let Some(budget) = self.opts.max_bytes {
+            for key in self.index.select_lru(now, budget, self.opts.grace) {
+                if let Some(e) = self.index.remove_if_idle(&key, now, self.opts.grace) {
+                    report.evicted.push(key);
+                    removed.push(e);
+                }
+            }
+        }
+        for e in removed {
+            let _guard = self.publish_lock(&e.content);
+            self.journal_append(&IndexEvent::Remove { key: e.key.clone() });
+            if self.index.content_in_use(&e.content) {
+                continue;
+            }
+            match self.store.remove(&e.content) {
+                Ok(_) => {
+                    report.files_removed += 1;
+                    self.unverified.remove(&e.content);
+                    debug!(module = %e.key.name, "removed stale wasm module");
+                }
+                Err(err) => {
+                    // REFERENCE §5: a failed removal keeps the entry.
+                    warn!(module = %e.key.name, error = %err, "failed to purge wasm module");
+                    report.failures += 1;
+                    self.restore(&e);
+                }
+            }
+        }
+        self.purge_orphans(now, &mut report);
+        metrics::entries(self.index.len());
+        if let Err(e) = self.flush() {
+            warn!(error = %e, "compacting the wasm cache journal failed");
+        }
+        report
+    }
+
+    fn restore(&self, e: &EntryInfo) {
+        self.index
+            .insert(e.key.clone(), e.content, e.size, None, e.last_use);
+        for u in &e.urls {
+            self.index
+                .insert(e.key.clone(), e.content, e.size, Some(u), e.last_use);
+        }
+        self.journal_append(&IndexEvent::Insert {
+            key: e.key.clone(),
+            content: e.content,
+            size: e.size,
+            url: None,
+            at: e.last_use,
+        });
+    }
+
+    fn purge_orphans(&self, now: Timestamp, report: &mut PurgeReport) {
+        let orphans: Vec<Sha256Digest> = lock(&self.orphans).iter().copied().collect();
+        for digest in orphans {
+            let _guard = self.publish_lock(&digest);
+            if self.index.content_in_use(&digest) {
+                lock(&self.orphans).remove(&digest);
+                continue;
+            }
+            let Some(m) = self.store.get(&digest) else {
+                lock(&self.orphans).remove(&digest);
+                continue;
+            };
+            let age = now.since(Timestamp::from_system_time(m.modified));
+            if age > self.opts.expiry {
+                match self.store.remove(&digest) {
+                    Ok(_) => {
+                        report.files_removed += 1;
+                        lock(&self.orphans).remove(&digest);
+                    }
+                    Err(e) => {
+                        report.failures += 1;
+                        warn!(error = %e, "removing an orphaned module failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rewrites the journal from the index (last-use stamps of hits included).
+    fn flush(&self) -> Result<(), Error> {
+        self.journal.compact(&self.index.to_events())?;
+        Ok(())
+    }
+}
+
+fn store_error_for(url: &ModuleUrl, e: &StoreError) -> wasm_cache_core::Error {
+    let redacted = url.redacted();
+    match e {
+        StoreError::DigestMismatch { expected, actual } => {
+            wasm_cache_core::Error::ChecksumMismatch {
+                url: redacted,
+                actual: actual.to_hex(),
+                expected: expected.to_hex(),
+            }
+        }
+        StoreError::InvalidModule { reason } => wasm_cache_core::Error::InvalidModule {
+            url: redacted,
+            reason: reason.clone(),
+        },
+        StoreError::TooLarge { limit } => wasm_cache_core::Error::TooLarge {
+            url: redacted,
+            limit: *limit,
+        },
+        other => wasm_cache_core::Error::Sink {
+            url: redacted,
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+fn result_label(e: &wasm_cache_core::Error) -> FetchResult {
+    use wasm_cache_core::ErrorKind as K;
+    match e.kind() {
+        K::Integrity => FetchResult::ChecksumMismatched,
+        K::Manifest => FetchResult::ManifestFailure,
+        K::InvalidModule | K::Storage | K::InvalidInput => FetchResult::FetchFailure,
+        _ => FetchResult::DownloadFailure,
+    }
+}

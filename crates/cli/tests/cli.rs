@@ -1,0 +1,292 @@
+//! The `wasm-cache` command, run as a process against a real HTTP server and a
+//! real registry on 127.0.0.1.
+
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+use wasm_cache_testkit::http::{Route, ServerOptions, TestServer};
+use wasm_cache_testkit::images::push_oci_image;
+use wasm_cache_testkit::modules::{sample_module, sha256_hex};
+use wasm_cache_testkit::registry::{Registry, RegistryKind};
+
+fn cli(dir: &Path) -> Command {
+    let mut c = Command::cargo_bin("wasm-cache").unwrap();
+    c.arg("--dir").arg(dir).env_remove("WASM_CACHE_DIR");
+    c
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// Runs `fetch` and returns the one line it printed, asserting success.
+fn fetch_ok(dir: &Path, args: &[&str]) -> String {
+    let o = cli(dir).arg("fetch").args(args).output().unwrap();
+    assert!(o.status.success(), "fetch {args:?} failed: {}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "exactly one line: {out:?}");
+    out.trim_end().to_owned()
+}
+
+fn fetch_err(dir: &Path, args: &[&str]) -> String {
+    let o = cli(dir).arg("fetch").args(args).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "fetch {args:?} should fail");
+    assert!(
+        o.stdout.is_empty(),
+        "nothing on stdout on failure: {}",
+        stdout(&o)
+    );
+    let err = stderr(&o);
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn fetch_http_prints_the_path_and_keeps_state_across_runs() {
+    let s = TestServer::start(ServerOptions::plain());
+    let module = sample_module(30_000, 1);
+    s.route("/m.wasm", Route::bytes(module.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let url = s.url("/m.wasm");
+    let args = ["--resource-name", "ns/p", "--resource-version", "1"];
+    let path = fetch_ok(dir.path(), &[&[url.as_str()][..], &args].concat());
+    assert!(Path::new(&path).is_absolute());
+    assert_eq!(std::fs::read(&path).unwrap(), module);
+    assert!(path.ends_with(&format!("{}.wasm", sha256_hex(&module))));
+    // A second process with the same resource version: served from disk.
+    assert_eq!(
+        fetch_ok(dir.path(), &[&[url.as_str()][..], &args].concat()),
+        path
+    );
+    assert_eq!(s.hits("/m.wasm"), 1);
+    // A new version pulls again (http, unspecified policy).
+    fetch_ok(
+        dir.path(),
+        &[
+            url.as_str(),
+            "--resource-name",
+            "ns/p",
+            "--resource-version",
+            "2",
+        ],
+    );
+    assert_eq!(s.hits("/m.wasm"), 2);
+    // Pinned checksum, even with the server gone.
+    drop(s);
+    let sum = sha256_hex(&module);
+    assert_eq!(
+        fetch_ok(
+            dir.path(),
+            &[url.as_str(), "--sha256", &sum, "--policy", "always"]
+        ),
+        path
+    );
+}
+
+#[test]
+fn fetch_oci_from_a_real_registry() {
+    let r = Registry::start(RegistryKind::Plain);
+    let module = sample_module(20_000, 2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pushed = rt.block_on(push_oci_image(&r, "org/filter", "v1", &module));
+    let dir = tempfile::tempdir().unwrap();
+    let path = fetch_ok(dir.path(), &[&pushed.url, "--insecure-registry", &r.host()]);
+    assert_eq!(std::fs::read(&path).unwrap(), module);
+    // Digest pin of the manifest.
+    let digest = pushed.manifest_digest.clone();
+    assert_eq!(
+        fetch_ok(
+            dir.path(),
+            &[
+                &pushed.url,
+                "--sha256",
+                &digest,
+                "--insecure-registry",
+                &r.host()
+            ]
+        ),
+        path
+    );
+    // Not insecure-listed: plain HTTP is refused for a registry.
+    let other = tempfile::tempdir().unwrap();
+    fetch_err(other.path(), &[&pushed.url, "--timeout", "5s"]);
+}
+
+#[test]
+fn bad_url_wrong_checksum_unreachable_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = fetch_err(dir.path(), &["ftp://127.0.0.1/m.wasm"]);
+    assert!(
+        e.contains("unsupported Wasm module downloading URL scheme: ftp"),
+        "{e}"
+    );
+    let e = fetch_err(dir.path(), &["not a url"]);
+    assert!(e.contains("fail to parse Wasm module fetch url"), "{e}");
+    let e = fetch_err(dir.path(), &["http://127.0.0.1/m.wasm", "--sha256", "xyz"]);
+    assert!(e.contains("invalid sha256 checksum"), "{e}");
+
+    let s = TestServer::start(ServerOptions::plain());
+    s.route("/m.wasm", Route::bytes(sample_module(1000, 3)));
+    let wrong = "0".repeat(64);
+    let e = fetch_err(dir.path(), &[&s.url("/m.wasm"), "--sha256", &wrong]);
+    assert!(e.contains("which does not match: 0000"), "{e}");
+
+    // A closed port on loopback.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let e = fetch_err(
+        dir.path(),
+        &[
+            &format!("http://127.0.0.1:{port}/m.wasm"),
+            "--timeout",
+            "3s",
+        ],
+    );
+    assert!(e.contains("127.0.0.1"), "{e}");
+    // Nothing was stored by the failures.
+    let wasm_files = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "wasm")
+        })
+        .count();
+    assert_eq!(wasm_files, 0);
+}
+
+#[test]
+fn credentials_in_urls_and_pull_secrets_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret.json");
+    std::fs::write(
+        &secret,
+        br#"{"auths":{"127.0.0.1:1":{"auth":"dXNlcjpodW50ZXIy"}}}"#,
+    )
+    .unwrap();
+    let o = cli(dir.path())
+        .args([
+            "-vv",
+            "fetch",
+            "http://user:hunter2@127.0.0.1:1/m.wasm?token=s3cr3t",
+            "--timeout",
+            "2s",
+        ])
+        .arg("--pull-secret")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for leak in ["hunter2", "s3cr3t", "dXNlcjpodW50ZXIy"] {
+        assert!(!err.contains(leak), "{leak} leaked: {err}");
+    }
+}
+
+#[test]
+fn list_purge_and_verify() {
+    let s = TestServer::start(ServerOptions::plain());
+    let a = sample_module(4_000, 4);
+    let b = sample_module(5_000, 5);
+    s.route("/a.wasm", Route::bytes(a.clone()));
+    s.route("/b.wasm", Route::bytes(b.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let pa = fetch_ok(dir.path(), &[&s.url("/a.wasm")]);
+    let pb = fetch_ok(dir.path(), &[&s.url("/b.wasm")]);
+
+    let o = cli(dir.path()).args(["list", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mods = doc["modules"].as_array().unwrap();
+    assert_eq!(mods.len(), 2);
+    let ma = mods.iter().find(|m| m["path"] == pa.as_str()).unwrap();
+    assert_eq!(ma["sha256"], sha256_hex(&a));
+    assert_eq!(ma["checksum"], sha256_hex(&a));
+    assert_eq!(ma["size"], 4_000);
+    assert_eq!(ma["urls"][0], s.url("/a.wasm"));
+    assert!(ma["last_use_unix_ms"].as_u64().unwrap() > 0);
+
+    let o = cli(dir.path()).arg("list").output().unwrap();
+    assert!(o.status.success());
+    assert!(stdout(&o).contains(&sha256_hex(&b)), "{}", stdout(&o));
+
+    // Corrupt b: verify reports it and fails; --repair removes it.
+    let mut bytes = std::fs::read(&pb).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&pb, bytes).unwrap();
+    let o = cli(dir.path()).arg("verify").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("1 corrupt"), "{}", stdout(&o));
+    let o = cli(dir.path())
+        .args(["verify", "--repair"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1 removed"), "{}", stdout(&o));
+    assert!(!Path::new(&pb).exists());
+    let o = cli(dir.path()).arg("verify").output().unwrap();
+    assert!(o.status.success());
+    assert!(
+        stdout(&o).contains("verified 1 modules: 1 ok"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Purge with a zero expiry removes the rest.
+    let o = cli(dir.path())
+        .args(["purge", "--expiry", "0s"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!Path::new(&pa).exists());
+    let o = cli(dir.path()).args(["list", "--json"]).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["modules"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn dir_defaults_to_the_environment() {
+    let s = TestServer::start(ServerOptions::plain());
+    s.route("/m.wasm", Route::bytes(sample_module(1_000, 6)));
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::cargo_bin("wasm-cache")
+        .unwrap()
+        .env("WASM_CACHE_DIR", dir.path())
+        .args(["fetch", &s.url("/m.wasm")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(dir.path().canonicalize().unwrap().to_str().unwrap()));
+    let xdg = tempfile::tempdir().unwrap();
+    let o = Command::cargo_bin("wasm-cache")
+        .unwrap()
+        .env_remove("WASM_CACHE_DIR")
+        .env("XDG_CACHE_HOME", xdg.path())
+        .args(["fetch", &s.url("/m.wasm")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(xdg.path().join("wasm-cache").is_dir());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = cli(dir.path()).args(["fetch"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = cli(dir.path())
+        .args(["fetch", "http://x/m.wasm", "--policy", "sometimes"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown pull policy"), "{}", stderr(&o));
+}
