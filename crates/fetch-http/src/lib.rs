@@ -55,9 +55,11 @@
 //! supported and are ignored: the fetcher always connects directly. The SSRF
 //! guard works by checking the address it connects to; through a proxy, the
 //! proxy resolves the name and picks the address, so the guard could not be
-//! enforced. (hyper-util's client does not read these variables by itself, and
-//! the connector here dials the checked addresses directly.) Explicit proxy
-//! support, with the guard's limits spelt out, can be a future option.
+//! enforced. hyper-util reads these variables only through its
+//! `client::proxy::Matcher` (feature `client-proxy`), which its legacy client
+//! never calls on its own and this crate does not use; the connector here dials
+//! the checked addresses directly. Explicit proxy support, with the guard's
+//! limits spelt out, can be a future option.
 //!
 //! ## Example
 //!
