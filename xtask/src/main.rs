@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         Some("ci") => ci(&root),
         Some("deps") => ensure_system_packages(),
         Some("demo") => not_yet("demo", "issue 7 (the wasm-cache command)"),
-        Some("bench") => not_yet("bench", "issue 8 (benchmarks)"),
+        Some("bench") => bench(&root, &args[1..]),
         _ => {
             eprintln!("usage: cargo xtask <ci|demo|bench|deps>");
             return ExitCode::from(2);
@@ -65,6 +65,31 @@ fn run(what: &str, cmd: &mut Command) -> Result {
     } else {
         Err(format!("{what}: failed ({status})"))
     }
+}
+
+/// Builds everything in release mode and runs the benchmark runner
+/// (`crates/bench`), which prints the table and writes `docs/BENCHMARKS.md`.
+fn bench(root: &Path, rest: &[String]) -> Result {
+    ensure_system_packages()?;
+    run(
+        "cargo build --release (cli, bench)",
+        cargo().current_dir(root).args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "wasm-cache-cli",
+            "-p",
+            "wasm-cache-bench",
+        ]),
+    )?;
+    run(
+        "benchmark runner",
+        Command::new(root.join("target/release/wasm-cache-bench"))
+            .current_dir(root)
+            .env("WASM_CACHE_BIN", root.join("target/release/wasm-cache"))
+            .args(rest),
+    )
 }
 
 fn ci(root: &Path) -> Result {
