@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let root = project_root();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
-        Some("deps") => ensure_system_packages(),
+        Some("deps") => ensure_system_packages(TEST_PACKAGES),
         Some("demo") => not_yet("demo", "issue 7 (the wasm-cache command)"),
         Some("bench") => bench(&root, &args[1..]),
         _ => {
@@ -70,7 +70,8 @@ fn run(what: &str, cmd: &mut Command) -> Result {
 /// Builds everything in release mode and runs the benchmark runner
 /// (`crates/bench`), which prints the table and writes `docs/BENCHMARKS.md`.
 fn bench(root: &Path, rest: &[String]) -> Result {
-    ensure_system_packages()?;
+    ensure_system_packages(TEST_PACKAGES)?;
+    ensure_system_packages(BENCH_PACKAGES)?;
     run(
         "cargo build --release (cli, bench)",
         cargo().current_dir(root).args([
@@ -93,7 +94,7 @@ fn bench(root: &Path, rest: &[String]) -> Result {
 }
 
 fn ci(root: &Path) -> Result {
-    ensure_system_packages()?;
+    ensure_system_packages(TEST_PACKAGES)?;
     run(
         "cargo fmt --check",
         cargo()
@@ -129,10 +130,13 @@ fn ci(root: &Path) -> Result {
 }
 
 /// Binaries the tests need, and the Debian package that provides each.
-const SYSTEM_PACKAGES: &[(&str, &str)] = &[
+const TEST_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("htpasswd", "apache2-utils"),
 ];
+
+/// Baselines the benchmarks compare against.
+const BENCH_PACKAGES: &[(&str, &str)] = &[("skopeo", "skopeo"), ("curl", "curl")];
 
 fn on_path(bin: &str) -> bool {
     env::var_os("PATH").is_some_and(|p| env::split_paths(&p).any(|d| d.join(bin).is_file()))
@@ -140,8 +144,8 @@ fn on_path(bin: &str) -> bool {
 
 /// Installs missing packages with apt (idempotent: nothing happens when every
 /// binary is present). Needs root, as on CI and on a fresh Debian machine.
-fn ensure_system_packages() -> Result {
-    let missing: Vec<&str> = SYSTEM_PACKAGES
+fn ensure_system_packages(packages: &[(&str, &str)]) -> Result {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(bin, _)| !on_path(bin))
         .map(|(_, pkg)| *pkg)
@@ -176,7 +180,7 @@ fn ensure_system_packages() -> Result {
     )?;
     // The Debian package may start a system registry on :5000 where an init
     // system runs; the tests start their own on free ports and do not use it.
-    let still: Vec<&str> = SYSTEM_PACKAGES
+    let still: Vec<&str> = packages
         .iter()
         .filter(|(bin, _)| !on_path(bin))
         .map(|(b, _)| *b)
