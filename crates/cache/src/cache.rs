@@ -521,8 +521,8 @@ impl Inner {
             Ok(f) => f,
             Err(e) => {
                 // A limit or check of the store surfaces as a sink error; report it as itself.
-                let e = match ingest.error() {
-                    Some(store_err) => store_error_for(url, store_err),
+                let e = match ingest.into_error() {
+                    Some(store_err) => store_err.into_core_error(&url.redacted()),
                     None => e,
                 };
                 metrics::fetch(result_label(&e));
@@ -536,9 +536,11 @@ impl Inner {
         let now = self.now();
         let published = tokio::task::spawn_blocking(move || {
             // Commit and index under the content's publish lock, so a purge
-            // cannot delete the file between the two.
+            // cannot delete the file between the two (a commit that finds the
+            // file already in place must not lose it to a purge that saw no
+            // entry for it before the index insert).
+            let _guard = me.publish_lock(&ingest.digest());
             let committed = ingest.commit().map_err(|e| e.into_core_error(&redacted))?;
-            let _guard = me.publish_lock(&committed.digest);
             let checksum = resolved.or(fetched.digest).unwrap_or(committed.digest);
             let key = ModuleKey::new(name, checksum);
             me.index.insert(
@@ -683,31 +685,6 @@ impl Inner {
     fn flush(&self) -> Result<(), Error> {
         self.journal.compact(&self.index.to_events())?;
         Ok(())
-    }
-}
-
-fn store_error_for(url: &ModuleUrl, e: &StoreError) -> wasm_cache_core::Error {
-    let redacted = url.redacted();
-    match e {
-        StoreError::DigestMismatch { expected, actual } => {
-            wasm_cache_core::Error::ChecksumMismatch {
-                url: redacted,
-                actual: actual.to_hex(),
-                expected: expected.to_hex(),
-            }
-        }
-        StoreError::InvalidModule { reason } => wasm_cache_core::Error::InvalidModule {
-            url: redacted,
-            reason: reason.clone(),
-        },
-        StoreError::TooLarge { limit } => wasm_cache_core::Error::TooLarge {
-            url: redacted,
-            limit: *limit,
-        },
-        other => wasm_cache_core::Error::Sink {
-            url: redacted,
-            source: std::io::Error::other(other.to_string()),
-        },
     }
 }
 

@@ -290,3 +290,50 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown pull policy"), "{}", stderr(&o));
 }
+
+#[test]
+fn concurrent_commands_on_one_directory_take_turns() {
+    let s = TestServer::start(ServerOptions::plain());
+    s.route(
+        "/big.wasm",
+        Route::Generated {
+            size: 4 << 20,
+            seed: 7,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = s.url("/big.wasm");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("wasm-cache"))
+                .arg("--dir")
+                .arg(dir.path())
+                .args([
+                    "fetch",
+                    &url,
+                    "--resource-name",
+                    "r",
+                    "--resource-version",
+                    "1",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut paths = Vec::new();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        paths.push(stdout(&o));
+    }
+    assert!(paths.windows(2).all(|w| w[0] == w[1]), "{paths:?}");
+    // The directory lock serialises the processes; the journal carries the
+    // record from one to the next, so only the first downloads.
+    assert_eq!(s.hits("/big.wasm"), 1);
+    assert_eq!(
+        std::fs::read(paths[0].trim()).unwrap(),
+        sample_module(4 << 20, 7)
+    );
+}

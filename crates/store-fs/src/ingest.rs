@@ -108,6 +108,13 @@ impl Ingest {
         self.size
     }
 
+    /// The sha256 of the bytes written so far: once the last chunk is in, the
+    /// digest [`commit`](Self::commit) will install the module under, so a
+    /// caller can hold its own per-digest lock across the commit.
+    pub fn digest(&self) -> Sha256Digest {
+        finish_digest(self.hasher.0.clone())
+    }
+
     /// The temporary file being written.
     pub fn temp_path(&self) -> &Path {
         &self.temp
@@ -116,6 +123,14 @@ impl Ingest {
     /// The error that made a [`write`](ModuleSink::write) fail, if one did.
     pub fn error(&self) -> Option<&StoreError> {
         self.failure.as_ref()
+    }
+
+    /// Abandons the ingest (the temporary file is deleted) and returns the
+    /// error that made a [`write`](ModuleSink::write) fail, if one did: the
+    /// store's own verdict (too large, invalid module...) rather than the
+    /// generic sink error a fetcher reports for it.
+    pub fn into_error(mut self) -> Option<StoreError> {
+        self.failure.take()
     }
 
     /// Checks and installs the module:

@@ -131,5 +131,6 @@ pub use crate::error::{StoreError, StoreErrorKind};
 pub use crate::ingest::{Committed, Ingest};
 pub use crate::journal::{Journal, Replay};
 pub use crate::store::{
-    FsStore, IgnoredFile, Mismatch, RecoveryReport, StoredModule, VerifyReport,
+    FsStore, IgnoredFile, LOCK_FILE, LOCK_WAIT, Mismatch, RecoveryReport, StoredModule,
+    VerifyReport,
 };

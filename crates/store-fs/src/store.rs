@@ -36,6 +36,10 @@ pub(crate) struct Inner {
     dir: PathBuf,
     index: Mutex<HashMap<Sha256Digest, Meta>>,
     stripes: Box<[Mutex<()>]>,
+    /// The open `.lock` file: holding it holds the directory's exclusive
+    /// advisory lock, released when the last store of this process on the
+    /// directory is dropped.
+    _dir_lock: Arc<File>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -134,6 +138,65 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The file whose advisory lock guards a store directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// How long [`FsStore::open`] waits for another process to release the directory.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Directories whose lock this process holds, to share it between stores.
+static HELD: Mutex<Option<HashMap<PathBuf, std::sync::Weak<File>>>> = Mutex::new(None);
+
+/// Takes the exclusive advisory lock of `dir` (`flock` on `<dir>/.lock`),
+/// waiting up to `wait` for another process (e.g. a second `wasm-cache fetch`
+/// on the same directory) to finish: one directory is owned by one process
+/// at a time, since opening removes temporary files and the per-digest locks
+/// live in memory. Within one process the lock is shared (the rule there is
+/// the documented "one `FsStore` and its clones at a time").
+pub(crate) fn lock_dir(dir: &Path, wait: std::time::Duration) -> Result<Arc<File>, StoreError> {
+    let mut held = lock(&HELD);
+    let held = held.get_or_insert_with(HashMap::new);
+    held.retain(|_, w| w.strong_count() > 0);
+    if let Some(file) = held.get(dir).and_then(std::sync::Weak::upgrade) {
+        return Ok(file);
+    }
+    let file = Arc::new(lock_file(dir, wait)?);
+    held.insert(dir.to_path_buf(), Arc::downgrade(&file));
+    Ok(file)
+}
+
+fn lock_file(dir: &Path, wait: std::time::Duration) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io("opening lock file", &path, e))?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::io(
+                    "locking store directory (in use by another process or store)",
+                    &path,
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!("still locked after {wait:?}"),
+                    ),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io("locking store directory", &path, e));
+            }
+        }
+    }
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -157,6 +220,7 @@ impl FsStore {
             .map_err(|e| StoreError::io("resolving store directory", given, e))?;
         fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io("creating store directory", &dir, e))?;
+        let dir_lock = lock_dir(&dir, LOCK_WAIT)?;
         let mut report = RecoveryReport::default();
         let mut index = HashMap::new();
         let entries =
@@ -233,6 +297,7 @@ impl FsStore {
                 dir,
                 index: Mutex::new(index),
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                _dir_lock: dir_lock,
             }),
         };
         Ok((store, report))

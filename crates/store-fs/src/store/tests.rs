@@ -422,6 +422,7 @@ fn permission_and_not_a_directory_errors_name_path_and_operation() {
     // The directory replaced by a file after opening.
     let store_dir = dir.path().join("store");
     let (store, _) = FsStore::open(&store_dir).unwrap();
+    fs::remove_file(store_dir.join(crate::LOCK_FILE)).unwrap();
     fs::remove_dir(&store_dir).unwrap();
     fs::write(&store_dir, b"not a directory").unwrap();
     let err = store.ingest(None, 100).unwrap_err();
@@ -748,4 +749,59 @@ proptest! {
     fn store_matches_model(ops in proptest::collection::vec(op_strategy(), 1..40)) {
         run_model(ops);
     }
+}
+
+#[test]
+fn one_directory_is_owned_by_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join(crate::LOCK_FILE);
+    // util-linux flock(1) stands for another process: -n fails at once when locked.
+    let other_process_can_lock = || {
+        std::process::Command::new("flock")
+            .arg("-n")
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .expect("running flock(1) from util-linux")
+            .success()
+    };
+    let (first, _) = FsStore::open(dir.path()).unwrap();
+    assert!(
+        !other_process_can_lock(),
+        "the directory must be locked while open"
+    );
+    // Within the process the lock is shared, and held until the last store goes.
+    let (second, report) = FsStore::open(dir.path()).unwrap();
+    assert!(
+        report.ignored.is_empty(),
+        "the lock file is not a module: {report:?}"
+    );
+    drop(first);
+    assert!(!other_process_can_lock());
+    drop(second);
+    assert!(
+        other_process_can_lock(),
+        "dropping the stores releases the lock"
+    );
+    // Another process holding it: open waits, then names the lock file.
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while other_process_can_lock() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock(1) never took the lock"
+        );
+    }
+    let err = super::lock_file(dir.path(), std::time::Duration::from_millis(100)).unwrap_err();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("locking store directory") && msg.contains(".lock"),
+        "{msg}"
+    );
 }
