@@ -265,10 +265,10 @@ impl Cache {
         let task = lock(&self.inner.task).take();
         if let Some((task, stop)) = task {
             let _ = stop.send(true);
-            if let Err(e) = task.await {
-                if !e.is_cancelled() {
-                    return Err(Error::Internal(format!("purge task failed: {e}")));
-                }
+            if let Err(e) = task.await
+                && !e.is_cancelled()
+            {
+                return Err(Error::Internal(format!("purge task failed: {e}")));
             }
         }
         let inner = Arc::clone(&self.inner);
@@ -496,17 +496,17 @@ impl Inner {
             }
             // REFERENCE §3 step 5: look again before downloading any layer.
             let key = ModuleKey::new(name.clone(), digest);
-            if self.index.touch(&key, self.now()) {
-                if let Some(path) = self.serve(&key).await? {
-                    if url.records_checksum() {
-                        self.record(url, digest, req);
-                    }
-                    return Ok(Published {
-                        path,
-                        checksum: digest,
-                        recorded_for: (req.resource_name.clone(), req.resource_version.clone()),
-                    });
+            if self.index.touch(&key, self.now())
+                && let Some(path) = self.serve(&key).await?
+            {
+                if url.records_checksum() {
+                    self.record(url, digest, req);
                 }
+                return Ok(Published {
+                    path,
+                    checksum: digest,
+                    recorded_for: (req.resource_name.clone(), req.resource_version.clone()),
+                });
             }
             freq = freq.with_digest(Some(digest));
         }

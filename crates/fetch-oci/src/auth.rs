@@ -186,10 +186,10 @@ pub(crate) fn credentials_for(
             password: password.to_owned(),
         });
     }
-    if let (Some(user), Some(password)) = (non_empty(&entry.username), entry.password.clone()) {
-        if entry.identitytoken.is_none() {
-            return Ok(Credentials::Basic { user, password });
-        }
+    if let (Some(user), Some(password)) = (non_empty(&entry.username), entry.password.clone())
+        && entry.identitytoken.is_none()
+    {
+        return Ok(Credentials::Basic { user, password });
     }
     if non_empty(&entry.identitytoken).is_some() {
         return Err(Error::Unsupported {

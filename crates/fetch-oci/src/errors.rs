@@ -39,10 +39,9 @@ pub(crate) fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(inner) = err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
+            && inner.downcast_ref::<rustls::Error>().is_some()
         {
-            if inner.downcast_ref::<rustls::Error>().is_some() {
-                return true;
-            }
+            return true;
         }
         cur = err.source();
     }

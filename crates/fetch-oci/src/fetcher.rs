@@ -384,10 +384,10 @@ impl Inner {
     /// Sends an anonymous `GET /v2/`, picks the scheme (for insecure-listed
     /// registries) and checks every bearer realm; the verdict is cached.
     async fn probe(&self, url: &str, registry: &str) -> Result<Mode, Error> {
-        if let Some((mode, at)) = lock(&self.probes).get(registry) {
-            if at.elapsed() < PROBE_TTL {
-                return Ok(*mode);
-            }
+        if let Some((mode, at)) = lock(&self.probes).get(registry)
+            && at.elapsed() < PROBE_TTL
+        {
+            return Ok(*mode);
         }
         let insecure = self.is_insecure(registry);
         let get = |mode: Mode| {
@@ -507,14 +507,14 @@ impl Session {
             });
         }
         let actual = sha256(&body);
-        if let Some(want) = expected {
-            if want != actual {
-                return Err(Error::DigestMismatch {
-                    url: self.url.clone(),
-                    expected: want.to_prefixed(),
-                    actual: actual.to_prefixed(),
-                });
-            }
+        if let Some(want) = expected
+            && want != actual
+        {
+            return Err(Error::DigestMismatch {
+                url: self.url.clone(),
+                expected: want.to_prefixed(),
+                actual: actual.to_prefixed(),
+            });
         }
         Ok((body, actual))
     }
@@ -581,14 +581,14 @@ impl OciFetcher {
                     .1
             }
         };
-        if let Some(pinned) = oci.sha256_digest() {
-            if pinned != digest {
-                return Err(Error::DigestMismatch {
-                    url: session.url.clone(),
-                    expected: pinned.to_prefixed(),
-                    actual: digest.to_prefixed(),
-                });
-            }
+        if let Some(pinned) = oci.sha256_digest()
+            && pinned != digest
+        {
+            return Err(Error::DigestMismatch {
+                url: session.url.clone(),
+                expected: pinned.to_prefixed(),
+                actual: digest.to_prefixed(),
+            });
         }
         Ok(digest)
     }
@@ -672,14 +672,14 @@ impl OciFetcher {
             })
             .await?;
         let mut verifier = BlobVerifier::new(choice.digest, choice.size, url.clone());
-        if let Some(len) = stream.content_length {
-            if len > choice.size {
-                return Err(Error::DigestMismatch {
-                    url: url.clone(),
-                    expected: format!("{digest} ({} bytes)", choice.size),
-                    actual: format!("a blob announced as {len} bytes"),
-                });
-            }
+        if let Some(len) = stream.content_length
+            && len > choice.size
+        {
+            return Err(Error::DigestMismatch {
+                url: url.clone(),
+                expected: format!("{digest} ({} bytes)", choice.size),
+                actual: format!("a blob announced as {len} bytes"),
+            });
         }
         let mut unboxer = Unboxer::new(sink, req.max_size, choice.rule);
         let mut unbox_failure: Option<UnboxError> = None;
@@ -687,14 +687,14 @@ impl OciFetcher {
             match item {
                 Ok(bytes) => {
                     verifier.update(&bytes)?;
-                    if unbox_failure.is_none() {
-                        if let Err(e) = unboxer.push(&bytes) {
-                            match e {
-                                // Keep reading to verify the digest: a corrupted
-                                // blob is the better explanation of bad content.
-                                UnboxError::Invalid { .. } => unbox_failure = Some(e),
-                                other => return Err(other.into_error(&req.url)),
-                            }
+                    if unbox_failure.is_none()
+                        && let Err(e) = unboxer.push(&bytes)
+                    {
+                        match e {
+                            // Keep reading to verify the digest: a corrupted
+                            // blob is the better explanation of bad content.
+                            UnboxError::Invalid { .. } => unbox_failure = Some(e),
+                            other => return Err(other.into_error(&req.url)),
                         }
                     }
                 }

@@ -61,11 +61,11 @@ pub struct Committed {
 
 /// Copies the part of `chunk` that falls in the first 8 bytes of the stream.
 pub(crate) fn fill_header(header: &mut [u8; 8], offset: u64, chunk: &[u8]) {
-    if let Ok(start) = usize::try_from(offset) {
-        if start < header.len() {
-            let n = (header.len() - start).min(chunk.len());
-            header[start..start + n].copy_from_slice(&chunk[..n]);
-        }
+    if let Ok(start) = usize::try_from(offset)
+        && start < header.len()
+    {
+        let n = (header.len() - start).min(chunk.len());
+        header[start..start + n].copy_from_slice(&chunk[..n]);
     }
 }
 
@@ -155,10 +155,10 @@ impl Ingest {
             return Err(e);
         }
         let actual = finish_digest(self.hasher.0.clone());
-        if let Some(expected) = self.expected {
-            if expected != actual {
-                return Err(StoreError::DigestMismatch { expected, actual });
-            }
+        if let Some(expected) = self.expected
+            && expected != actual
+        {
+            return Err(StoreError::DigestMismatch { expected, actual });
         }
         let header_len = usize::try_from(self.size).map_or(8, |s| s.min(8));
         check_wasm_header(&self.header[..header_len])

@@ -180,10 +180,10 @@ impl ChildProc {
                 let Ok(line) = line else { break };
                 // The harness prints "test <name> ... " without a newline before
                 // the child's first line, so look for the prefix anywhere.
-                if let Some(at) = line.find(PREFIX) {
-                    if tx.send(line[at + PREFIX.len()..].to_owned()).is_err() {
-                        break;
-                    }
+                if let Some(at) = line.find(PREFIX)
+                    && tx.send(line[at + PREFIX.len()..].to_owned()).is_err()
+                {
+                    break;
                 }
             }
         });

@@ -43,9 +43,11 @@ pub fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
         h.set_size(content.len() as u64);
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
-        h.set_path(name).expect("test entry names are valid tar paths");
+        h.set_path(name)
+            .expect("test entry names are valid tar paths");
         h.set_cksum();
-        b.append(&h, *content).expect("writing to a Vec cannot fail");
+        b.append(&h, *content)
+            .expect("writing to a Vec cannot fail");
     }
     b.into_inner().expect("writing to a Vec cannot fail")
 }

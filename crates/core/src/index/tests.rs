@@ -303,13 +303,14 @@ impl Model {
         let name = u.module_name();
         let pinned = checksum.or(u.pinned_digest());
         let mut chosen = pinned;
-        if chosen.is_none() && !u.has_digest() {
-            if let Some((c, versions)) = self.records.get_mut(u.as_str()) {
-                let same = versions.get("r").map(String::as_str) == Some(rv);
-                if policy.ignores_resource_version(u) || same {
-                    versions.insert("r".into(), rv.into());
-                    chosen = Some(*c);
-                }
+        if chosen.is_none()
+            && !u.has_digest()
+            && let Some((c, versions)) = self.records.get_mut(u.as_str())
+        {
+            let same = versions.get("r").map(String::as_str) == Some(rv);
+            if policy.ignores_resource_version(u) || same {
+                versions.insert("r".into(), rv.into());
+                chosen = Some(*c);
             }
         }
         if let Some(c) = chosen {
