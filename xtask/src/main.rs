@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
         Some("deps") => ensure_system_packages(TEST_PACKAGES),
-        Some("demo") => not_yet("demo", "issue 7 (the wasm-cache command)"),
+        Some("demo") => demo(&root),
         Some("bench") => bench(&root, &args[1..]),
         _ => {
             eprintln!("usage: cargo xtask <ci|demo|bench|deps>");
@@ -65,6 +65,35 @@ fn run(what: &str, cmd: &mut Command) -> Result {
     } else {
         Err(format!("{what}: failed ({status})"))
     }
+}
+
+/// The main job end to end, offline: builds the `wasm-cache` command and the
+/// demo driver (`crates/testkit/src/bin/wasm-cache-demo.rs`), which starts a
+/// real registry and HTTP server on loopback, publishes a module in every
+/// layout and runs the command against each (miss, then hit).
+fn demo(root: &Path) -> Result {
+    ensure_system_packages(TEST_PACKAGES)?;
+    run(
+        "cargo build (cli, demo)",
+        cargo().current_dir(root).args([
+            "build",
+            "--locked",
+            "-p",
+            "wasm-cache-cli",
+            "-p",
+            "wasm-cache-testkit",
+            "--bin",
+            "wasm-cache",
+            "--bin",
+            "wasm-cache-demo",
+        ]),
+    )?;
+    run(
+        "demo",
+        Command::new(root.join("target/debug/wasm-cache-demo"))
+            .current_dir(root)
+            .env("WASM_CACHE_BIN", root.join("target/debug/wasm-cache")),
+    )
 }
 
 /// Builds everything in release mode and runs the benchmark runner
