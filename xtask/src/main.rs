@@ -37,12 +37,6 @@ fn main() -> ExitCode {
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-fn not_yet(what: &str, needs: &str) -> Result {
-    Err(format!(
-        "`cargo xtask {what}` is not available yet: it needs {needs}"
-    ))
-}
-
 /// The workspace root, from this crate's manifest directory.
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
