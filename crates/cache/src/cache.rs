@@ -334,10 +334,13 @@ fn recover(dir: &Path) -> Result<Recovered, Error> {
             index.remove(&e.key);
         }
     }
+    // One pass over the entries: `Index::content_in_use` scans them all, and
+    // calling it per file made opening a store of n modules O(n^2).
+    let in_use: HashSet<Sha256Digest> = index.entries().iter().map(|e| e.content).collect();
     let unverified = DashMap::new();
     let mut orphans = HashSet::new();
     for (digest, verified) in on_disk {
-        if !index.content_in_use(&digest) {
+        if !in_use.contains(&digest) {
             orphans.insert(digest);
         } else if !verified {
             unverified.insert(digest, ());
