@@ -238,6 +238,28 @@ fn first_value(file: &str, key: &str) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// What the profiles (perf, 2-core VM) showed bounds the rows that miss
+/// their target; the table above is the measurement, this is the reading.
+const BOUNDS: &str = "
+## What bounds the missed targets
+
+From `perf record` profiles of the runner and of `wasm-cache fetch` (details
+in `crates/bench/README.md`):
+
+- **Hit path and hits/s**: a hit checks that the module file still exists
+  (one `stat`, so a hit never returns a dangling path). On this VM one
+  `stat` costs 0.7 to 1.1 µs, so the floor column alone is at or above the
+  1 µs and 1 M/s targets. The rest of our time is `ModuleUrl::parse` (the
+  `url` crate) and the index lookup.
+- **Cold HTTP**: curl only copies bytes. We also SHA-256 the module (ring,
+  SHA-NI) and `fsync` it before it appears under its name, and start a
+  runtime and load the system's root certificates; those are most of the gap.
+- **Cold OCI**: on top of that, the layer is hashed twice more (oci-client's
+  own `sha2` check and our blob check), and the tar+gzip layout is inflated
+  (`miniz_oxide`, the largest symbol of that profile); curl and skopeo
+  neither inflate nor unpack.
+";
+
 fn document(cfg: &Config, table: &str, failures: &[String]) -> String {
     let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -261,6 +283,7 @@ fn document(cfg: &Config, table: &str, failures: &[String]) -> String {
         registry = version("docker-registry", "--version"),
     );
     doc.push_str(table);
+    doc.push_str(BOUNDS);
     if !failures.is_empty() {
         doc.push_str("\n## Sections that could not run\n\n");
         for f in failures {
