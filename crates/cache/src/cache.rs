@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 use wasm_cache_core::{
     EntryInfo, FetchRequest, Fetcher, Index, IndexEvent, Lookup, LookupRequest, ModuleKey,
     ModuleUrl, Scheme, Sha256Digest, Timestamp,
@@ -182,7 +182,17 @@ impl Cache {
             Err(miss) => miss,
         };
         metrics::lookup(false);
-        let published = self.single_flight(&url, name, expected, req).await?;
+        // A span on the miss path only: hits stay allocation-light.
+        let span = tracing::info_span!(
+            "wasm_module_fetch",
+            url = %url.redacted(),
+            resource = %req.resource_name,
+            version = %req.resource_version,
+        );
+        let published = self
+            .single_flight(&url, name, expected, req)
+            .instrument(span)
+            .await?;
         let (rn, rv) = &published.recorded_for;
         if url.records_checksum() && (rn != &req.resource_name || rv != &req.resource_version) {
             inner.record(&url, published.checksum, req);

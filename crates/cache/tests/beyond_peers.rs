@@ -333,3 +333,76 @@ fn metrics_use_the_reference_names() {
     );
     assert_eq!(seen.get("wasm_cache_entries{}"), Some(&1.0), "{seen:?}");
 }
+
+/// Writes half a module, then waits for `release` before writing the rest.
+#[derive(Debug)]
+struct HalfThenWait {
+    module: Vec<u8>,
+    halfway: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl Fetcher for HalfThenWait {
+    async fn resolve(&self, _: &FetchRequest) -> Result<Option<Sha256Digest>, CoreError> {
+        Ok(None)
+    }
+    async fn fetch(
+        &self,
+        req: &FetchRequest,
+        sink: &mut dyn ModuleSink,
+    ) -> Result<Fetched, CoreError> {
+        let (a, b) = self.module.split_at(self.module.len() / 2);
+        let err = |source| CoreError::Sink {
+            url: req.url.redacted(),
+            source,
+        };
+        sink.write(a).map_err(err)?;
+        self.halfway.notify_one();
+        self.release.notified().await;
+        sink.write(b).map_err(err)?;
+        Ok(Fetched::new(self.module.len() as u64, None))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_never_touches_a_module_being_written_or_just_handed_out() {
+    let module = sample_module(200_000, 17);
+    let fetcher = Arc::new(HalfThenWait {
+        module: module.clone(),
+        halfway: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    // The harshest settings: everything idle is expired, and no byte is allowed.
+    let cache = builder(dir.path(), &c)
+        .fetcher(Scheme::Https, fetcher.clone())
+        .expiry(Duration::ZERO)
+        .max_bytes(Some(0))
+        .eviction_grace(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let get = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get(&req("https://slow.example/m.wasm", "1")).await })
+    };
+    fetcher.halfway.notified().await;
+    // Mid-write: nothing is indexed yet, and the temporary file survives a purge.
+    let r = cache.purge().await.unwrap();
+    assert_eq!(r.files_removed, 0, "{r:?}");
+    fetcher.release.notify_one();
+    let path = get.await.unwrap().unwrap();
+    assert_module_at(&path, &module);
+    // Just handed out: it has not been idle at all (expiry counts from the
+    // last get) and it is within the eviction grace period.
+    let r = cache.purge().await.unwrap();
+    assert!(r.evicted.is_empty() && r.files_removed == 0, "{r:?}");
+    assert_module_at(&path, &module);
+    // Once idle past the grace period, the budget evicts it.
+    c.advance(Duration::from_secs(61));
+    let r = cache.purge().await.unwrap();
+    assert_eq!(r.files_removed, 1, "{r:?}");
+    assert!(!path.exists());
+}
