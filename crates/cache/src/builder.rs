@@ -34,6 +34,7 @@ pub struct CacheBuilder {
     fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
     clock: Arc<dyn Clock>,
     background_purge: bool,
+    default_fetchers: bool,
 }
 
 impl CacheBuilder {
@@ -50,6 +51,7 @@ impl CacheBuilder {
             fetchers: HashMap::new(),
             clock: Arc::new(SystemClock),
             background_purge: true,
+            default_fetchers: true,
         }
     }
 
@@ -120,6 +122,16 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether to build our fetchers for schemes not given with
+    /// [`CacheBuilder::fetcher`] (default true). Without them, such URLs fail
+    /// with `unsupported Wasm module downloading URL scheme`. A short-lived
+    /// process that knows its URL (the CLI) saves building fetchers (and
+    /// loading trust roots) it will not use.
+    pub fn default_fetchers(mut self, on: bool) -> Self {
+        self.default_fetchers = on;
+        self
+    }
+
     /// Opens the directory (creating it), recovers the index from it, builds
     /// the default fetchers not replaced, and starts the purge task. Must be
     /// called within a tokio runtime.
@@ -147,7 +159,9 @@ impl CacheBuilder {
                 .or_insert_with(|| Arc::clone(&http));
             fetchers.entry(Scheme::Https).or_insert(http);
         }
-        if let std::collections::hash_map::Entry::Vacant(slot) = fetchers.entry(Scheme::Oci) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = fetchers.entry(Scheme::Oci)
+            && self.default_fetchers
+        {
             let oci = crate::backends::oci(&self.insecure, self.ca_file.as_deref())?;
             slot.insert(Arc::new(oci));
         }

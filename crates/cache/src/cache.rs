@@ -70,6 +70,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     opts: Options,
     flights: DashMap<(String, Option<Sha256Digest>), Flight>,
+    /// Parsed URLs by their text: a config push asks for the same few URLs
+    /// over and over, and parsing is most of a hit's CPU time.
+    parsed: DashMap<String, Arc<ModuleUrl>>,
     /// Content recovered from disk and not yet re-hashed in this process.
     unverified: DashMap<Sha256Digest, ()>,
     /// Files in the store that no entry references (e.g. a crash between
@@ -132,6 +135,7 @@ impl Cache {
             clock,
             opts,
             flights: DashMap::new(),
+            parsed: DashMap::new(),
             unverified,
             orphans: Mutex::new(orphans),
             publish: std::array::from_fn(|_| Mutex::new(())),
@@ -169,12 +173,13 @@ impl Cache {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        let url = ModuleUrl::parse(&req.url)?;
+        let url = inner.parse_url(&req.url)?;
+        let url = &*url;
         let checksum = match req.checksum.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(c) => Some(Sha256Digest::parse(c)?),
         };
-        let (name, expected) = match inner.try_hit(&url, checksum, req).await? {
+        let (name, expected) = match inner.try_hit(url, checksum, req).await? {
             Ok((path, _)) => {
                 metrics::lookup(true);
                 return Ok(path);
@@ -190,12 +195,12 @@ impl Cache {
             version = %req.resource_version,
         );
         let published = self
-            .single_flight(&url, name, expected, req)
+            .single_flight(url, name, expected, req)
             .instrument(span)
             .await?;
         let (rn, rv) = &published.recorded_for;
         if url.records_checksum() && (rn != &req.resource_name || rv != &req.resource_version) {
-            inner.record(&url, published.checksum, req);
+            inner.record(url, published.checksum, req);
         }
         Ok(published.path)
     }
@@ -362,7 +367,23 @@ fn recover(dir: &Path) -> Result<Recovered, Error> {
     Ok((store, index, journal, unverified, orphans))
 }
 
+/// How many parsed URLs [`Inner::parse_url`] keeps before starting afresh.
+const PARSED_URLS: usize = 4096;
+
 impl Inner {
+    /// [`ModuleUrl::parse`], remembered for URLs seen before (errors are not).
+    fn parse_url(&self, raw: &str) -> Result<Arc<ModuleUrl>, wasm_cache_core::Error> {
+        if let Some(u) = self.parsed.get(raw) {
+            return Ok(Arc::clone(u.value()));
+        }
+        let url = Arc::new(ModuleUrl::parse(raw)?);
+        if self.parsed.len() >= PARSED_URLS {
+            self.parsed.clear();
+        }
+        self.parsed.insert(raw.to_owned(), Arc::clone(&url));
+        Ok(url)
+    }
+
     /// REFERENCE §3 steps 1-4 and the existence check: `Ok((path, checksum))`
     /// on a hit, else `Err((module name, expected checksum))` for the fetch.
     async fn try_hit(

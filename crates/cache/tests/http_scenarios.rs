@@ -247,3 +247,20 @@ async fn a_failed_always_pull_does_not_record_the_new_version() {
         "2"
     );
 }
+
+#[tokio::test]
+async fn without_default_fetchers_only_given_schemes_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder(dir.path(), &clock())
+        .default_fetchers(false)
+        .build()
+        .await
+        .unwrap();
+    for url in ["http://127.0.0.1:9/m.wasm", "oci://127.0.0.1:9/a/b:v1"] {
+        let e = cache.get(&req(url, "1")).await.unwrap_err();
+        assert!(
+            e.to_string().starts_with("unsupported Wasm module downloading URL scheme"),
+            "{e}"
+        );
+    }
+}

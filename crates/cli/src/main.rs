@@ -198,8 +198,12 @@ fn absolute(dir: &Path) -> Result<PathBuf, BoxError> {
         .map_err(|e| format!("resolving cache directory {}: {e}", dir.display()))?)
 }
 
+/// A cache for one command: no background purge (the command purges when
+/// asked) and no fetchers unless the command adds the one it needs.
 fn builder(dir: &Path) -> CacheBuilder {
-    Cache::builder(dir).background_purge(false)
+    Cache::builder(dir)
+        .background_purge(false)
+        .default_fetchers(false)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
@@ -225,23 +229,34 @@ async fn fetch(dir: &Path, args: FetchArgs) -> Result<ExitCode, BoxError> {
         }
         None => None,
     };
-    // Our fetchers, wrapped in a progress layer (a no-op unless stderr is a terminal).
-    let mut http = HttpFetcher::builder().insecure_hosts(args.insecure_registries.iter().cloned());
-    let mut oci =
-        OciFetcher::builder().insecure_registries(args.insecure_registries.iter().cloned());
-    if let Some(ca) = &args.ca_file {
-        http = http.ca_file(ca);
-        oci = oci.ca_file(ca);
+    // Only the fetcher this URL needs (building one loads trust roots), wrapped
+    // in a progress layer (a no-op unless stderr is a terminal). A URL that
+    // does not parse gets none, and the cache reports the reference's error.
+    let mut cache = builder(dir).max_module_size(args.max_size);
+    match wasm_cache_core::ModuleUrl::parse(&args.url).map(|u| u.scheme()) {
+        Ok(Scheme::Http | Scheme::Https) => {
+            let mut http =
+                HttpFetcher::builder().insecure_hosts(args.insecure_registries.iter().cloned());
+            if let Some(ca) = &args.ca_file {
+                http = http.ca_file(ca);
+            }
+            let http: Arc<dyn wasm_cache::Fetcher> =
+                Arc::new(progress::Progress::new(http.build()?));
+            cache = cache
+                .fetcher(Scheme::Http, Arc::clone(&http))
+                .fetcher(Scheme::Https, http);
+        }
+        Ok(Scheme::Oci) => {
+            let mut oci =
+                OciFetcher::builder().insecure_registries(args.insecure_registries.iter().cloned());
+            if let Some(ca) = &args.ca_file {
+                oci = oci.ca_file(ca);
+            }
+            cache = cache.fetcher(Scheme::Oci, Arc::new(progress::Progress::new(oci.build()?)));
+        }
+        Err(_) => {}
     }
-    let http: Arc<dyn wasm_cache::Fetcher> = Arc::new(progress::Progress::new(http.build()?));
-    let oci: Arc<dyn wasm_cache::Fetcher> = Arc::new(progress::Progress::new(oci.build()?));
-    let cache = builder(dir)
-        .max_module_size(args.max_size)
-        .fetcher(Scheme::Http, Arc::clone(&http))
-        .fetcher(Scheme::Https, http)
-        .fetcher(Scheme::Oci, oci)
-        .build()
-        .await?;
+    let cache = cache.build().await?;
     let mut req = GetRequest::new(args.url)
         .resource(args.resource_name, args.resource_version)
         .timeout(args.timeout)
