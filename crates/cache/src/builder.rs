@@ -147,8 +147,8 @@ impl CacheBuilder {
             return Err(config("maximum module size must be more than zero"));
         }
         let mut fetchers = self.fetchers;
-        let needs_http =
-            !fetchers.contains_key(&Scheme::Http) || !fetchers.contains_key(&Scheme::Https);
+        let needs_http = self.default_fetchers
+            && (!fetchers.contains_key(&Scheme::Http) || !fetchers.contains_key(&Scheme::Https));
         if needs_http {
             let http: Arc<dyn Fetcher> = Arc::new(crate::backends::http(
                 &self.insecure,

@@ -259,7 +259,8 @@ async fn without_default_fetchers_only_given_schemes_work() {
     for url in ["http://127.0.0.1:9/m.wasm", "oci://127.0.0.1:9/a/b:v1"] {
         let e = cache.get(&req(url, "1")).await.unwrap_err();
         assert!(
-            e.to_string().starts_with("unsupported Wasm module downloading URL scheme"),
+            e.to_string()
+                .starts_with("unsupported Wasm module downloading URL scheme"),
             "{e}"
         );
     }
