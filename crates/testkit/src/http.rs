@@ -754,31 +754,11 @@ struct TestCa {
 
 impl TestCa {
     fn new() -> Result<Self, Box<dyn std::error::Error>> {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "wasm-cache test HTTP CA");
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-        let mut leaf_params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-        leaf_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "wasm-cache test HTTP server");
-        leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_key = KeyPair::generate()?;
-        let leaf = leaf_params.signed_by(&leaf_key, &ca)?;
-
+        let certs = crate::certs::issue("wasm-cache test HTTP CA", "wasm-cache test HTTP server")?;
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
-            rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
+            rustls::pki_types::PrivatePkcs8KeyDer::from(certs.key_der),
         );
-        let chain = vec![leaf.der().clone()];
+        let chain = vec![rustls::pki_types::CertificateDer::from(certs.leaf_der)];
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -787,7 +767,7 @@ impl TestCa {
         .with_single_cert(chain, key)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            ca_pem: ca.pem(),
+            ca_pem: certs.ca_pem,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         })
     }

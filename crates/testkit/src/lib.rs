@@ -6,6 +6,7 @@
 //! 127.0.0.1 with images pushed in every supported layout (`registry`, `images`).
 //! Not published: it starts processes and servers, which no library should.
 
+mod certs;
 pub mod http;
 pub mod images;
 pub mod modules;

@@ -581,41 +581,20 @@ fn write_htpasswd(file: &Path, user: &str, password: &str) -> Result<(), String>
 
 /// A test CA and a server certificate for 127.0.0.1 / localhost signed by it.
 fn make_tls(dir: &Path) -> Result<(Tls, PathBuf, PathBuf), rcgen::Error> {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "wasm-cache test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-    let mut leaf_params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "wasm-cache test registry");
-    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = KeyPair::generate()?;
-    let leaf = leaf_params.signed_by(&leaf_key, &ca)?;
-
+    let certs = crate::certs::issue("wasm-cache test CA", "wasm-cache test registry")?;
     let write = |name: &str, content: &str| -> Result<PathBuf, rcgen::Error> {
         let p = dir.join(name);
         std::fs::write(&p, content).map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
         Ok(p)
     };
-    let ca_pem = ca.pem();
-    let ca_file = write("ca.pem", &ca_pem)?;
+    let ca_file = write("ca.pem", &certs.ca_pem)?;
     // The registry serves the chain it is given; the leaf alone is enough.
-    let cert_file = write("server.pem", &leaf.pem())?;
-    let key_file = write("server.key", &leaf_key.serialize_pem())?;
+    let cert_file = write("server.pem", &certs.leaf_pem)?;
+    let key_file = write("server.key", &certs.key_pem)?;
     Ok((
         Tls {
-            ca_der: ca.der().to_vec(),
-            ca_pem,
+            ca_der: certs.ca_der,
+            ca_pem: certs.ca_pem,
             ca_file,
         },
         cert_file,
