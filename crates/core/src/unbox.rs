@@ -11,9 +11,10 @@
 //!   chosen by a [`TarEntryRule`]; anything else is [`UnboxError::Invalid`];
 //! - the output is bounded by `max_size`: one byte more is
 //!   [`UnboxError::TooLarge`], never a truncation, so a gzip bomb is an error and
-//!   not an out-of-memory. The archive itself (the raw body and the decompressed
-//!   stream, including tar entries that are skipped) may exceed `max_size` by at
-//!   most [`ARCHIVE_OVERHEAD`], so a bomb hidden in a skipped entry is bounded too;
+//!   not an out-of-memory. The decompressed stream (including tar entries that
+//!   are skipped) may exceed `max_size` by at most [`ARCHIVE_OVERHEAD`], so a
+//!   bomb hidden in a skipped entry is bounded too, and the raw body by at most
+//!   [`boxed_limit`] (room for a compressor that expands incompressible data);
 //! - memory is constant: a 512-byte detection buffer, a 512-byte tar header, a
 //!   32 KiB decompression buffer and at most [`MAX_META_SIZE`] for a GNU long
 //!   name or pax header. Nothing is ever allocated by a size an archive declares;
@@ -54,6 +55,17 @@ use crate::{Error, ModuleSink, ModuleUrl, WASM_MAGIC, check_wasm_header};
 /// How much larger than `max_size` the archive around a module may be (tar
 /// headers, padding, small extra entries), in bytes: 1 MiB.
 pub const ARCHIVE_OVERHEAD: u64 = 1024 * 1024;
+
+/// The most raw (possibly compressed) bytes accepted for a module of at most
+/// `max_size` bytes: the archive bound plus an eighth of `max_size`, because a
+/// compressor may expand incompressible data (deflate with Huffman codes of up
+/// to 9 bits per byte: at most about 12.5%; zlib-rs at level 1 expands random
+/// bytes by 5.5%).
+pub fn boxed_limit(max_size: u64) -> u64 {
+    max_size
+        .saturating_add(max_size / 8)
+        .saturating_add(ARCHIVE_OVERHEAD)
+}
 
 /// The largest GNU long-name (`L`) or pax (`x`) header accepted: 64 KiB.
 pub const MAX_META_SIZE: u64 = 64 * 1024;
@@ -133,6 +145,8 @@ pub struct Unboxer<S: ModuleSink> {
     stage: Stage,
     rule: TarEntryRule,
     input: u64,
+    /// Bound on raw bytes ([`boxed_limit`]).
+    input_limit: u64,
     archive_limit: u64,
     failed: bool,
 }
@@ -164,6 +178,7 @@ impl<S: ModuleSink> Unboxer<S> {
             stage: Stage::detect(true),
             rule,
             input: 0,
+            input_limit: boxed_limit(max_size),
             archive_limit: max_size.saturating_add(ARCHIVE_OVERHEAD),
             failed: false,
         }
@@ -179,7 +194,7 @@ impl<S: ModuleSink> Unboxer<S> {
             return Err(UnboxError::invalid("unboxer used after an error"));
         }
         self.input = self.input.saturating_add(chunk.len() as u64);
-        let result = if self.input > self.archive_limit {
+        let result = if self.input > self.input_limit {
             Err(UnboxError::TooLarge {
                 limit: self.out.max,
             })
@@ -1012,6 +1027,46 @@ fn pax_path(meta: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+
+    #[test]
+    fn compressors_that_expand_incompressible_modules_are_accepted() {
+        // 24 MiB of pseudo-random bytes: zlib-rs at level 1 makes them 5.5%
+        // larger, more than ARCHIVE_OVERHEAD, and still well within boxed_limit.
+        let mut module = b"\0asm\x01\0\0\0".to_vec();
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        while module.len() < 24 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            module.extend_from_slice(&x.to_le_bytes());
+        }
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&module).unwrap();
+        let gz = enc.finish().unwrap();
+        let max = module.len() as u64;
+        assert!(
+            gz.len() as u64 > max + ARCHIVE_OVERHEAD,
+            "the case this test is about"
+        );
+        assert!((gz.len() as u64) <= boxed_limit(max));
+        let mut u = Unboxer::new(Vec::new(), max, TarEntryRule::PluginWasmOrFirstWasm);
+        for chunk in gz.chunks(64 * 1024) {
+            u.push(chunk).unwrap();
+        }
+        let (out, n) = u.finish().unwrap();
+        assert_eq!(n, max);
+        assert!(out == module);
+        // One byte less of room is still an error, not a truncation.
+        let mut u = Unboxer::new(Vec::new(), max - 1, TarEntryRule::PluginWasmOrFirstWasm);
+        let err = gz
+            .chunks(64 * 1024)
+            .try_for_each(|c| u.push(c))
+            .unwrap_err();
+        assert!(
+            matches!(err, UnboxError::TooLarge { limit } if limit == max - 1),
+            "{err}"
+        );
+    }
 
     use proptest::prelude::*;
 

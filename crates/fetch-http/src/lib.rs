@@ -102,7 +102,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
 use url::Url;
 use wasm_cache_core::retry::Backoff;
-use wasm_cache_core::unbox::{ARCHIVE_OVERHEAD, TarEntryRule, Unboxer};
+use wasm_cache_core::unbox::{TarEntryRule, Unboxer, boxed_limit};
 use wasm_cache_core::{
     Error, FetchRequest, Fetched, Fetcher, ModuleSink, Scheme, Sha256Digest, redact_url,
 };
@@ -603,7 +603,7 @@ async fn stream_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > req.max_size.saturating_add(ARCHIVE_OVERHEAD)) {
+    if declared.is_some_and(|n| n > boxed_limit(req.max_size)) {
         return Err(Error::TooLarge {
             url: req.url.redacted(),
             limit: req.max_size,

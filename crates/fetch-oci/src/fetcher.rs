@@ -13,7 +13,7 @@ use oci_client::Reference;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use wasm_cache_core::retry::Backoff;
-use wasm_cache_core::unbox::{ARCHIVE_OVERHEAD, UnboxError, Unboxer};
+use wasm_cache_core::unbox::{UnboxError, Unboxer, boxed_limit};
 use wasm_cache_core::{
     Error, FetchRequest, Fetched, Fetcher, ModuleSink, OciReference, Scheme, Sha256Digest,
 };
@@ -635,7 +635,7 @@ impl OciFetcher {
         let bound = if choice.layout.is_raw() {
             req.max_size
         } else {
-            req.max_size.saturating_add(ARCHIVE_OVERHEAD)
+            boxed_limit(req.max_size)
         };
         if choice.size > bound {
             return Err(Error::TooLarge {
