@@ -73,3 +73,20 @@ mod verify;
 pub use crate::fetcher::{
     MAX_MANIFEST_SIZE, OciFetcher, OciFetcherBuilder, install_crypto_provider,
 };
+
+/// Parses `config` as a pull secret for `registry` exactly as a fetch does,
+/// and says only whether it is usable (the credentials themselves never leave
+/// the crate).
+///
+/// Not part of the stable API: it exists for the cargo-fuzz targets in
+/// `fuzz/`, which link this crate from outside and cannot reach the private
+/// parser.
+///
+/// # Errors
+/// What a fetch with this secret would fail with: `InvalidPullSecret` for
+/// bytes that are not a usable Docker `config.json`, `Unsupported` for an
+/// `identitytoken`-only entry.
+#[doc(hidden)]
+pub fn check_pull_secret(config: &[u8], registry: &str) -> Result<(), wasm_cache_core::Error> {
+    auth::credentials_for(config, registry, auth::Source::PullSecret).map(|_| ())
+}
