@@ -229,7 +229,9 @@ impl Registry {
 
         let bin = std::env::var_os("WASM_CACHE_REGISTRY_BIN")
             .map_or_else(|| PathBuf::from(DEFAULT_REGISTRY_BIN), PathBuf::from);
-        let mut child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        die_with_parent(&mut command);
+        let mut child = command
             .arg("serve")
             .arg(&config_file)
             .env_remove("HTTP_PROXY")
@@ -577,6 +579,28 @@ fn write_htpasswd(file: &Path, user: &str, password: &str) -> Result<(), String>
     }
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     std::fs::write(file, format!("{line}\n")).map_err(|e| format!("writing htpasswd: {e}"))
+}
+
+/// Makes the registry die when the thread that started it does, so a test
+/// process killed by Ctrl-C or SIGKILL (where `Drop` never runs) leaves no
+/// registry behind. Registries are started by the thread that owns them.
+#[allow(
+    unsafe_code,
+    reason = "prctl(PR_SET_PDEATHSIG) in the child before exec; async-signal-safe"
+)]
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // one async-signal-safe system call.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
 }
 
 /// A test CA and a server certificate for 127.0.0.1 / localhost signed by it.
