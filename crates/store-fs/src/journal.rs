@@ -148,10 +148,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
             }
         }
         let existed = path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
+        let mut file = owner_only(OpenOptions::new().read(true).append(true).create(true))
             .open(&path)
             .map_err(|e| StoreError::io("opening journal", &path, e))?;
         if !existed {
@@ -305,10 +302,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
     }
 
     fn write_compacted(&self, temp: &Path, records: &[T]) -> Result<u64, StoreError> {
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
+        let mut out = owner_only(OpenOptions::new().write(true).create(true).truncate(true))
             .open(temp)
             .map_err(|e| StoreError::io("creating journal temporary file", temp, e))?;
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -341,6 +335,14 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
     fn replace_file_for_test(&self, file: File) {
         lock(&self.state).file = file;
     }
+}
+
+/// Files the journal creates are readable by their owner only: records may
+/// hold URLs as given, with credentials in their user-info or query.
+fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
 }
 
 fn compact_temp_path(path: &Path) -> PathBuf {
