@@ -612,6 +612,18 @@ fn cli_never_prints_url_credentials_even_with_trace_logs() {
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("/m.wasm"), "{listed}");
     assert_no_secret(&listed, &[USER_SECRET, QUERY_SECRET], "list --json");
+    // The journal keeps URLs as given (they are the keys of the checksum
+    // records), credentials included, so only its owner may read it.
+    use std::os::unix::fs::PermissionsExt as _;
+    let journal = dir.path().join("index.journal");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(text.contains("/m.wasm"), "{text}");
+    let mode = std::fs::metadata(&journal).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the journal is readable by others: {mode:o}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
