@@ -3,8 +3,8 @@
 //! - `ci`: what CI runs, and the README's test command: installs the services the
 //!   tests need (Debian's `docker-registry`, `apache2-utils`) when missing, then
 //!   runs `cargo fmt --check`, `cargo clippy --all-targets -D warnings`, rustdoc
-//!   with warnings denied, and the whole test suite, last, so the output ends
-//!   with cargo's test summary lines.
+//!   with warnings denied, builds the cargo-fuzz targets (`fuzz/`), and runs the
+//!   whole test suite, last, so the output ends with cargo's test summary lines.
 //! - `demo`: the main job end to end on this machine, with no outside network.
 //! - `bench`: the benchmark table.
 //! - `deps`: only the service installation step of `ci`.
@@ -142,6 +142,14 @@ fn ci(root: &Path) -> Result {
             .current_dir(root)
             .env("RUSTDOCFLAGS", "-D warnings")
             .args(["doc", "--workspace", "--no-deps", "--locked"]),
+    )?;
+    // The cargo-fuzz targets are not run in CI, but they must build (fuzz/ is
+    // its own workspace, on the pinned stable toolchain: libfuzzer-sys builds there).
+    run(
+        "cargo build (fuzz targets)",
+        cargo()
+            .current_dir(root)
+            .args(["build", "--manifest-path", "fuzz/Cargo.toml", "--locked"]),
     )?;
     // Last, so the output ends with cargo's test summary lines.
     run(
