@@ -37,16 +37,46 @@ impl FetchResult {
     }
 }
 
-pub(crate) fn lookup(hit: bool) {
-    metrics::counter!(LOOKUP_COUNT, "hit" => if hit { "true" } else { "false" }).increment(1);
+/// The cache's metric handles, registered once with the recorder installed
+/// when the cache is built, so recording on the hot path is an atomic add,
+/// not a key lookup.
+pub(crate) struct Meters {
+    hit: metrics::Counter,
+    miss: metrics::Counter,
+    fetch: [metrics::Counter; 5],
+    entries: metrics::Gauge,
 }
 
-pub(crate) fn fetch(result: FetchResult) {
-    metrics::counter!(REMOTE_FETCH_COUNT, "result" => result.as_str()).increment(1);
-}
+const RESULTS: [FetchResult; 5] = [
+    FetchResult::Success,
+    FetchResult::DownloadFailure,
+    FetchResult::ManifestFailure,
+    FetchResult::ChecksumMismatched,
+    FetchResult::FetchFailure,
+];
 
-pub(crate) fn entries(n: usize) {
-    #[allow(clippy::cast_precision_loss)]
-    // reason: a gauge is f64; entry counts are far below 2^52
-    metrics::gauge!(CACHE_ENTRIES).set(n as f64);
+impl Meters {
+    pub(crate) fn new() -> Self {
+        Self {
+            hit: metrics::counter!(LOOKUP_COUNT, "hit" => "true"),
+            miss: metrics::counter!(LOOKUP_COUNT, "hit" => "false"),
+            fetch: RESULTS.map(|r| metrics::counter!(REMOTE_FETCH_COUNT, "result" => r.as_str())),
+            entries: metrics::gauge!(CACHE_ENTRIES),
+        }
+    }
+
+    pub(crate) fn lookup(&self, hit: bool) {
+        if hit { &self.hit } else { &self.miss }.increment(1);
+    }
+
+    pub(crate) fn fetch(&self, result: FetchResult) {
+        let i = RESULTS.iter().position(|r| *r == result).unwrap_or(0);
+        self.fetch[i].increment(1);
+    }
+
+    pub(crate) fn entries(&self, n: usize) {
+        #[allow(clippy::cast_precision_loss)]
+        // reason: a gauge is f64; entry counts are far below 2^52
+        self.entries.set(n as f64);
+    }
 }

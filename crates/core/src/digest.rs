@@ -80,6 +80,25 @@ impl Sha256Digest {
     pub fn file_name(&self) -> String {
         format!("{self}.wasm")
     }
+
+    /// [`Sha256Digest::file_name`] as ASCII bytes on the stack, for hot paths
+    /// that must not allocate.
+    pub fn file_name_bytes(&self) -> [u8; 69] {
+        let mut out = [0u8; 69];
+        out[..64].copy_from_slice(&self.hex_bytes());
+        out[64..].copy_from_slice(b".wasm");
+        out
+    }
+
+    fn hex_bytes(&self) -> [u8; 64] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = HEX[usize::from(b >> 4)];
+            buf[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+        }
+        buf
+    }
 }
 
 fn nibble(c: u8) -> Option<u8> {
@@ -105,12 +124,7 @@ fn shorten(input: &str) -> String {
 
 impl fmt::Display for Sha256Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut buf = [0u8; 64];
-        for (i, b) in self.0.iter().enumerate() {
-            buf[2 * i] = HEX[usize::from(b >> 4)];
-            buf[2 * i + 1] = HEX[usize::from(b & 0x0f)];
-        }
+        let buf = self.hex_bytes();
         // The buffer holds only ASCII hex digits.
         f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
@@ -205,6 +219,8 @@ mod tests {
             prop_assert_eq!(Sha256Digest::parse(&d.to_string()).unwrap(), d);
             prop_assert_eq!(Sha256Digest::parse(&d.to_prefixed()).unwrap(), d);
             prop_assert_eq!(d.to_string().len(), 64);
+            let name = d.file_name();
+            prop_assert_eq!(&d.file_name_bytes()[..], name.as_bytes());
         }
 
         #[test]

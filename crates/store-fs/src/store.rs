@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     dir: PathBuf,
     index: Mutex<HashMap<Sha256Digest, Meta>>,
     stripes: Box<[Mutex<()>]>,
+    /// The directory, open, for [`FsStore::contains`].
+    dir_fd: std::os::fd::OwnedFd,
     /// The open `.lock` file: holding it holds the directory's exclusive
     /// advisory lock, released when the last store of this process on the
     /// directory is dropped.
@@ -221,6 +223,14 @@ impl FsStore {
         fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io("creating store directory", &dir, e))?;
         let dir_lock = lock_dir(&dir, LOCK_WAIT)?;
+        let dir_fd = rustix::fs::open(
+            &dir,
+            rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| StoreError::io("opening store directory", &dir, e.into()))?;
         let mut report = RecoveryReport::default();
         let mut index = HashMap::new();
         let entries =
@@ -297,6 +307,7 @@ impl FsStore {
                 dir,
                 index: Mutex::new(index),
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                dir_fd,
                 _dir_lock: dir_lock,
             }),
         };
@@ -346,8 +357,19 @@ impl FsStore {
     /// Whether a regular file for this digest exists right now (an `lstat`,
     /// nothing more: it says nothing about the content; see
     /// [`verify`](Self::verify)). A symlink at the name does not count.
+    ///
+    /// This is the cache's hit-path check, so it allocates nothing and stats
+    /// relative to the directory's open descriptor (`fstatat`): the kernel
+    /// walks one path component instead of the whole absolute path.
     pub fn contains(&self, digest: &Sha256Digest) -> bool {
-        fs::symlink_metadata(self.path_of(digest)).is_ok_and(|m| m.is_file())
+        use rustix::fs::{AtFlags, FileType, statat};
+        let name = digest.file_name_bytes();
+        let is_file = |mode| FileType::from_raw_mode(mode) == FileType::RegularFile;
+        statat(&self.inner.dir_fd, &name[..], AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| is_file(st.st_mode))
+            // Not there: check by path too, in case the directory itself was
+            // replaced since open (the descriptor still names the old one).
+            || fs::symlink_metadata(self.path_of(digest)).is_ok_and(|m| m.is_file())
     }
 
     /// The index entry of one module, if the store knows it.
