@@ -247,17 +247,21 @@ From `perf record` profiles of the runner and of `wasm-cache fetch` (details
 in `crates/bench/README.md`):
 
 - **Hit path and hits/s**: a hit checks that the module file still exists
-  (one `stat`, so a hit never returns a dangling path). On this VM one
-  `stat` costs 0.7 to 1.1 µs, so the floor column alone is at or above the
-  1 µs and 1 M/s targets. The rest of our time is `ModuleUrl::parse` (the
-  `url` crate) and the index lookup.
+  (an `fstatat` relative to the store's directory descriptor, so a hit never
+  returns a dangling path). That one system call costs about as much as the
+  1 µs target on this VM (the floor column is a plain `stat` of the absolute
+  path, which walks every component). The rest is the index lookup (string
+  hashing and comparison of module names) and allocating the returned path;
+  URL parsing is memoised and metric handles are registered once.
 - **Cold HTTP**: curl only copies bytes. We also SHA-256 the module (ring,
-  SHA-NI) and `fsync` it before it appears under its name, and start a
-  runtime and load the system's root certificates; those are most of the gap.
-- **Cold OCI**: on top of that, the layer is hashed twice more (oci-client's
-  own `sha2` check and our blob check), and the tar+gzip layout is inflated
-  (`miniz_oxide`, the largest symbol of that profile); curl and skopeo
-  neither inflate nor unpack.
+  SHA-NI, about 30 ms for 64 MiB) and `fsync` it (about 18 ms) before it
+  appears under its name: that is the remaining gap, and it is the price of
+  the crash-safety and verification guarantees.
+- **Cold OCI**: on top of that, a resolve round trip, and the layer is hashed
+  twice more (oci-client's own `sha2` check and our blob check: the three
+  SHA-256 passes are 60% of the raw-layer profile); the tar+gzip layout is
+  also inflated (zlib-rs; the sample modules are incompressible random
+  bytes, the worst case). curl and skopeo neither verify, inflate nor unpack.
 ";
 
 fn document(cfg: &Config, table: &str, failures: &[String]) -> String {
