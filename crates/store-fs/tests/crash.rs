@@ -28,17 +28,9 @@ const BIG: usize = 8 * 1024 * 1024;
 /// How long the parent waits for any one line before giving up on the child.
 const LINE_DEADLINE: Duration = Duration::from_secs(120);
 
+/// A valid Wasm header followed by `size - 8` deterministic bytes.
 fn module(size: usize, seed: u64) -> Vec<u8> {
-    let mut out = b"\0asm\x01\0\0\0".to_vec();
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while out.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push(x as u8);
-    }
-    out.truncate(size);
-    out
+    wasm_cache_testkit::modules::sample_module(size, seed)
 }
 
 fn sha(bytes: &[u8]) -> Sha256Digest {

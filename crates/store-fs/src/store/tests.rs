@@ -13,16 +13,7 @@ use crate::{Ingest, StoreErrorKind};
 
 /// A valid Wasm header followed by `size - 8` deterministic bytes.
 fn module(size: usize, seed: u64) -> Vec<u8> {
-    let mut out = b"\0asm\x01\0\0\0".to_vec();
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while out.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push(x as u8);
-    }
-    out.truncate(size);
-    out
+    wasm_cache_testkit::modules::sample_module(size, seed)
 }
 
 fn sha(bytes: &[u8]) -> Sha256Digest {
