@@ -66,6 +66,10 @@ struct Inner {
     store: FsStore,
     index: Index,
     journal: Journal<IndexEvent>,
+    /// Appends hold it shared; a flush holds it exclusively from its snapshot
+    /// of the index to the end of the compaction, so no append made after the
+    /// snapshot can be lost by the file replacement.
+    journal_gate: std::sync::RwLock<()>,
     fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
     clock: Arc<dyn Clock>,
     opts: Options,
@@ -132,6 +136,7 @@ impl Cache {
             store,
             index,
             journal,
+            journal_gate: std::sync::RwLock::new(()),
             fetchers,
             clock,
             opts,
@@ -477,6 +482,10 @@ impl Inner {
     }
 
     fn journal_append(&self, event: &IndexEvent) {
+        let _shared = self
+            .journal_gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = self.journal.append(event) {
             // The module is served from memory all the same; a restart would
             // treat its file as an orphan.
@@ -719,6 +728,10 @@ impl Inner {
 
     /// Rewrites the journal from the index (last-use stamps of hits included).
     fn flush(&self) -> Result<(), Error> {
+        let _exclusive = self
+            .journal_gate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         self.journal.compact(&self.index.to_events())?;
         Ok(())
     }
