@@ -35,7 +35,8 @@ impl Sha256Digest {
     pub fn parse(input: &str) -> Result<Self, Error> {
         let hex = input.strip_prefix(SHA256_PREFIX).unwrap_or(input);
         let invalid = |reason: String| Error::InvalidChecksum {
-            input: shorten(input),
+            // Short messages even when someone passes a megabyte as a checksum.
+            input: crate::error::shorten(input, 80),
             reason,
         };
         if hex.len() != 64 {
@@ -107,19 +108,6 @@ fn nibble(c: u8) -> Option<u8> {
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
     }
-}
-
-/// Keeps error messages short when someone passes a megabyte as a checksum.
-fn shorten(input: &str) -> String {
-    const MAX: usize = 80;
-    if input.len() <= MAX {
-        return input.to_owned();
-    }
-    let mut end = MAX;
-    while !input.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &input[..end])
 }
 
 impl fmt::Display for Sha256Digest {

@@ -2,6 +2,19 @@
 
 use std::time::Duration;
 
+/// `input` cut to at most `max` bytes (on a character boundary) with `...`
+/// appended when cut: for quoting untrusted text in error messages.
+pub fn shorten(input: &str, max: usize) -> String {
+    if input.len() <= max {
+        return input.to_owned();
+    }
+    let mut end = max;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &input[..end])
+}
+
 /// A boxed error cause, kept as the `source` of an [`Error`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -241,5 +254,21 @@ impl Error {
             Self::Transport { .. } => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten;
+
+    #[test]
+    fn shorten_cuts_on_character_boundaries() {
+        assert_eq!(shorten("short", 80), "short");
+        assert_eq!(
+            shorten(&"x".repeat(100), 10),
+            format!("{}...", "x".repeat(10))
+        );
+        // 'é' is two bytes: a cut inside it backs off to the boundary before.
+        assert_eq!(shorten("aaaaaaaaaé", 10), "aaaaaaaaa...");
     }
 }

@@ -33,7 +33,7 @@ pub mod unbox;
 mod url;
 
 pub use crate::digest::Sha256Digest;
-pub use crate::error::{BoxError, Error, ErrorKind};
+pub use crate::error::{BoxError, Error, ErrorKind, shorten};
 pub use crate::fetcher::{
     DEFAULT_MAX_MODULE_SIZE, FetchRequest, Fetched, Fetcher, ModuleSink, PullSecret, WASM_MAGIC,
     check_wasm_header,

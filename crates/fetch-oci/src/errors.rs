@@ -52,16 +52,7 @@ pub(crate) fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn shorten(s: &str) -> String {
-    const MAX: usize = 200;
-    let s = s.trim();
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    wasm_cache_core::shorten(s.trim(), 200)
 }
 
 /// A transport error from reqwest, without its URL.
