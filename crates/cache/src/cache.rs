@@ -410,7 +410,7 @@ impl Inner {
             self.now(),
         );
         Ok(match lookup {
-            Lookup::Hit { key } => match self.serve(&key).await? {
+            Lookup::Hit { key, content } => match self.serve(&key, content).await? {
                 Some(path) => Ok((path, key.checksum)),
                 None => Err((key.name, checksum.or_else(|| url.pinned_digest()))),
             },
@@ -429,10 +429,11 @@ impl Inner {
     /// The path of the entry's file if it can be served: re-hashed once if it
     /// was recovered from disk, and still there. Otherwise the entry is
     /// dropped and `None` returned (a miss, never a dangling path).
-    async fn serve(self: &Arc<Self>, key: &ModuleKey) -> Result<Option<PathBuf>, Error> {
-        let Some(content) = self.index.content_of(key) else {
-            return Ok(None);
-        };
+    async fn serve(
+        self: &Arc<Self>,
+        key: &ModuleKey,
+        content: Sha256Digest,
+    ) -> Result<Option<PathBuf>, Error> {
         if self.unverified.contains_key(&content) {
             let me = Arc::clone(self);
             let ok = tokio::task::spawn_blocking(move || me.store.verify(&content))
@@ -541,8 +542,8 @@ impl Inner {
             }
             // REFERENCE §3 step 5: look again before downloading any layer.
             let key = ModuleKey::new(name.clone(), digest);
-            if self.index.touch(&key, self.now())
-                && let Some(path) = self.serve(&key).await?
+            if let Some(content) = self.index.touch(&key, self.now())
+                && let Some(path) = self.serve(&key, content).await?
             {
                 if url.records_checksum() {
                     self.record(url, digest, req);

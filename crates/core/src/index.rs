@@ -118,6 +118,8 @@ pub enum Lookup {
     Hit {
         /// The entry's key.
         key: ModuleKey,
+        /// The sha256 of the module's bytes (its file name in the store).
+        content: Sha256Digest,
     },
     /// The module must be fetched.
     Miss {
@@ -223,8 +225,8 @@ impl Index {
         };
         if let Some(c) = checksum {
             let key = ModuleKey::new(name, c);
-            if self.touch(&key, now) {
-                return Lookup::Hit { key };
+            if let Some(content) = self.touch(&key, now) {
+                return Lookup::Hit { key, content };
             }
             return Lookup::Miss {
                 name: key.name,
@@ -257,15 +259,12 @@ impl Index {
         Some(rec.checksum)
     }
 
-    /// Marks `key` as used at `now`; false if there is no such entry.
-    pub fn touch(&self, key: &ModuleKey, now: Timestamp) -> bool {
-        match self.modules.get_mut(key) {
-            Some(mut e) => {
-                e.last_use = e.last_use.max(now);
-                true
-            }
-            None => false,
-        }
+    /// Marks `key` as used at `now` and returns its content digest; `None` if
+    /// there is no such entry.
+    pub fn touch(&self, key: &ModuleKey, now: Timestamp) -> Option<Sha256Digest> {
+        let mut e = self.modules.get_mut(key)?;
+        e.last_use = e.last_use.max(now);
+        Some(e.content)
     }
 
     /// Whether `key` has an entry (without touching it).
@@ -282,11 +281,6 @@ impl Index {
     /// still needed).
     pub fn content_in_use(&self, content: &Sha256Digest) -> bool {
         self.modules.iter().any(|e| e.value().content == *content)
-    }
-
-    /// The content digest of the entry under `key` (touching nothing).
-    pub fn content_of(&self, key: &ModuleKey) -> Option<Sha256Digest> {
-        self.modules.get(key).map(|e| e.content)
     }
 
     /// Adds or refreshes an entry: sets its content and size, touches it, and

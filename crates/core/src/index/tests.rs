@@ -52,7 +52,10 @@ fn reference_scenarios_of_the_lookup() {
     idx.record_checksum(tagged.as_str(), sum(1), "ns/plugin", "1");
     assert_eq!(
         idx.lookup(&req(&tagged, None, "2", PullPolicy::Unspecified), t0),
-        Lookup::Hit { key: key.clone() }
+        Lookup::Hit {
+            key: key.clone(),
+            content: sum(1)
+        }
     );
     // Always with a new version pulls; with the recorded version it does not.
     assert!(matches!(
@@ -61,7 +64,10 @@ fn reference_scenarios_of_the_lookup() {
     ));
     assert_eq!(
         idx.lookup(&req(&tagged, None, "2", PullPolicy::Always), t0),
-        Lookup::Hit { key: key.clone() }
+        Lookup::Hit {
+            key: key.clone(),
+            content: sum(1)
+        }
     );
     // ... and the failed "3" was not recorded.
     assert_eq!(
@@ -73,7 +79,10 @@ fn reference_scenarios_of_the_lookup() {
     // A pinned checksum hits whatever the policy.
     assert_eq!(
         idx.lookup(&req(&tagged, Some(sum(1)), "9", PullPolicy::Always), t0),
-        Lookup::Hit { key: key.clone() }
+        Lookup::Hit {
+            key: key.clone(),
+            content: sum(1)
+        }
     );
     // A pinned checksum that is not cached is an expected checksum for the fetch.
     assert_eq!(
@@ -99,7 +108,10 @@ fn reference_scenarios_of_the_lookup() {
     let pinned = url(URLS[5]);
     assert_eq!(
         idx.lookup(&req(&pinned, None, "", PullPolicy::Always), t0),
-        Lookup::Hit { key }
+        Lookup::Hit {
+            key,
+            content: sum(1)
+        }
     );
     // http with Unspecified: same version hits, another version pulls.
     let h = url(URLS[0]);
@@ -108,7 +120,10 @@ fn reference_scenarios_of_the_lookup() {
     idx.record_checksum(h.as_str(), sum(3), "ns/plugin", "1");
     assert_eq!(
         idx.lookup(&req(&h, None, "1", PullPolicy::Unspecified), t0),
-        Lookup::Hit { key: hk }
+        Lookup::Hit {
+            key: hk,
+            content: sum(3)
+        }
     );
     assert!(matches!(
         idx.lookup(&req(&h, None, "2", PullPolicy::Unspecified), t0),
@@ -317,7 +332,10 @@ impl Model {
             let key = ModuleKey::new(name.clone(), c);
             if let Some(m) = self.modules.get_mut(&key) {
                 m.1 = m.1.max(now);
-                return Lookup::Hit { key };
+                return Lookup::Hit {
+                    key,
+                    content: content(c.as_bytes()[0]),
+                };
             }
         }
         Lookup::Miss {
@@ -375,7 +393,7 @@ proptest! {
                 Op::Touch { url: i, sum: s } => {
                     let key = ModuleKey::new(urls[i].module_name(), sum(s));
                     let hit = model.modules.get_mut(&key).map(|m| m.1 = m.1.max(now)).is_some();
-                    prop_assert_eq!(idx.touch(&key, Timestamp(now)), hit);
+                    prop_assert_eq!(idx.touch(&key, Timestamp(now)).is_some(), hit);
                 }
                 Op::Lookup { url: i, sum: s, rv, policy: p } => {
                     let rv = rv.to_string();
