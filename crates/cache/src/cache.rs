@@ -342,8 +342,9 @@ fn recover(dir: &Path) -> Result<Recovered, Error> {
     }
     let journal = Journal::open(dir.join(JOURNAL_FILE))?;
     let index = Index::new();
-    for event in journal.replay()? {
-        index.apply(&event);
+    let replayed = journal.replay()?;
+    for event in &replayed {
+        index.apply(event);
     }
     let on_disk: HashMap<Sha256Digest, bool> = store
         .list()
@@ -369,8 +370,13 @@ fn recover(dir: &Path) -> Result<Recovered, Error> {
         }
     }
     info!(entries = index.len(), orphans = orphans.len(), dir = %dir.display(), "wasm cache opened");
-    // Start the journal afresh from what survived.
-    journal.compact(&index.to_events())?;
+    // Start the journal afresh from what survived, unless it already says
+    // exactly that (as after a clean shutdown): a rewrite is an fsync and a
+    // rename on every start of a short-lived process like the CLI.
+    let events = index.to_events();
+    if replayed != events {
+        journal.compact(&events)?;
+    }
     Ok((store, index, journal, unverified, orphans))
 }
 
