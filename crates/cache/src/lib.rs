@@ -113,4 +113,4 @@ pub use wasm_cache_core::{
 };
 pub use wasm_fetch_http::HttpFetcher;
 pub use wasm_fetch_oci::OciFetcher;
-pub use wasm_store_fs::FsStore;
+pub use wasm_store_fs::{FsStore, Mismatch, VerifyReport};
