@@ -3,10 +3,12 @@
 //! Test support shared by the workspace's tests, the demo and the benchmarks:
 //! sample modules and archives ([`modules`]), a real HTTP(S) server on loopback
 //! (`http`), and a real `docker-registry` (the CNCF distribution server) on
-//! 127.0.0.1 with images pushed in every supported layout (`registry`, `images`).
+//! 127.0.0.1 with images pushed in every supported layout (`registry`, `images`),
+//! and cosign-format signatures pushed to it or made for blobs (`cosign`).
 //! Not published: it starts processes and servers, which no library should.
 
 mod certs;
+pub mod cosign;
 pub mod http;
 pub mod images;
 pub mod modules;
