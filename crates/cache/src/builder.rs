@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasm_cache_core::{DEFAULT_MAX_MODULE_SIZE, Fetcher, Scheme};
+use wasm_cache_signature::TrustPolicy;
 
 use crate::cache::Options;
 use crate::{Cache, Clock, Error, SystemClock};
@@ -35,6 +36,7 @@ pub struct CacheBuilder {
     clock: Arc<dyn Clock>,
     background_purge: bool,
     default_fetchers: bool,
+    trust: Option<Arc<TrustPolicy>>,
 }
 
 impl CacheBuilder {
@@ -52,6 +54,7 @@ impl CacheBuilder {
             clock: Arc::new(SystemClock),
             background_purge: true,
             default_fetchers: true,
+            trust: None,
         }
     }
 
@@ -115,6 +118,13 @@ impl CacheBuilder {
         self
     }
 
+    /// The trust policy of requests that set none
+    /// ([`GetRequest::verify_with`](crate::GetRequest::verify_with)); default none.
+    pub fn trust_policy(mut self, policy: Option<TrustPolicy>) -> Self {
+        self.trust = policy.map(Arc::new);
+        self
+    }
+
     /// Whether to run the periodic purge task (default true). Without it,
     /// call [`Cache::purge`] yourself (the CLI does).
     pub fn background_purge(mut self, on: bool) -> Self {
@@ -171,6 +181,7 @@ impl CacheBuilder {
             max_bytes: self.max_bytes,
             grace: self.grace,
             max_module_size: self.max_module_size,
+            trust: self.trust,
         };
         Cache::open(self.dir, fetchers, self.clock, opts, self.background_purge).await
     }

@@ -12,8 +12,9 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 use wasm_cache_core::{
     EntryInfo, FetchRequest, Fetcher, Index, IndexEvent, Lookup, LookupRequest, ModuleKey,
-    ModuleUrl, PullSecret, Removed, Scheme, Sha256Digest, Timestamp,
+    ModuleUrl, PullSecret, Removed, Scheme, Sha256Digest, Signatures, Timestamp,
 };
+use wasm_cache_signature::{CosignLayer, KeyFingerprint, Subject, TrustPolicy};
 use wasm_store_fs::{FsStore, Journal, StoreError, VerifyReport};
 
 use crate::metrics::{FetchResult, Meters};
@@ -56,8 +57,15 @@ type Flight = Arc<OnceCell<Result<Published, Error>>>;
 /// What callers must have in common to share one download and its outcome:
 /// the URL, the checksum it must have, and the credentials it is fetched
 /// with (a caller with a valid pull secret must never receive the failure of
-/// a caller with a wrong one, nor the reverse).
-type FlightKey = (String, Option<Sha256Digest>, Option<PullSecret>);
+/// a caller with a wrong one, nor the reverse), and the trust policy (a
+/// caller without one must never receive another's signature failure, and
+/// a caller with one never a module no key of its policy verified).
+type FlightKey = (
+    String,
+    Option<Sha256Digest>,
+    Option<PullSecret>,
+    Option<(Vec<KeyFingerprint>, bool)>,
+);
 
 /// The outcome of [`Inner::try_hit`].
 enum Hit {
@@ -77,6 +85,7 @@ pub(crate) struct Options {
     pub(crate) max_bytes: Option<u64>,
     pub(crate) grace: Duration,
     pub(crate) max_module_size: u64,
+    pub(crate) trust: Option<Arc<TrustPolicy>>,
 }
 
 struct Inner {
@@ -95,6 +104,9 @@ struct Inner {
     /// over and over, and parsing was a third of a hit's CPU time.
     parsed: DashMap<String, Arc<ModuleUrl>>,
     meters: Meters,
+    /// Which keys verified which digest (the manifest digest for OCI, the
+    /// module's sha256 otherwise), so a hit under a policy needs no round trip.
+    verified: DashMap<Sha256Digest, Vec<KeyFingerprint>>,
     /// Content recovered from disk and not yet re-hashed in this process.
     unverified: DashMap<Sha256Digest, ()>,
     /// Files in the store that no entry references (e.g. a crash between
@@ -165,6 +177,7 @@ impl Cache {
             flights: DashMap::new(),
             parsed: DashMap::new(),
             meters: Meters::new(),
+            verified: DashMap::new(),
             unverified,
             orphans: Mutex::new(orphans),
             publish: std::array::from_fn(|_| Mutex::new(())),
@@ -210,7 +223,8 @@ impl Cache {
             None | Some("") => None,
             Some(c) => Some(Sha256Digest::parse(c)?),
         };
-        let (name, expected) = match inner.try_hit(url, checksum, req).await? {
+        let policy = req.trust.as_ref().or(inner.opts.trust.as_ref());
+        let (name, expected) = match inner.try_hit(url, checksum, req, policy).await? {
             Hit::Served(p) => {
                 inner.meters.lookup(true);
                 return Ok(p.path);
@@ -255,7 +269,13 @@ impl Cache {
         req: &GetRequest,
     ) -> Result<Published, Error> {
         let deadline = tokio::time::Instant::now() + req.timeout;
-        let key: FlightKey = (url.as_str().to_owned(), expected, req.pull_secret.clone());
+        let policy = req.trust.as_ref().or(self.inner.opts.trust.as_ref());
+        let key: FlightKey = (
+            url.as_str().to_owned(),
+            expected,
+            req.pull_secret.clone(),
+            policy.map(|p| (p.fingerprints(), p.requires_reference())),
+        );
         loop {
             let flight = self.inner.flights.entry(key.clone()).or_default().clone();
             let led = AtomicBool::new(false);
@@ -269,11 +289,11 @@ impl Cache {
                         // finished between our lookup and now has indexed and
                         // recorded the module, so this is a hit rather than a
                         // second download.
-                        match inner.try_hit(url, checksum, req).await? {
+                        match inner.try_hit(url, checksum, req, policy).await? {
                             Hit::Served(p) => Ok(p),
                             Hit::Miss { .. } => {
                                 inner
-                                    .fetch_and_publish(url, name.to_owned(), expected, req)
+                                    .fetch_and_publish(url, name.to_owned(), expected, req, policy)
                                     .await
                             }
                         }
@@ -484,11 +504,16 @@ impl Inner {
     /// checksum for the URL and the asking resource's version, exactly as a
     /// download does (§3.4, Istio's `touchEntry`); that writes to the journal
     /// only when the record changed.
+    ///
+    /// Under a trust policy, a hit is served only once the digest is verified
+    /// (recorded earlier, or checked now by fetching the signature only), and
+    /// a hit that fails records nothing.
     async fn try_hit(
         self: &Arc<Self>,
         url: &ModuleUrl,
         checksum: Option<Sha256Digest>,
         req: &GetRequest,
+        policy: Option<&Arc<TrustPolicy>>,
     ) -> Result<Hit, Error> {
         let lookup = LookupRequest {
             url,
@@ -500,6 +525,11 @@ impl Inner {
         Ok(match self.index.lookup(&lookup, self.now()) {
             Lookup::Hit { key, content } => match self.serve(&key, content).await? {
                 Some(path) => {
+                    if let Some(policy) = policy {
+                        let deadline = Instant::now() + req.timeout;
+                        self.ensure_verified(url, key.checksum, policy, req, deadline)
+                            .await?;
+                    }
                     if let Some(event) = self.index.record_hit(&lookup, &key) {
                         self.journal_append(&event);
                     }
@@ -626,6 +656,7 @@ impl Inner {
         name: String,
         expected: Option<Sha256Digest>,
         req: &GetRequest,
+        policy: Option<&Arc<TrustPolicy>>,
     ) -> Result<Published, Error> {
         let scheme = url.scheme();
         let fetcher = self.fetchers.get(&scheme).ok_or_else(|| {
@@ -650,6 +681,12 @@ impl Inner {
                     expected: want.to_hex(),
                 }
                 .into());
+            }
+            // Under a trust policy the manifest digest is verified before
+            // anything is served or downloaded: a failure fetches no layer.
+            if let Some(policy) = policy {
+                self.ensure_verified(url, digest, policy, req, deadline)
+                    .await?;
             }
             // REFERENCE §3 step 5: look again before downloading any layer.
             let key = ModuleKey::new(name.clone(), digest);
@@ -687,6 +724,15 @@ impl Inner {
                 return Err(e.into());
             }
         };
+        // Not content-addressed: the module's own sha256 is the signed digest,
+        // known only now that it is hashed; verified before the commit, so a
+        // failure leaves nothing in the store (the temporary file is dropped).
+        if resolved.is_none()
+            && let Some(policy) = policy
+        {
+            self.ensure_verified(url, ingest.digest(), policy, req, deadline)
+                .await?;
+        }
         let me = Arc::clone(&self);
         let url_s = url.as_str().to_owned();
         let redacted = url.redacted();
@@ -744,6 +790,89 @@ impl Inner {
             self.queue_budget_purge();
         }
         Ok(published)
+    }
+
+    /// Checks that `digest` of `url` is signed by a key of `policy`: free when
+    /// a key of the policy verified it before, otherwise the signature alone
+    /// is fetched (never the module) and checked, and the key remembered.
+    ///
+    /// # Errors
+    /// [`wasm_cache_core::Error::NoValidSignature`] (metric `signature`), or
+    /// the error fetching the signature material.
+    async fn ensure_verified(
+        &self,
+        url: &ModuleUrl,
+        digest: Sha256Digest,
+        policy: &TrustPolicy,
+        req: &GetRequest,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        if let Some(keys) = self.verified.get(&digest)
+            && policy.accepts_recorded(keys.iter()).is_some()
+        {
+            return Ok(());
+        }
+        let scheme = url.scheme();
+        let fetcher = self.fetchers.get(&scheme).ok_or_else(|| {
+            wasm_cache_core::Error::UnsupportedScheme {
+                scheme: scheme.as_str().to_owned(),
+            }
+        })?;
+        let freq = FetchRequest::new(url.clone(), deadline)
+            .with_pull_secret(req.pull_secret.clone())
+            .with_max_size(self.opts.max_module_size)
+            .with_digest(Some(digest));
+        let material = match fetcher.signatures(&freq, &digest).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == wasm_cache_core::ErrorKind::NotFound => {
+                Signatures::Missing(e.to_string())
+            }
+            Err(e) => {
+                self.meters.fetch(result_label(&e));
+                debug!(url = %url, error = %e, "fetching signatures failed");
+                return Err(e.into());
+            }
+        };
+        let reference = url.redacted();
+        let repository = url
+            .oci()
+            .map(|o| format!("{}/{}", o.registry(), o.repository()));
+        let subject = Subject {
+            reference: &reference,
+            repository: repository.as_deref(),
+            digest: &digest,
+        };
+        let verdict = match &material {
+            Signatures::Cosign(layers) => policy.verify_cosign(
+                &subject,
+                layers.iter().map(|l| CosignLayer {
+                    media_type: &l.media_type,
+                    payload: &l.payload,
+                    signature: l.signature.as_deref(),
+                }),
+            ),
+            Signatures::Detached(signature) => policy.verify_blob(&subject, signature),
+            Signatures::Missing(reason) => Err(policy.rejection(&subject, vec![reason.clone()])),
+            _ => Err(policy.rejection(
+                &subject,
+                vec!["the fetcher returned signature material of an unknown kind".to_owned()],
+            )),
+        };
+        match verdict {
+            Ok(verified) => {
+                info!(url = %url, digest = %digest.to_prefixed(), key = %verified.key, "signature verified");
+                let mut keys = self.verified.entry(digest).or_default();
+                if !keys.contains(&verified.key) {
+                    keys.push(verified.key);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.meters.fetch(FetchResult::Signature);
+                warn!(url = %url, digest = %digest.to_prefixed(), reasons = ?e.reasons(), "signature verification failed");
+                Err(signature_error(e).into())
+            }
+        }
     }
 
     /// Runs a purge soon, off this task, unless one is already queued or the
@@ -896,5 +1025,29 @@ fn result_label(e: &wasm_cache_core::Error) -> FetchResult {
         K::Manifest => FetchResult::ManifestFailure,
         K::InvalidModule | K::Storage | K::InvalidInput => FetchResult::FetchFailure,
         _ => FetchResult::DownloadFailure,
+    }
+}
+
+/// The signature crate's failure in the fetch error enum's terms.
+fn signature_error(e: wasm_cache_signature::Error) -> wasm_cache_core::Error {
+    match e {
+        wasm_cache_signature::Error::NoValidSignature {
+            reference,
+            digest,
+            keys,
+            reasons,
+        } => wasm_cache_core::Error::NoValidSignature {
+            reference,
+            digest,
+            keys: keys
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            reasons,
+        },
+        other => wasm_cache_core::Error::InvalidConfig {
+            reason: other.to_string(),
+        },
     }
 }

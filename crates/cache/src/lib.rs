@@ -118,6 +118,7 @@ pub use wasm_cache_core::{
     ChecksumRecord, EntryInfo, ErrorKind, Fetcher, ModuleKey, ModuleUrl, PullPolicy, PullSecret,
     Scheme, Sha256Digest,
 };
+pub use wasm_cache_signature::{KeyFingerprint, PublicKey, TrustPolicy};
 pub use wasm_fetch_http::HttpFetcher;
 pub use wasm_fetch_oci::OciFetcher;
 pub use wasm_store_fs::{FsStore, Mismatch, VerifyReport};

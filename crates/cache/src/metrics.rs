@@ -22,6 +22,8 @@ pub enum FetchResult {
     ChecksumMismatched,
     /// Anything else: invalid module, too large, local storage.
     FetchFailure,
+    /// A trust policy was in force and no signature by its keys verified.
+    Signature,
 }
 
 impl FetchResult {
@@ -33,6 +35,7 @@ impl FetchResult {
             Self::ManifestFailure => "manifest_failure",
             Self::ChecksumMismatched => "checksum_mismatched",
             Self::FetchFailure => "fetch_failure",
+            Self::Signature => "signature",
         }
     }
 }
@@ -43,16 +46,17 @@ impl FetchResult {
 pub(crate) struct Meters {
     hit: metrics::Counter,
     miss: metrics::Counter,
-    fetch: [metrics::Counter; 5],
+    fetch: [metrics::Counter; 6],
     entries: metrics::Gauge,
 }
 
-const RESULTS: [FetchResult; 5] = [
+const RESULTS: [FetchResult; 6] = [
     FetchResult::Success,
     FetchResult::DownloadFailure,
     FetchResult::ManifestFailure,
     FetchResult::ChecksumMismatched,
     FetchResult::FetchFailure,
+    FetchResult::Signature,
 ];
 
 impl Meters {

@@ -1,9 +1,11 @@
 //! What a caller asks for.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasm_cache_core::{PullPolicy, PullSecret, redact_url};
+use wasm_cache_signature::TrustPolicy;
 
 /// The default bound on one `get` that has to fetch: 60 seconds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +31,9 @@ pub struct GetRequest {
     pub pull_secret: Option<PullSecret>,
     /// When to pull an unpinned URL again.
     pub pull_policy: PullPolicy,
+    /// Keys the module must be signed by (overrides the builder's default);
+    /// `None` uses [`CacheBuilder::trust_policy`](crate::CacheBuilder::trust_policy).
+    pub trust: Option<Arc<TrustPolicy>>,
 }
 
 impl GetRequest {
@@ -43,6 +48,7 @@ impl GetRequest {
             timeout: DEFAULT_TIMEOUT,
             pull_secret: None,
             pull_policy: PullPolicy::Unspecified,
+            trust: None,
         }
     }
 
@@ -81,6 +87,18 @@ impl GetRequest {
         self.pull_policy = policy;
         self
     }
+
+    /// Serves the module only if a signature by one of the policy's keys
+    /// verifies its digest (OCI: cosign's `.sig` manifest for the manifest
+    /// digest; http(s): a detached `cosign sign-blob` signature at `<url>.sig`
+    /// over the module's sha256). Verification happens before anything is
+    /// stored, and a digest once verified by a key of the policy is served
+    /// again without a round trip.
+    #[must_use]
+    pub fn verify_with(mut self, policy: impl Into<Arc<TrustPolicy>>) -> Self {
+        self.trust = Some(policy.into());
+        self
+    }
 }
 
 impl fmt::Debug for GetRequest {
@@ -93,6 +111,7 @@ impl fmt::Debug for GetRequest {
             .field("timeout", &self.timeout)
             .field("pull_secret", &self.pull_secret)
             .field("pull_policy", &self.pull_policy)
+            .field("trust", &self.trust.as_ref().map(|p| p.fingerprints()))
             .finish()
     }
 }

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use wasm_cache_core::{
     Error, ErrorKind, FetchRequest, Fetched, Fetcher, ModuleSink, ModuleUrl, Scheme, Sha256Digest,
+    Signatures,
 };
 
 /// The size of the chunks [`MemoryFetcher`] writes, to exercise streaming sinks.
@@ -75,6 +76,8 @@ pub struct MemoryFetcher {
     faults: Mutex<HashMap<String, (Fault, usize)>>,
     fetches: AtomicUsize,
     resolves: AtomicUsize,
+    signature_fetches: AtomicUsize,
+    signatures: Mutex<HashMap<(String, Sha256Digest), Signatures>>,
     delay: Mutex<Option<Duration>>,
     schemes: Option<Vec<Scheme>>,
 }
@@ -93,6 +96,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MemoryFetcher {
+    /// Serves `signatures` for `url` and `digest` from
+    /// [`Fetcher::signatures`]; unregistered pairs are [`Signatures::Missing`].
+    pub fn set_signatures(&self, url: &str, digest: Sha256Digest, signatures: Signatures) {
+        lock(&self.signatures).insert((url.to_owned(), digest), signatures);
+    }
+
+    /// How many times [`Fetcher::signatures`] was called.
+    pub fn signature_fetch_count(&self) -> usize {
+        self.signature_fetches.load(Ordering::SeqCst)
+    }
+
     /// An empty fetcher that serves every scheme.
     pub fn new() -> Self {
         Self::default()
@@ -244,6 +258,25 @@ impl Fetcher for MemoryFetcher {
             });
         }
         Ok(Fetched::new(written, entry.digest))
+    }
+
+    async fn signatures(
+        &self,
+        req: &FetchRequest,
+        digest: &Sha256Digest,
+    ) -> Result<Signatures, Error> {
+        self.signature_fetches.fetch_add(1, Ordering::SeqCst);
+        self.check(req)?;
+        Ok(lock(&self.signatures)
+            .get(&(req.url.as_str().to_owned(), *digest))
+            .cloned()
+            .unwrap_or_else(|| {
+                Signatures::Missing(format!(
+                    "no signatures registered for {}@{}",
+                    req.url.redacted(),
+                    digest.to_prefixed()
+                ))
+            }))
     }
 }
 

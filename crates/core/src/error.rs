@@ -184,6 +184,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A trust policy was in force and no signature by any of its keys
+    /// verified the digest being served.
+    #[error("no valid signature for {reference}@{digest} by any of {keys}")]
+    NoValidSignature {
+        /// The reference as the user named it, redacted.
+        reference: String,
+        /// The digest being served, `sha256:<hex>`.
+        digest: String,
+        /// The policy's key fingerprints, comma-separated.
+        keys: String,
+        /// Why each signature candidate was rejected.
+        reasons: Vec<String>,
+    },
     /// A feature this fetcher does not offer.
     #[error("{what} is not supported by this fetcher")]
     Unsupported {
@@ -239,7 +252,9 @@ impl Error {
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Blocked { .. } => ErrorKind::Blocked,
             Self::Manifest { .. } | Self::InvalidLayout { .. } => ErrorKind::Manifest,
-            Self::DigestMismatch { .. } | Self::ChecksumMismatch { .. } => ErrorKind::Integrity,
+            Self::DigestMismatch { .. }
+            | Self::ChecksumMismatch { .. }
+            | Self::NoValidSignature { .. } => ErrorKind::Integrity,
             Self::TooLarge { .. } | Self::InvalidModule { .. } => ErrorKind::InvalidModule,
             Self::Sink { .. } => ErrorKind::Storage,
             Self::Unsupported { .. } => ErrorKind::Unsupported,

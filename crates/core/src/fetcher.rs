@@ -147,6 +147,31 @@ impl Fetched {
     }
 }
 
+/// One layer of a cosign signature manifest, as fetched: bytes only, the
+/// verdict is the caller's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureLayer {
+    /// The layer's media type.
+    pub media_type: String,
+    /// The layer's bytes, already checked against its descriptor digest.
+    pub payload: Vec<u8>,
+    /// The layer's `dev.cosignproject.cosign/signature` annotation, if any.
+    pub signature: Option<String>,
+}
+
+/// The signature material a source holds for a digest (see
+/// [`Fetcher::signatures`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Signatures {
+    /// cosign's classic OCI layout: the layers of the `sha256-<hex>.sig` manifest.
+    Cosign(Vec<SignatureLayer>),
+    /// A detached `cosign sign-blob` signature (base64 text) over the module bytes.
+    Detached(String),
+    /// The source has no signature for the digest; why (for the error's reasons).
+    Missing(String),
+}
+
 /// A source of Wasm modules for one or more URL schemes.
 ///
 /// # Contract
@@ -167,6 +192,12 @@ impl Fetched {
 ///   discards it. A fetcher never touches the cache's store.
 /// - Secrets (the pull secret, passwords, tokens, credentials inside URLs) never
 ///   appear in errors, logs or `Debug` output.
+/// - `signatures` fetches only signature material for `digest` (the digest
+///   `resolve` returned, or for other sources the module's sha256), through the
+///   same guarded client, under the same deadline, with every read bounded;
+///   it never downloads the module. "No signature there" is
+///   [`Signatures::Missing`], not an error. Fetchers that cannot find
+///   signatures keep the default, [`Error::Unsupported`].
 ///
 /// The `wasm-cache-conformance` crate has a check for each rule; every backend
 /// runs them, and a third-party fetcher can too.
@@ -178,6 +209,18 @@ pub trait Fetcher: Send + Sync + fmt::Debug + 'static {
 
     /// Writes the module into `sink`.
     async fn fetch(&self, req: &FetchRequest, sink: &mut dyn ModuleSink) -> Result<Fetched, Error>;
+
+    /// The signature material the source holds for `digest`.
+    async fn signatures(
+        &self,
+        req: &FetchRequest,
+        digest: &Sha256Digest,
+    ) -> Result<Signatures, Error> {
+        let _ = (req, digest);
+        Err(Error::Unsupported {
+            what: "signature verification".to_owned(),
+        })
+    }
 }
 
 #[async_trait]
@@ -187,6 +230,14 @@ impl<F: Fetcher + ?Sized> Fetcher for Arc<F> {
     }
     async fn fetch(&self, req: &FetchRequest, sink: &mut dyn ModuleSink) -> Result<Fetched, Error> {
         (**self).fetch(req, sink).await
+    }
+
+    async fn signatures(
+        &self,
+        req: &FetchRequest,
+        digest: &Sha256Digest,
+    ) -> Result<Signatures, Error> {
+        (**self).signatures(req, digest).await
     }
 }
 
