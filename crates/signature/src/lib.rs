@@ -39,6 +39,7 @@
 
 mod error;
 mod key;
+mod manifest;
 mod payload;
 mod policy;
 #[cfg(any(test, feature = "signer"))]
@@ -49,6 +50,7 @@ pub use crate::key::{
     KeyAlgorithm, KeyFingerprint, MAX_SIGNATURE_BASE64_LEN, PUBLIC_KEY_PEM_LABEL, PublicKey,
     decode_signature_base64,
 };
+pub use crate::manifest::{MAX_SIGNATURE_MANIFEST_LEN, PayloadRef, parse_signature_manifest};
 pub use crate::payload::{
     COSIGN_SIGNATURE_TYPE, MAX_PAYLOAD_LEN, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE,
     SimpleSigningPayload, reference_names_repository, signature_tag,

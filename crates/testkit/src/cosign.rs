@@ -216,6 +216,16 @@ mod tests {
         let manifest: Value = serde_json::from_slice(&body).unwrap();
         let layer = &manifest["layers"][0];
         assert_eq!(layer["mediaType"], SIMPLE_SIGNING_MEDIA_TYPE);
+        let refs = wasm_cache_signature::parse_signature_manifest(&body).unwrap();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(
+            refs[0].digest.to_prefixed(),
+            layer["digest"].as_str().unwrap()
+        );
+        assert_eq!(
+            refs[0].signature.as_deref(),
+            layer["annotations"][SIGNATURE_ANNOTATION].as_str()
+        );
         let mut payload = Vec::new();
         client
             .pull_blob(
