@@ -818,10 +818,16 @@ impl Inner {
                 scheme: scheme.as_str().to_owned(),
             }
         })?;
+        let signature_url = req
+            .signature_url
+            .as_deref()
+            .map(ModuleUrl::parse)
+            .transpose()?;
         let freq = FetchRequest::new(url.clone(), deadline)
             .with_pull_secret(req.pull_secret.clone())
             .with_max_size(self.opts.max_module_size)
-            .with_digest(Some(digest));
+            .with_digest(Some(digest))
+            .with_signature_url(signature_url);
         let material = match fetcher.signatures(&freq, &digest).await {
             Ok(m) => m,
             Err(e) if e.kind() == wasm_cache_core::ErrorKind::NotFound => {

@@ -34,6 +34,9 @@ pub struct GetRequest {
     /// Keys the module must be signed by (overrides the builder's default);
     /// `None` uses [`CacheBuilder::trust_policy`](crate::CacheBuilder::trust_policy).
     pub trust: Option<Arc<TrustPolicy>>,
+    /// For http(s) modules under a trust policy: where the detached
+    /// signature is, instead of `<url>.sig`.
+    pub signature_url: Option<String>,
 }
 
 impl GetRequest {
@@ -49,6 +52,7 @@ impl GetRequest {
             pull_secret: None,
             pull_policy: PullPolicy::Unspecified,
             trust: None,
+            signature_url: None,
         }
     }
 
@@ -99,6 +103,13 @@ impl GetRequest {
         self.trust = Some(policy.into());
         self
     }
+
+    /// Where an http(s) module's detached signature is, instead of `<url>.sig`.
+    #[must_use]
+    pub fn signature_url(mut self, url: impl Into<String>) -> Self {
+        self.signature_url = Some(url.into());
+        self
+    }
 }
 
 impl fmt::Debug for GetRequest {
@@ -112,6 +123,10 @@ impl fmt::Debug for GetRequest {
             .field("pull_secret", &self.pull_secret)
             .field("pull_policy", &self.pull_policy)
             .field("trust", &self.trust.as_ref().map(|p| p.fingerprints()))
+            .field(
+                "signature_url",
+                &self.signature_url.as_deref().map(redact_url),
+            )
             .finish()
     }
 }

@@ -53,6 +53,9 @@ pub struct FetchRequest {
     /// digest, as returned by [`Fetcher::resolve`] or pinned by the caller.
     /// Ignored by fetchers whose `resolve` returns `None`.
     pub digest: Option<Sha256Digest>,
+    /// Where [`Fetcher::signatures`] finds a detached signature when it is
+    /// not `<url>.sig` (http(s) sources; ignored by content-addressed ones).
+    pub signature_url: Option<ModuleUrl>,
 }
 
 impl FetchRequest {
@@ -65,6 +68,7 @@ impl FetchRequest {
             pull_secret: None,
             max_size: DEFAULT_MAX_MODULE_SIZE,
             digest: None,
+            signature_url: None,
         }
     }
 
@@ -86,6 +90,13 @@ impl FetchRequest {
     #[must_use]
     pub fn with_digest(mut self, digest: Option<Sha256Digest>) -> Self {
         self.digest = digest;
+        self
+    }
+
+    /// Sets where a detached signature is found instead of `<url>.sig`.
+    #[must_use]
+    pub fn with_signature_url(mut self, url: Option<ModuleUrl>) -> Self {
+        self.signature_url = url;
         self
     }
 
