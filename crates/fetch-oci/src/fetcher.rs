@@ -16,6 +16,11 @@ use wasm_cache_core::retry::Backoff;
 use wasm_cache_core::unbox::{UnboxError, Unboxer, boxed_limit};
 use wasm_cache_core::{
     Error, FetchRequest, Fetched, Fetcher, ModuleSink, OciReference, Scheme, Sha256Digest,
+    SignatureLayer, Signatures,
+};
+use wasm_cache_signature::{
+    MAX_SIGNATURE_MANIFEST_LEN, PayloadRef, SIMPLE_SIGNING_MEDIA_TYPE, parse_signature_manifest,
+    signature_tag,
 };
 
 use crate::auth::{self, Credentials, Source};
@@ -755,5 +760,110 @@ impl Fetcher for OciFetcher {
     async fn fetch(&self, req: &FetchRequest, sink: &mut dyn ModuleSink) -> Result<Fetched, Error> {
         let oci = self.oci(req)?;
         Self::before_deadline(req, self.fetch_inner(req, oci, sink)).await
+    }
+
+    /// cosign's classic layout: the manifest at `sha256-<hex>.sig` in the same
+    /// repository (capped at [`MAX_SIGNATURE_MANIFEST_LEN`]) and each
+    /// simple-signing payload it names (capped at its declared size, checked
+    /// against its digest). No tag, a manifest over the cap or one that is
+    /// not a signature manifest is [`Signatures::Missing`] with the reason.
+    async fn signatures(
+        &self,
+        req: &FetchRequest,
+        digest: &Sha256Digest,
+    ) -> Result<Signatures, Error> {
+        let oci = self.oci(req)?;
+        Self::before_deadline(req, self.signatures_inner(req, oci, digest)).await
+    }
+}
+
+impl OciFetcher {
+    async fn signatures_inner(
+        &self,
+        req: &FetchRequest,
+        oci: &OciReference,
+        digest: &Sha256Digest,
+    ) -> Result<Signatures, Error> {
+        let session = self.session(req, oci).await?;
+        let tag = signature_tag(digest);
+        let reference = Reference::with_tag(
+            oci.registry().to_owned(),
+            oci.repository().to_owned(),
+            tag.clone(),
+        );
+        let pulled = self
+            .inner
+            .retrying(req, || async {
+                session
+                    .client
+                    .pull_manifest_raw(&reference, &session.auth, layout::ACCEPTED_MANIFESTS)
+                    .await
+                    .map_err(|e| map_oci(&session.url, e))
+            })
+            .await;
+        let body = match pulled {
+            Ok((body, _)) => body,
+            Err(Error::NotFound { .. }) => {
+                return Ok(Signatures::Missing(format!(
+                    "no signature manifest at tag {tag}"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        // oci-client has read it whole by now; the cap still keeps what is
+        // parsed and fetched next small.
+        if body.len() as u64 > MAX_SIGNATURE_MANIFEST_LEN {
+            return Ok(Signatures::Missing(format!(
+                "the signature manifest at tag {tag} is {} bytes, more than the {MAX_SIGNATURE_MANIFEST_LEN} allowed",
+                body.len()
+            )));
+        }
+        let refs = match parse_signature_manifest(&body) {
+            Ok(refs) => refs,
+            Err(reason) => return Ok(Signatures::Missing(format!("tag {tag}: {reason}"))),
+        };
+        let mut layers = Vec::with_capacity(refs.len());
+        for r in &refs {
+            let payload = self
+                .inner
+                .retrying(req, || self.signature_payload(&session, &reference, r))
+                .await?;
+            layers.push(SignatureLayer {
+                media_type: SIMPLE_SIGNING_MEDIA_TYPE.to_owned(),
+                payload,
+                signature: r.signature.clone(),
+            });
+        }
+        Ok(Signatures::Cosign(layers))
+    }
+
+    /// One payload blob, read up to its declared size and checked against its digest.
+    async fn signature_payload(
+        &self,
+        session: &Session,
+        reference: &Reference,
+        r: &PayloadRef,
+    ) -> Result<Vec<u8>, Error> {
+        let url = &session.url;
+        let digest = r.digest.to_prefixed();
+        let mut stream = session
+            .client
+            .pull_blob_stream(reference, digest.as_str())
+            .await
+            .map_err(|e| map_oci(url, e))?;
+        let mut verifier = BlobVerifier::new(r.digest, r.size, url.clone());
+        let mut payload = Vec::new();
+        while let Some(item) = stream.next().await {
+            let bytes = item.map_err(|e| Error::Transport {
+                url: url.clone(),
+                reason: format!("reading a signature payload failed: {}", chain(&e)),
+                source: Some(Box::new(e)),
+            })?;
+            // Fails as soon as more than the declared size arrives.
+            verifier.update(&bytes)?;
+            payload.extend_from_slice(&bytes);
+        }
+        verifier.finish()?;
+        Ok(payload)
     }
 }
