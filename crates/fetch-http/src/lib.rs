@@ -104,7 +104,7 @@ use url::Url;
 use wasm_cache_core::retry::Backoff;
 use wasm_cache_core::unbox::{TarEntryRule, Unboxer, boxed_limit};
 use wasm_cache_core::{
-    Error, FetchRequest, Fetched, Fetcher, ModuleSink, Scheme, Sha256Digest, redact_url,
+    Error, FetchRequest, Fetched, Fetcher, ModuleSink, Scheme, Sha256Digest, Signatures, redact_url,
 };
 
 mod guard;
@@ -438,6 +438,17 @@ impl HttpFetcher {
         url: &Url,
         sink: &mut Counting<'_>,
     ) -> Result<u64, Error> {
+        let (shown, response) = self.open(req, url).await?;
+        stream_body(req, &shown, response, sink).await
+    }
+
+    /// Requests `url` and follows redirects to a `200 OK` response; returns
+    /// it with the redacted URL of the final hop.
+    async fn open(
+        &self,
+        req: &FetchRequest,
+        url: &Url,
+    ) -> Result<(String, http::Response<hyper::body::Incoming>), Error> {
         let credentials = basic_auth(url);
         let mut hop = url.clone();
         let mut redirects = 0;
@@ -484,9 +495,77 @@ impl HttpFetcher {
                     code: status.as_u16(),
                 });
             }
-            return stream_body(req, &shown, response, sink).await;
+            return Ok((shown, response));
         }
     }
+
+    /// Reads a detached signature from `url`, at most [`MAX_SIGNATURE_FILE`]
+    /// bytes, within the attempt timeout and the request's deadline.
+    async fn detached_signature(&self, req: &FetchRequest, url: &Url) -> Result<Signatures, Error> {
+        let allowed = req.remaining(Instant::now());
+        if allowed.is_zero() {
+            return Err(req.timeout_error(Duration::ZERO));
+        }
+        let until = (Instant::now() + self.inner.attempt_timeout).min(req.deadline);
+        let read = async {
+            let (shown, response) = self.open(req, url).await?;
+            let mut body = response.into_body();
+            let mut text = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Error::Transport {
+                    url: shown.clone(),
+                    reason: format!("reading the signature: {e}"),
+                    source: None,
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if text.len() + data.len() > MAX_SIGNATURE_FILE {
+                        return Ok(Signatures::Missing(format!(
+                            "the signature at {shown} is larger than {MAX_SIGNATURE_FILE} bytes"
+                        )));
+                    }
+                    text.extend_from_slice(&data);
+                }
+            }
+            Ok(match String::from_utf8(text) {
+                Ok(text) => Signatures::Detached(text),
+                Err(_) => Signatures::Missing(format!("the signature at {shown} is not text")),
+            })
+        };
+        match tokio::time::timeout_at(until.into(), read).await {
+            Ok(result) => result,
+            Err(_) if until >= req.deadline => Err(req.timeout_error(allowed)),
+            Err(_) => Err(Error::Transport {
+                url: redact_url(url.as_str()),
+                reason: format!(
+                    "the signature request timed out after {:?}",
+                    self.inner.attempt_timeout
+                ),
+                source: None,
+            }),
+        }
+    }
+}
+
+/// The longest detached signature file read (cosign's base64 ECDSA
+/// signature is about 100 bytes).
+pub const MAX_SIGNATURE_FILE: usize = 4096;
+
+/// Where a module's detached signature is: the request's signature URL, or
+/// `<url>.sig` (the path gets the suffix; a query string stays as it is).
+fn signature_url(req: &FetchRequest, module: &Url) -> Result<Url, Error> {
+    if let Some(given) = &req.signature_url {
+        return match (given.scheme(), given.http()) {
+            (Scheme::Http | Scheme::Https, Some(u)) => Ok(u.clone()),
+            _ => Err(Error::InvalidUrl {
+                url: given.redacted(),
+                reason: "a signature URL must be http:// or https://".to_owned(),
+            }),
+        };
+    }
+    let mut url = module.clone();
+    let path = format!("{}.sig", module.path());
+    url.set_path(&path);
+    Ok(url)
 }
 
 /// The request target of a hop: the URL without user-info and fragment.
@@ -711,6 +790,19 @@ impl Fetcher for HttpFetcher {
             tracing::debug!(url = %req.url, attempt, ?delay, error = %error, "retrying wasm module download");
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// A detached `cosign sign-blob` signature (base64 text) from
+    /// `<url>.sig` or the request's signature URL, through the same guarded
+    /// client, redirect rules and deadline; a 404 is
+    /// [`Error::Status`] (the cache reports it as a missing signature).
+    async fn signatures(
+        &self,
+        req: &FetchRequest,
+        _digest: &Sha256Digest,
+    ) -> Result<Signatures, Error> {
+        let url = signature_url(req, http_url(req)?)?;
+        self.detached_signature(req, &url).await
     }
 }
 
