@@ -46,7 +46,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use wasm_cache::{
-    Cache, CacheBuilder, GetRequest, HttpFetcher, OciFetcher, PullPolicy, PullSecret, Scheme,
+    Cache, CacheBuilder, GetRequest, HttpFetcher, OciFetcher, PublicKey, PullPolicy, PullSecret,
+    Scheme, TrustPolicy,
 };
 
 #[derive(Parser, Debug)]
@@ -69,7 +70,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Fetch a module (or find it in the cache) and print its local path.
-    Fetch(FetchArgs),
+    Fetch(Box<FetchArgs>),
     /// List cached modules.
     List {
         /// Print JSON (see the documentation for the schema).
@@ -125,6 +126,15 @@ struct FetchArgs {
     /// Largest module accepted, in bytes (after unboxing).
     #[arg(long, default_value_t = wasm_cache_core::DEFAULT_MAX_MODULE_SIZE)]
     max_size: u64,
+    /// Serve the module only if signed by this public key (PEM, e.g. cosign.pub); repeatable, any one suffices.
+    #[arg(long = "verify-key", value_name = "FILE")]
+    verify_keys: Vec<PathBuf>,
+    /// With --verify-key: the cosign payload must name the repository fetched.
+    #[arg(long, requires = "verify_keys")]
+    require_reference: bool,
+    /// With --verify-key, for http(s): the detached signature's URL (default: <url>.sig).
+    #[arg(long, value_name = "URL", requires = "verify_keys")]
+    signature_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -213,11 +223,33 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
     };
     let dir = absolute(&dir)?;
     match cli.command {
-        Command::Fetch(args) => fetch(&dir, args).await,
+        Command::Fetch(args) => fetch(&dir, *args).await,
         Command::List { json } => list(&dir, json).await,
         Command::Purge { expiry, max_bytes } => purge(&dir, expiry, max_bytes).await,
         Command::Verify { repair } => verify(&dir, repair).await,
     }
+}
+
+/// The trust policy of `--verify-key` files (each may hold several keys).
+fn trust_policy(
+    files: &[PathBuf],
+    require_reference: bool,
+) -> Result<Option<TrustPolicy>, BoxError> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut keys = Vec::new();
+    for file in files {
+        let text = std::fs::read(file)
+            .map_err(|e| format!("reading public key {}: {e}", file.display()))?;
+        keys.extend(
+            PublicKey::from_pem_many(text)
+                .map_err(|e| format!("public key {}: {e}", file.display()))?,
+        );
+    }
+    Ok(Some(
+        TrustPolicy::new(keys)?.require_reference(require_reference),
+    ))
 }
 
 async fn fetch(dir: &Path, args: FetchArgs) -> Result<ExitCode, BoxError> {
@@ -229,6 +261,7 @@ async fn fetch(dir: &Path, args: FetchArgs) -> Result<ExitCode, BoxError> {
         }
         None => None,
     };
+    let trust = trust_policy(&args.verify_keys, args.require_reference)?;
     // Only the fetcher this URL needs (building one loads trust roots), wrapped
     // in a progress layer (a no-op unless stderr is a terminal). A URL that
     // does not parse gets none, and the cache reports the reference's error.
@@ -266,6 +299,12 @@ async fn fetch(dir: &Path, args: FetchArgs) -> Result<ExitCode, BoxError> {
     }
     if let Some(s) = secret {
         req = req.pull_secret(s);
+    }
+    if let Some(policy) = trust {
+        req = req.verify_with(policy);
+    }
+    if let Some(url) = args.signature_url {
+        req = req.signature_url(url);
     }
     let result = cache.get(&req).await;
     // Persist records and last use whatever happened.

@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 
 use async_trait::async_trait;
 use indicatif::{ProgressBar, ProgressStyle};
-use wasm_cache_core::{Error, FetchRequest, Fetched, Fetcher, ModuleSink, Sha256Digest};
+use wasm_cache_core::{
+    Error, FetchRequest, Fetched, Fetcher, ModuleSink, Sha256Digest, Signatures,
+};
 
 /// Wraps a fetcher; when stderr is a terminal, a spinner with bytes and rate
 /// follows each download. Otherwise it adds nothing.
@@ -40,6 +42,14 @@ impl ModuleSink for Counting<'_> {
 impl<F: Fetcher> Fetcher for Progress<F> {
     async fn resolve(&self, req: &FetchRequest) -> Result<Option<Sha256Digest>, Error> {
         self.inner.resolve(req).await
+    }
+
+    async fn signatures(
+        &self,
+        req: &FetchRequest,
+        digest: &Sha256Digest,
+    ) -> Result<Signatures, Error> {
+        self.inner.signatures(req, digest).await
     }
 
     async fn fetch(&self, req: &FetchRequest, sink: &mut dyn ModuleSink) -> Result<Fetched, Error> {

@@ -337,3 +337,85 @@ fn concurrent_commands_on_one_directory_take_turns() {
         sample_module(4 << 20, 7)
     );
 }
+
+#[test]
+fn verify_key_serves_only_what_a_trusted_key_signed() {
+    use wasm_cache_testkit::cosign;
+    let r = Registry::start(RegistryKind::Plain);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let module = sample_module(20_000, 7);
+    let signed = rt.block_on(push_oci_image(&r, "org/signed", "v1", &module));
+    let unsigned = rt.block_on(push_oci_image(&r, "org/unsigned", "v1", &module));
+    let key = cosign::generate_p256();
+    rt.block_on(cosign::sign_image(
+        &r,
+        "org/signed",
+        &signed.manifest_digest,
+        &key,
+    ));
+    let keys = tempfile::tempdir().unwrap();
+    let cosign_pub = cosign::write_public_key(keys.path(), "cosign.pub", &key);
+    let other_pub = cosign::write_public_key(keys.path(), "other.pub", &cosign::generate_ed25519());
+    let dir = tempfile::tempdir().unwrap();
+    let host = r.host();
+    let key_arg = cosign_pub.to_str().unwrap();
+    let other_arg = other_pub.to_str().unwrap();
+    // Two keys, the second verifies.
+    let path = fetch_ok(
+        dir.path(),
+        &[
+            &signed.url,
+            "--insecure-registry",
+            &host,
+            "--verify-key",
+            other_arg,
+            "--verify-key",
+            key_arg,
+        ],
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), module);
+    // Only the other key: refused, with the documented message.
+    let e = fetch_err(
+        dir.path(),
+        &[
+            &signed.url,
+            "--insecure-registry",
+            &host,
+            "--verify-key",
+            other_arg,
+        ],
+    );
+    assert!(
+        e.starts_with(&format!(
+            "error: no valid signature for {}@{} by any of sha256:",
+            signed.url, signed.manifest_digest
+        )),
+        "{e}"
+    );
+    let e = fetch_err(
+        dir.path(),
+        &[
+            &unsigned.url,
+            "--insecure-registry",
+            &host,
+            "--verify-key",
+            key_arg,
+        ],
+    );
+    assert!(e.contains("no valid signature for"), "{e}");
+    // A file that is not a public key is a clear usage error.
+    let e = fetch_err(
+        dir.path(),
+        &[
+            &signed.url,
+            "--insecure-registry",
+            &host,
+            "--verify-key",
+            path.as_str(),
+        ],
+    );
+    assert!(
+        e.contains("public key") && e.contains("invalid public key"),
+        "{e}"
+    );
+}
