@@ -17,6 +17,7 @@ use wasm_cache_core::{
 use wasm_store_fs::{FsStore, Journal, StoreError};
 
 use crate::metrics::{FetchResult, Meters};
+use crate::outcome::{Outcome, Resolved};
 use crate::{CacheBuilder, Clock, Error, GetRequest};
 
 /// The journal file, beside the modules.
@@ -48,6 +49,10 @@ impl std::fmt::Debug for Cache {
 struct Published {
     path: PathBuf,
     checksum: Sha256Digest,
+    /// The sha256 of the module's bytes.
+    content: Sha256Digest,
+    /// Whether this flight downloaded it (`false`: found in the cache).
+    downloaded: bool,
     /// The (resource name, version) already recorded for the URL, if any.
     recorded_for: (String, String),
 }
@@ -176,6 +181,16 @@ impl Cache {
     /// [`Error::Store`] for local storage failures, [`Error::ShutDown`] after
     /// [`Cache::shutdown`].
     pub async fn get(&self, req: &GetRequest) -> Result<PathBuf, Error> {
+        self.get_detailed(req).await.map(|o| o.path)
+    }
+
+    /// [`Cache::get`], reporting more than the path: the module's sha256 and
+    /// size, the manifest digest for content-addressed sources and whether the
+    /// module was already cached. Same rules, same errors.
+    ///
+    /// # Errors
+    /// As [`Cache::get`].
+    pub async fn get_detailed(&self, req: &GetRequest) -> Result<Outcome, Error> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -187,9 +202,9 @@ impl Cache {
             Some(c) => Some(Sha256Digest::parse(c)?),
         };
         let (name, expected) = match inner.try_hit(url, checksum, req).await? {
-            Ok((path, _)) => {
+            Ok((path, checksum, content)) => {
                 inner.meters.lookup(true);
-                return Ok(path);
+                return Ok(Outcome::new(&inner.store, path, checksum, content, true));
             }
             Err(miss) => miss,
         };
@@ -209,7 +224,46 @@ impl Cache {
         if url.records_checksum() && (rn != &req.resource_name || rv != &req.resource_version) {
             inner.record(url, published.checksum, req);
         }
-        Ok(published.path)
+        Ok(Outcome::new(
+            &inner.store,
+            published.path,
+            published.checksum,
+            published.content,
+            !published.downloaded,
+        ))
+    }
+
+    /// The digest `req.url` names now, without storing anything: for
+    /// content-addressed sources (OCI) the manifest digest, asked of the
+    /// registry; otherwise, only if `download` is set, the sha256 of the
+    /// module, downloaded (within the module size limit) and hashed. `None`
+    /// for such a URL without `download`. The pull policy, the resource and
+    /// the checksum of `req` are ignored; its timeout and secret apply.
+    ///
+    /// # Errors
+    /// As [`Cache::get`] for naming and fetching the module.
+    pub async fn resolve(
+        &self,
+        req: &GetRequest,
+        download: bool,
+    ) -> Result<Option<Resolved>, Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let url = self.inner.parse_url(&req.url)?;
+        let fetcher = self.inner.fetchers.get(&url.scheme()).ok_or_else(|| {
+            wasm_cache_core::Error::UnsupportedScheme {
+                scheme: url.scheme().as_str().to_owned(),
+            }
+        })?;
+        crate::outcome::resolve(
+            &**fetcher,
+            &url,
+            req,
+            self.inner.opts.max_module_size,
+            download,
+        )
+        .await
     }
 
     async fn single_flight(
@@ -232,10 +286,13 @@ impl Cache {
                         .checksum
                         .as_deref()
                         .and_then(|c| Sha256Digest::parse(c.trim()).ok());
-                    if let Ok((path, checksum)) = inner.try_hit(url, checksum, req).await? {
+                    if let Ok((path, checksum, content)) = inner.try_hit(url, checksum, req).await?
+                    {
                         return Ok(Published {
                             path,
                             checksum,
+                            content,
+                            downloaded: false,
                             recorded_for: (req.resource_name.clone(), req.resource_version.clone()),
                         });
                     }
@@ -404,7 +461,8 @@ impl Inner {
         url: &ModuleUrl,
         checksum: Option<Sha256Digest>,
         req: &GetRequest,
-    ) -> Result<Result<(PathBuf, Sha256Digest), (String, Option<Sha256Digest>)>, Error> {
+    ) -> Result<Result<(PathBuf, Sha256Digest, Sha256Digest), (String, Option<Sha256Digest>)>, Error>
+    {
         let lookup = self.index.lookup(
             &LookupRequest {
                 url,
@@ -417,7 +475,7 @@ impl Inner {
         );
         Ok(match lookup {
             Lookup::Hit { key, content } => match self.serve(&key, content).await? {
-                Some(path) => Ok((path, key.checksum)),
+                Some(path) => Ok((path, key.checksum, content)),
                 None => Err((key.name, checksum.or_else(|| url.pinned_digest()))),
             },
             Lookup::Miss { name, expected } => Err((name, expected)),
@@ -557,6 +615,8 @@ impl Inner {
                 return Ok(Published {
                     path,
                     checksum: digest,
+                    content,
+                    downloaded: false,
                     recorded_for: (req.resource_name.clone(), req.resource_version.clone()),
                 });
             }
@@ -614,6 +674,8 @@ impl Inner {
             Ok::<_, wasm_cache_core::Error>(Published {
                 path: committed.path,
                 checksum,
+                content: committed.digest,
+                downloaded: true,
                 recorded_for: (String::new(), String::new()),
             })
         })

@@ -100,12 +100,14 @@ mod cache;
 mod clock;
 mod error;
 pub mod metrics;
+mod outcome;
 mod request;
 
 pub use crate::builder::{CacheBuilder, DEFAULT_EXPIRY, DEFAULT_GRACE, DEFAULT_PURGE_INTERVAL};
 pub use crate::cache::{Cache, PurgeReport};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::error::Error;
+pub use crate::outcome::{Outcome, Resolved};
 pub use crate::request::{DEFAULT_TIMEOUT, GetRequest};
 pub use wasm_cache_core::{
     ChecksumRecord, EntryInfo, ErrorKind, Fetcher, ModuleKey, ModuleUrl, PullPolicy, PullSecret,
