@@ -119,9 +119,14 @@ enum Command {
     },
     /// Describe the JSON outputs of --json (also in docs/CLI.md).
     Json,
-    /// Print the man page (roff) on stdout; `cargo xtask man` writes it to a file.
+    /// Print the man page (roff) on stdout, or write every page
+    /// (wasm-cache.1, wasm-cache-fetch.1, ...) into DIR; see `cargo xtask man`.
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Where to write the pages.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// How to reach the module: shared by `fetch` and `resolve`.
@@ -348,10 +353,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(|e| Failure::new(FAILED, e))?;
+        Command::Man { out_dir } => {
+            match out_dir {
+                Some(d) => clap_mangen::generate_to(Cli::command(), d),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+            }
+            .map_err(|e| Failure::new(FAILED, e))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Json => {
@@ -376,7 +383,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             json,
         } => purge(&dir, expiry, max_bytes, json).await,
         Command::Verify { repair, json } => verify(&dir, repair, json).await,
-        Command::Completions { .. } | Command::Man | Command::Json => Ok(ExitCode::SUCCESS),
+        Command::Completions { .. } | Command::Man { .. } | Command::Json => Ok(ExitCode::SUCCESS),
     }
 }
 
