@@ -45,7 +45,7 @@ static DEFAULT_TIMEOUT_ARG: LazyLock<String> =
     LazyLock::new(|| format!("{}s", DEFAULT_TIMEOUT.as_secs()));
 
 static DEFAULT_MAX_SIZE_ARG: LazyLock<String> = LazyLock::new(|| {
-    if DEFAULT_MAX_MODULE_SIZE % (1 << 20) == 0 {
+    if DEFAULT_MAX_MODULE_SIZE.is_multiple_of(1 << 20) {
         format!("{}MiB", DEFAULT_MAX_MODULE_SIZE >> 20)
     } else {
         DEFAULT_MAX_MODULE_SIZE.to_string()
