@@ -118,6 +118,7 @@ enum Command {
         shell: clap_complete::Shell,
     },
     /// Describe the JSON outputs of --json (also in docs/CLI.md).
+    #[command(long_about = output::json_doc())]
     Json,
     /// Print the man page (roff) on stdout, or write every page
     /// (wasm-cache.1, wasm-cache-fetch.1, ...) into DIR; see `cargo xtask man`.

@@ -316,6 +316,16 @@ fn the_json_documentation_is_reachable_from_the_command() {
     for cmd in ["fetch", "resolve", "list", "purge", "verify"] {
         assert!(text.contains(&format!("### {cmd} --json")), "{text}");
     }
+    // `wasm-cache help json` shows it too.
+    let o = Command::cargo_bin("wasm-cache")
+        .unwrap()
+        .args(["help", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let help = String::from_utf8(o.stdout).unwrap();
+    assert!(help.contains("### verify --json"), "{help}");
+    assert!(help.contains("`manifest_digest`"), "{help}");
     // `help` points to it, on every command with --json.
     for args in [&["--help"][..], &["fetch", "--help"], &["list", "--help"]] {
         let o = Command::cargo_bin("wasm-cache")
