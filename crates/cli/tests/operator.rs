@@ -651,3 +651,23 @@ fn completions_and_man_page_mention_every_subcommand() {
         assert!(fetch.contains(opt), "fetch page lacks {opt}");
     }
 }
+
+#[test]
+fn a_directory_locked_past_the_lock_wait_exits_3() {
+    // Another process holds the directory's lock for longer than the store
+    // waits for it (wasm_store_fs::LOCK_WAIT, 60 s): the command gives up
+    // with status 3, naming the lock.
+    let dir = tempfile::tempdir().unwrap();
+    expect(0, dir.path(), &["list"]);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.path().join(".lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let o = expect(3, dir.path(), &["list"]);
+    let e = stderr(&o);
+    assert!(e.starts_with("error: ") && e.contains(".lock"), "{e}");
+    lock.unlock().unwrap();
+    expect(0, dir.path(), &["list"]);
+}
