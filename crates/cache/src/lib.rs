@@ -22,7 +22,10 @@
 //! - **bounded size**: besides idle expiry (counted from the last `get`), an
 //!   optional byte budget evicts least recently used modules, never one
 //!   handed out within the grace period;
-//! - a failed `Always` pull does not record the new resource version.
+//! - a failed `Always` pull does not record the new resource version;
+//! - [`Cache::get_detailed`] reports the module's hash, size, manifest digest
+//!   and whether it was cached; [`Cache::resolve`] names the digest a URL
+//!   points at now without storing anything.
 //!
 //! Design: this crate only composes. Rules live in `wasm-cache-core`, files in
 //! `wasm-store-fs`, network in the fetchers (`wasm-fetch-http`,
