@@ -9,6 +9,14 @@
 //! Exit status: 0 success; 1 fetch or verification failed; 2 usage error;
 //! 3 cache directory unusable ([`EXIT_CODES`]).
 
+/// `println!` for results on stdout, except that a closed stdout (`| head`)
+/// ends the command quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::output::say(format_args!($($arg)*))
+    };
+}
+
 mod logging;
 mod outfile;
 mod output;
@@ -346,24 +354,26 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     // Commands that need no cache directory.
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "wasm-cache",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "wasm-cache", &mut script);
+            output::write_out(&script);
             return Ok(ExitCode::SUCCESS);
         }
         Command::Man { out_dir } => {
             match out_dir {
                 Some(d) => clap_mangen::generate_to(Cli::command(), d),
-                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(Cli::command())
+                        .render(&mut page)
+                        .map(|()| output::write_out(&page))
+                }
             }
             .map_err(|e| Failure::new(FAILED, e))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Json => {
-            println!("{}", output::json_doc());
+            say!("{}", output::json_doc());
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -492,7 +502,7 @@ async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, 
         })
         .map_err(|e| Failure::new(FAILED, e))?;
     } else {
-        println!("{}", outcome.path.display());
+        say!("{}", outcome.path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -529,7 +539,7 @@ async fn resolve(dir: &Path, args: ResolveArgs, progress: bool) -> Result<ExitCo
         })
         .map_err(|e| Failure::new(FAILED, e))?;
     } else {
-        println!("{}", resolved.digest.to_prefixed());
+        say!("{}", resolved.digest.to_prefixed());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -561,12 +571,14 @@ async fn list(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<64}  {:>10}  {:<20}  URLS",
-        "CHECKSUM", "SIZE", "LAST USE"
+        "CHECKSUM",
+        "SIZE",
+        "LAST USE"
     );
     for m in &modules {
-        println!(
+        say!(
             "{:<64}  {:>10}  {:<20}  {}",
             m.checksum,
             output::size(m.size),
@@ -626,7 +638,7 @@ async fn purge(
         })
         .map_err(|e| Failure::new(FAILED, e))?;
     } else {
-        println!(
+        say!(
             "removed {} expired and {} evicted module entries, {} files; {} kept; {} removal failures",
             report.expired.len(),
             report.evicted.len(),
@@ -679,9 +691,9 @@ async fn verify(dir: &Path, repair: bool, json: bool) -> Result<ExitCode, Failur
             } else {
                 "corrupt"
             };
-            println!("{action}: {}: {}", m.path.display(), m.reason);
+            say!("{action}: {}: {}", m.path.display(), m.reason);
         }
-        println!(
+        say!(
             "verified {} modules: {} ok, {} corrupt, {} removed",
             report.ok.len() + report.mismatched.len(),
             report.ok.len(),

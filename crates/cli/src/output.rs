@@ -20,8 +20,39 @@ pub(crate) fn json_doc() -> &'static str {
 
 /// Prints one JSON object on one line.
 pub(crate) fn line<T: Serialize>(doc: &T) -> Result<(), serde_json::Error> {
-    println!("{}", serde_json::to_string(doc)?);
+    say(format_args!("{}", serde_json::to_string(doc)?));
     Ok(())
+}
+
+/// Writes one line on stdout. A reader that went away (`wasm-cache list |
+/// head -1`) ends the process with status 0, as `head` asked for no more; any
+/// other write error is reported and ends it with status 1. Results are only
+/// printed after the cache was shut down, so nothing is lost.
+pub(crate) fn say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    stdout_result(written);
+}
+
+/// [`say`] for bytes that carry their own line ends.
+pub(crate) fn write_out(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    stdout_result(out.write_all(bytes).and_then(|()| out.flush()));
+}
+
+fn stdout_result(written: std::io::Result<()>) {
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 #[derive(Serialize)]

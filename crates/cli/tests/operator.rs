@@ -671,3 +671,29 @@ fn a_directory_locked_past_the_lock_wait_exits_3() {
     lock.unlock().unwrap();
     expect(0, dir.path(), &["list"]);
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    // `wasm-cache json | head -0`: the pipe's reader is gone before the
+    // command writes; no panic, status 0 (whichever comes first).
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["json"][..],
+        &["completions", "bash"],
+        &["verify", "--json"],
+    ] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("wasm-cache"))
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let e = stderr(&o);
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {e}");
+    }
+}
