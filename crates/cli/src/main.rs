@@ -199,9 +199,9 @@ struct ResolveArgs {
 /// `--policy` values (the reference's pull policies).
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Policy {
-    /// Pull again when the resource version changes (latest tags and http: always; others: if not present).
+    /// oci: like if-not-present, except `:latest` (like always); http(s): like always.
     Unspecified,
-    /// Use the cached module if there is one.
+    /// Use the module cached for the URL, whatever the resource version.
     #[value(alias = "ifnotpresent")]
     IfNotPresent,
     /// Pull again whenever the resource version changes.
