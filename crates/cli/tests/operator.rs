@@ -667,7 +667,18 @@ fn a_directory_locked_past_the_lock_wait_exits_3() {
     lock.lock().unwrap();
     let o = expect(3, dir.path(), &["list"]);
     let e = stderr(&o);
-    assert!(e.starts_with("error: ") && e.contains(".lock"), "{e}");
+    // The wait is announced (a warning, shown by default), then the error.
+    let lines: Vec<&str> = e.lines().collect();
+    assert!(
+        lines[0].starts_with("warning: cache directory is locked by another process"),
+        "{e}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("error: ") && l.contains(".lock")),
+        "{e}"
+    );
     lock.unlock().unwrap();
     expect(0, dir.path(), &["list"]);
 }
