@@ -517,6 +517,32 @@ fn progress_bar_with_total_percent_rate_and_eta_on_a_terminal() {
 }
 
 #[test]
+fn spinner_when_the_module_size_is_unknown() {
+    let s = TestServer::start(ServerOptions::plain());
+    // A gzip body: its Content-Length is not the module's length.
+    let z = wasm_cache_testkit::modules::gzip(&sample_module(1 << 20, 15));
+    s.route(
+        "/m.wasm.gz",
+        Route::Stall {
+            prefix: z[..z.len() / 2].to_vec().into(),
+            declared_len: z.len() as u64,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, screen) = run_on_pty(
+        dir.path(),
+        &["fetch", &s.url("/m.wasm.gz"), "--timeout", "2s"],
+    );
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(screen.contains("/m.wasm.gz"), "{screen:?}");
+    assert!(screen.contains("iB/s"), "rate: {screen:?}");
+    assert!(
+        !screen.contains("ETA") && !screen.contains('%'),
+        "{screen:?}"
+    );
+}
+
+#[test]
 fn resolve_prints_the_digest_a_url_names_now() {
     let r = Registry::start(RegistryKind::Plain);
     let module = sample_module(20_000, 12);
