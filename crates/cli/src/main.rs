@@ -176,7 +176,8 @@ struct FetchArgs {
     /// Version of the resource asking.
     #[arg(long, default_value = "", value_name = "V")]
     resource_version: String,
-    /// Also write the module to PATH (atomically: the whole verified module or nothing).
+    /// Also write the module to PATH (atomically: the whole verified module or
+    /// nothing); `-` writes the module's bytes to stdout instead of the path.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
     /// Print one JSON object instead of the path (see `wasm-cache json`).
@@ -460,6 +461,13 @@ fn summary(url: &str, size: u64, took: Duration, sha256: &wasm_cache::Sha256Dige
 }
 
 async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, Failure> {
+    let to_stdout = args.output.as_deref() == Some(Path::new("-"));
+    if to_stdout && args.json {
+        return Err(Failure::new(
+            USAGE,
+            "--json and -o - both want stdout; pick one",
+        ));
+    }
     let (cache, req) = open_for(dir, &args.net, progress).await?;
     let mut req = req
         .resource(args.resource_name, args.resource_version)
@@ -481,6 +489,10 @@ async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, 
         debug!(target: TARGET, "{} found in the cache", redact_url(&req.url));
     } else {
         summary(&req.url, outcome.size, took, &outcome.sha256);
+    }
+    if to_stdout {
+        outfile::to_stdout(&outcome.path).map_err(|e| Failure::new(FAILED, e))?;
+        return Ok(ExitCode::SUCCESS);
     }
     let copied = match &args.output {
         Some(dest) => {

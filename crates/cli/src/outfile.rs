@@ -53,6 +53,22 @@ pub(crate) fn place(src: &Path, dest: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `-o -`: the cached module's bytes on stdout. A reader that goes away ends
+/// the command with status 0, like every other output.
+pub(crate) fn to_stdout(src: &Path) -> Result<(), String> {
+    let mut source = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(src)
+        .map_err(|e| format!("opening cached module {}: {e}", src.display()))?;
+    let mut out = io::stdout().lock();
+    match io::copy(&mut source, &mut out).and_then(|_| io::Write::flush(&mut out)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(format!("writing the module to stdout: {e}")),
+    }
+}
+
 fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
     let pid = std::process::id();
     let nanos = std::time::SystemTime::now()

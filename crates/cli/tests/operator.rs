@@ -734,3 +734,24 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
         assert_eq!(o.status.code(), Some(0), "{args:?}: {e}");
     }
 }
+
+#[test]
+fn output_dash_writes_the_module_to_stdout() {
+    let s = TestServer::start(ServerOptions::plain());
+    let module = sample_module(300_000, 16);
+    s.route("/m.wasm", Route::bytes(module.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let o = expect(0, dir.path(), &["fetch", &s.url("/m.wasm"), "-o", "-"]);
+    assert!(o.stdout == module, "stdout is the module, nothing else");
+    // From the cache, the same bytes.
+    let o = expect(0, dir.path(), &["fetch", &s.url("/m.wasm"), "-o", "-"]);
+    assert!(o.stdout == module);
+    assert_eq!(s.hits("/m.wasm"), 1);
+    let e = stderr(&expect(
+        2,
+        dir.path(),
+        &["fetch", &s.url("/m.wasm"), "-o", "-", "--json"],
+    ));
+    assert!(e.contains("stdout"), "{e}");
+    assert_eq!(s.hits("/m.wasm"), 1, "a usage error fetches nothing");
+}
