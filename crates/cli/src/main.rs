@@ -308,7 +308,7 @@ fn hint(msg: &str) -> Option<&'static str> {
     let plain_http =
         msg.contains("InvalidContentType") || msg.contains("HTTP response to an HTTPS request");
     (plain_http && !msg.contains("--insecure-registry")).then_some(
-        "the server answered in plain HTTP; if that registry is trusted, list it with --insecure-registry HOST[:PORT]",
+        "the server answered in plain HTTP: if it is a trusted registry, list it with --insecure-registry HOST[:PORT]; for an https:// module URL, use http://",
     )
 }
 
