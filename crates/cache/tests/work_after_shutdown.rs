@@ -2,9 +2,9 @@
 //! started by over-budget fetches end before [`Cache::shutdown`] returns, and
 //! the cache refuses `get`, `purge` and `verify` afterwards.
 //!
-//! A custom [`Clock`] counts the `now()` calls made after `shutdown` returned:
-//! every purge, hit and fetch reads the clock, so any work still running after
-//! shutdown shows up there.
+//! A custom [`Clock`] counts the `now()` calls that end after `shutdown`
+//! returned: every purge, hit and fetch reads the clock, so any work still
+//! running after shutdown shows up there.
 
 mod common;
 
@@ -21,6 +21,9 @@ use wasm_cache_testkit::modules::sample_module;
 /// waiting for state: nothing may happen, so the whole window is watched).
 const WATCH: Duration = Duration::from_millis(500);
 
+/// How long each clock read takes.
+const SLOW_READ: Duration = Duration::from_millis(20);
+
 #[derive(Debug)]
 struct CountingClock {
     inner: ManualClock,
@@ -30,6 +33,9 @@ struct CountingClock {
 
 impl Clock for CountingClock {
     fn now(&self) -> SystemTime {
+        // A slow clock read keeps any purge busy long enough that one still
+        // running when shutdown returns is seen finishing its read after it.
+        std::thread::sleep(SLOW_READ);
         if self.shut.load(Ordering::SeqCst) {
             self.late_calls.fetch_add(1, Ordering::SeqCst);
         }
