@@ -253,7 +253,7 @@ async fn download_failure() {
 
 /// Istio: "wrong checksum".
 ///
-/// Istio's checksum `"wrongchecksum\n"` is malformed: REFERENCE §9 refuses it
+/// Istio's checksum `"wrongchecksum\n"` is malformed: REFERENCE §7 refuses it
 /// before any request, naming it. A well-formed wrong checksum downloads and
 /// fails with the reference's wording; nothing is stored or recorded.
 #[tokio::test]
@@ -831,7 +831,7 @@ async fn fetch_oci_timed_out() {
 /// Istio: "fetch oci with wrong digest".
 ///
 /// Istio's `"wrongdigest"` is malformed and refused before any request
-/// (REFERENCE §9); a well-formed wrong digest gets the reference's mismatch
+/// (REFERENCE §7); a well-formed wrong digest gets the reference's mismatch
 /// wording with the image's real digest. Nothing is stored or recorded.
 #[tokio::test]
 async fn fetch_oci_with_wrong_digest() {
