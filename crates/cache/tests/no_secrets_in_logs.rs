@@ -216,6 +216,27 @@ async fn no_log_line_and_no_debug_output_holds_a_secret() {
         "the vanished file is fetched again"
     );
 
+    // A redirect to a pre-signed URL (object stores hand these out): the
+    // signature is a secret too, whether the target answers or fails.
+    let module3 = sample_module(1_000, 34);
+    server.route("/signed.wasm", Route::bytes(module3.clone()));
+    server.route(
+        "/r.wasm",
+        Route::redirect(server.url("/signed.wasm?X-Signature=SECRET")),
+    );
+    server.route(
+        "/r404.wasm",
+        Route::redirect(server.url("/missing.wasm?X-Signature=SECRET")),
+    );
+    let redirected = cache.get(&req(&server.url("/r.wasm"), "1")).await.unwrap();
+    assert_module_at(&redirected, &module3);
+    assert_eq!(server.hits("/signed.wasm"), 1);
+    let e = cache
+        .get(&req(&server.url("/r404.wasm"), "1"))
+        .await
+        .unwrap_err();
+    out.error("a 404 after a redirect to a signed URL", &e);
+
     // OCI with a pull secret: a pull, a hit, and a wrong secret.
     let oci = req(&pushed.url, "1").pull_secret(pull_secret(OCI_PASSWORD));
     out.debug("an OCI GetRequest", &oci);
