@@ -209,3 +209,52 @@ async fn a_long_waiter_retries_when_its_leader_timed_out() {
     );
     cache.shutdown().await.unwrap();
 }
+
+/// A leader whose caller gives up (its future is dropped, as when a newer
+/// config push supersedes the request) does not strand the callers waiting
+/// on its download: one of them takes over and gets the module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_leader_does_not_strand_its_waiters() {
+    let module = sample_module(10_000, 16);
+    let server = TestServer::start(ServerOptions::plain());
+    server.route("/m.wasm", Route::Hang);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder(dir.path(), &clock()).build().await.unwrap();
+    let url = server.url("/m.wasm");
+
+    let leader = {
+        let cache = cache.clone();
+        let request = req(&url, "1").timeout(Duration::from_secs(120));
+        tokio::spawn(async move { cache.get(&request).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.hits("/m.wasm") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.route("/m.wasm", Route::bytes(module.clone()));
+    let waiter = {
+        let cache = cache.clone();
+        let request = req(&url, "1").timeout(Duration::from_secs(120));
+        tokio::spawn(async move { cache.get(&request).await })
+    };
+    // Give the waiter a chance to join the leader's flight, then drop the leader.
+    tokio::task::yield_now().await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    let got = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiter was stranded by its abandoned leader")
+        .unwrap();
+    let path = got.unwrap_or_else(|e| panic!("the waiter failed: {e}"));
+    assert_module_at(&path, &module);
+    assert_eq!(
+        server.hits("/m.wasm"),
+        1,
+        "one download after the leader left"
+    );
+    cache.shutdown().await.unwrap();
+}
