@@ -18,6 +18,7 @@ use wasm_cache_signature::{CosignLayer, KeyFingerprint, Subject, TrustPolicy};
 use wasm_store_fs::{FsStore, Journal, StoreError, VerifyReport};
 
 use crate::metrics::{FetchResult, Meters};
+use crate::outcome::{Outcome, Resolved};
 use crate::{CacheBuilder, Clock, Error, GetRequest};
 
 /// The journal file, beside the modules.
@@ -50,6 +51,10 @@ struct Published {
     path: PathBuf,
     checksum: Sha256Digest,
     key: ModuleKey,
+    /// The sha256 of the module's bytes.
+    content: Sha256Digest,
+    /// Whether this flight downloaded it (`false`: found in the cache).
+    downloaded: bool,
 }
 
 type Flight = Arc<OnceCell<Result<Published, Error>>>;
@@ -213,6 +218,16 @@ impl Cache {
     /// [`Error::Store`] for local storage failures, [`Error::ShutDown`] after
     /// [`Cache::shutdown`].
     pub async fn get(&self, req: &GetRequest) -> Result<PathBuf, Error> {
+        self.get_detailed(req).await.map(|o| o.path)
+    }
+
+    /// [`Cache::get`], reporting more than the path: the module's sha256 and
+    /// size, the manifest digest for content-addressed sources and whether the
+    /// module was already cached. Same rules, same errors.
+    ///
+    /// # Errors
+    /// As [`Cache::get`].
+    pub async fn get_detailed(&self, req: &GetRequest) -> Result<Outcome, Error> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -227,7 +242,13 @@ impl Cache {
         let (name, expected) = match inner.try_hit(url, checksum, req, policy).await? {
             Hit::Served(p) => {
                 inner.meters.lookup(true);
-                return Ok(p.path);
+                return Ok(Outcome::new(
+                    &inner.store,
+                    p.path,
+                    p.checksum,
+                    p.content,
+                    true,
+                ));
             }
             Hit::Miss { name, expected } => (name, expected),
         };
@@ -252,7 +273,46 @@ impl Cache {
         if url.records_checksum() {
             inner.record(url, published.checksum, req);
         }
-        Ok(published.path)
+        Ok(Outcome::new(
+            &inner.store,
+            published.path,
+            published.checksum,
+            published.content,
+            !published.downloaded,
+        ))
+    }
+
+    /// The digest `req.url` names now, without storing anything: for
+    /// content-addressed sources (OCI) the manifest digest, asked of the
+    /// registry; otherwise, only if `download` is set, the sha256 of the
+    /// module, downloaded (within the module size limit) and hashed. `None`
+    /// for such a URL without `download`. The pull policy, the resource and
+    /// the checksum of `req` are ignored; its timeout and secret apply.
+    ///
+    /// # Errors
+    /// As [`Cache::get`] for naming and fetching the module.
+    pub async fn resolve(
+        &self,
+        req: &GetRequest,
+        download: bool,
+    ) -> Result<Option<Resolved>, Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let url = self.inner.parse_url(&req.url)?;
+        let fetcher = self.inner.fetchers.get(&url.scheme()).ok_or_else(|| {
+            wasm_cache_core::Error::UnsupportedScheme {
+                scheme: url.scheme().as_str().to_owned(),
+            }
+        })?;
+        crate::outcome::resolve(
+            &**fetcher,
+            &url,
+            req,
+            self.inner.opts.max_module_size,
+            download,
+        )
+        .await
     }
 
     /// Downloads once for every concurrent caller with the same [`FlightKey`].
@@ -537,6 +597,8 @@ impl Inner {
                         path,
                         checksum: key.checksum,
                         key,
+                        content,
+                        downloaded: false,
                     })
                 }
                 None => Hit::Miss {
@@ -700,6 +762,8 @@ impl Inner {
                     path,
                     checksum: digest,
                     key,
+                    content,
+                    downloaded: false,
                 });
             }
             freq = freq.with_digest(Some(digest));
@@ -769,6 +833,8 @@ impl Inner {
                 path: committed.path,
                 checksum,
                 key,
+                content: committed.digest,
+                downloaded: true,
             })
         })
         .await
@@ -875,7 +941,7 @@ impl Inner {
             }
             Err(e) => {
                 self.meters.fetch(FetchResult::Signature);
-                warn!(url = %url, digest = %digest.to_prefixed(), reasons = ?e.reasons(), "signature verification failed");
+                debug!(url = %url, digest = %digest.to_prefixed(), reasons = ?e.reasons(), "signature verification failed");
                 Err(signature_error(e).into())
             }
         }

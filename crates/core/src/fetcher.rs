@@ -125,6 +125,14 @@ pub trait ModuleSink: Send {
     /// # Errors
     /// Any I/O error (disk full, permissions, a size limit of the sink).
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()>;
+
+    /// Told, as soon as the fetcher knows, how many module bytes will come in
+    /// all (a `Content-Length` or a layer size of an unboxed
+    /// module). Advisory only: for progress displays, never for limits or
+    /// checks. Wrapping sinks forward it. The default ignores it.
+    fn size_hint(&mut self, len: u64) {
+        let _ = len;
+    }
 }
 
 impl ModuleSink for Vec<u8> {
@@ -137,6 +145,9 @@ impl ModuleSink for Vec<u8> {
 impl<S: ModuleSink + ?Sized> ModuleSink for &mut S {
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         (**self).write(chunk)
+    }
+    fn size_hint(&mut self, len: u64) {
+        (**self).size_hint(len);
     }
 }
 

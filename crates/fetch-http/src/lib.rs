@@ -689,6 +689,7 @@ async fn stream_body(
         });
     }
     let mut unboxer = Unboxer::new(sink, req.max_size, TarEntryRule::PluginWasmOrFirstWasm);
+    unboxer.announce_len(declared);
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
@@ -721,6 +722,9 @@ impl ModuleSink for Counting<'_> {
         self.inner.write(chunk)?;
         self.written += chunk.len() as u64;
         Ok(())
+    }
+    fn size_hint(&mut self, len: u64) {
+        self.inner.size_hint(len);
     }
 }
 

@@ -687,6 +687,7 @@ impl OciFetcher {
             });
         }
         let mut unboxer = Unboxer::new(sink, req.max_size, choice.rule);
+        unboxer.announce_len(Some(choice.size));
         let mut unbox_failure: Option<UnboxError> = None;
         while let Some(item) = stream.next().await {
             match item {

@@ -176,10 +176,15 @@ fn lock_file(dir: &Path, wait: std::time::Duration) -> Result<File, StoreError> 
         .open(&path)
         .map_err(|e| StoreError::io("opening lock file", &path, e))?;
     let deadline = std::time::Instant::now() + wait;
+    let mut told = false;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(file),
             Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                if !told {
+                    told = true;
+                    tracing::warn!(dir = %dir.display(), "cache directory is locked by another process; waiting up to {wait:?}");
+                }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(fs::TryLockError::WouldBlock) => {
