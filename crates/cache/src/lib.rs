@@ -106,6 +106,7 @@ mod builder;
 mod cache;
 mod clock;
 mod error;
+pub mod fetcher;
 pub mod metrics;
 mod request;
 

@@ -254,7 +254,8 @@ async fn fetch(dir: &Path, args: FetchArgs) -> Result<ExitCode, BoxError> {
             }
             cache = cache.fetcher(Scheme::Oci, Arc::new(progress::Progress::new(oci.build()?)));
         }
-        Err(_) => {}
+        // Other schemes have no fetcher here: the cache reports the reference's error.
+        _ => {}
     }
     let cache = cache.build().await?;
     let mut req = GetRequest::new(args.url)
