@@ -550,13 +550,13 @@ impl Inner {
         checksum: Option<Sha256Digest>,
         req: &GetRequest,
     ) -> Result<Hit, Error> {
-        let lookup = LookupRequest {
+        let lookup = LookupRequest::new(
             url,
             checksum,
-            resource_name: &req.resource_name,
-            resource_version: &req.resource_version,
-            policy: req.pull_policy,
-        };
+            &req.resource_name,
+            &req.resource_version,
+            req.pull_policy,
+        );
         Ok(match self.index.lookup(&lookup, self.now()) {
             Lookup::Hit { key, content } => match self.serve(&key, content).await? {
                 Some(path) => {
@@ -577,6 +577,11 @@ impl Inner {
                 },
             },
             Lookup::Miss { name, expected } => Hit::Miss { name, expected },
+            other => {
+                return Err(Error::Internal(format!(
+                    "unknown index lookup outcome {other:?}"
+                )));
+            }
         })
     }
 

@@ -499,7 +499,8 @@ pub async fn foreign_scheme_is_refused(f: &dyn Fetcher, fx: &Fixture) -> Result<
     const CHECK: &str = "foreign_scheme_is_refused";
     let other = match fx.url.scheme() {
         Scheme::Oci => "https://127.0.0.1:9/not-oci.wasm",
-        Scheme::Http | Scheme::Https => "oci://127.0.0.1:9/not/http:v1",
+        // http(s) and any plugged-in scheme (file://, s3://, ...).
+        _ => "oci://127.0.0.1:9/not/http:v1",
     };
     let url = ModuleUrl::parse(other).map_err(|e| violation(CHECK, e.to_string()))?;
     let req = FetchRequest::new(url, Instant::now() + fx.timeout);
