@@ -447,13 +447,24 @@ fn validate_repository(repo: &str) -> Result<(), String> {
 
 /// Redacts a URL for logs and errors: user-info becomes `***@` and any query
 /// string or fragment becomes `?***` (signed URLs carry tokens there).
-/// Works on strings that do not parse, too.
+/// Works on strings that do not parse, too: there the user-info is taken to
+/// run up to the *last* `@` (a password may hold an unescaped `/`, `?` or
+/// `#`, which is why it did not parse), so nothing before it is shown.
 pub fn redact_url(raw: &str) -> String {
     let (scheme, rest) = match raw.split_once("://") {
         Some((s, r)) => (Some(s), r),
         None => (None, raw),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority_end = match rest.rfind('@') {
+        // An `@` after the path starts is part of the path, if the URL parses.
+        Some(at) if scheme.is_some() && url::Url::parse(raw).is_err() => {
+            at + 1
+                + rest[at + 1..]
+                    .find(['/', '?', '#'])
+                    .unwrap_or(rest.len() - at - 1)
+        }
+        _ => rest.find(['/', '?', '#']).unwrap_or(rest.len()),
+    };
     let (authority, tail) = rest.split_at(authority_end);
     let authority = match authority.rfind('@') {
         Some(i) => format!("***@{}", &authority[i + 1..]),
@@ -582,6 +593,33 @@ mod tests {
                 e.starts_with("fail to parse Wasm module fetch url:"),
                 "{bad:?}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn unparseable_urls_hide_everything_up_to_the_last_at() {
+        for (raw, want) in [
+            (
+                "https://admin:HUNTER/SECRET@127.0.0.1:1/m.wasm",
+                "https://***@127.0.0.1:1/m.wasm",
+            ),
+            (
+                "https://admin:HUNTER?SECRET@127.0.0.1:1/m.wasm",
+                "https://***@127.0.0.1:1/m.wasm",
+            ),
+            (
+                "https://admin:HUNTER#SECRET@127.0.0.1:1/m.wasm?sig=X",
+                "https://***@127.0.0.1:1/m.wasm?***",
+            ),
+            ("https://:HUNTER2SECRET@/m.wasm", "https://***@/m.wasm"),
+            // A URL that parses keeps an `@` in its path.
+            (
+                "https://h.example/a@b/m.wasm",
+                "https://h.example/a@b/m.wasm",
+            ),
+            ("https://u:p@h.example/a@b", "https://***@h.example/a@b"),
+        ] {
+            assert_eq!(redact_url(raw), want, "{raw}");
         }
     }
 
