@@ -34,6 +34,10 @@ impl ModuleSink for Counting<'_> {
         self.bar.inc(chunk.len() as u64);
         Ok(())
     }
+
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        self.sink.verify_sha256(digest)
+    }
 }
 
 #[async_trait]

@@ -114,6 +114,17 @@ pub trait ModuleSink: Send {
     /// # Errors
     /// Any I/O error (disk full, permissions, a size limit of the sink).
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()>;
+
+    /// Offers the sink the check that the sha256 of everything written equals
+    /// `digest` (a fetcher whose source names the module's own digest, such as
+    /// an OCI raw Wasm layer, asks this before writing). Returns `true` when the
+    /// sink's owner takes it on: it then refuses the module unless the digest
+    /// matches, and the fetcher need not hash the bytes itself (one SHA-256
+    /// pass per byte). The default, `false`, leaves the check to the fetcher.
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        let _ = digest;
+        false
+    }
 }
 
 impl ModuleSink for Vec<u8> {
@@ -126,6 +137,10 @@ impl ModuleSink for Vec<u8> {
 impl<S: ModuleSink + ?Sized> ModuleSink for &mut S {
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         (**self).write(chunk)
+    }
+
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        (**self).verify_sha256(digest)
     }
 }
 
