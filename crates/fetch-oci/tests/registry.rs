@@ -609,3 +609,107 @@ async fn hostile_bearer_realms_are_refused() {
         task.abort();
     }
 }
+
+/// The requests a cold pull makes, counted in the registry's access log:
+/// resolve then fetch by the resolved digest, as the cache does.
+async fn cold_pull_requests(registry: &Registry, url: &str, f: &OciFetcher) -> Vec<String> {
+    let before = registry.sync_requests().len();
+    let req = request(url);
+    let d = f.resolve(&req).await.unwrap();
+    fetch(f, &req.clone().with_digest(d)).await.unwrap();
+    registry
+        .sync_requests()
+        .split_off(before)
+        .into_iter()
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cold_pull_is_two_requests_three_for_an_index() {
+    let registry = Registry::start(RegistryKind::Plain);
+    let module = sample_module(30_000, 20);
+    let image = images::push_cncf_artifact(&registry, "n/raw", "v1", &module).await;
+    let boxed = images::push_oci_image(&registry, "n/boxed", "v1", &module).await;
+    let index =
+        images::push_index(&registry, "n/index", "v1", &[(Platform::WASIP1, &module)]).await;
+    for (pushed, want) in [(&image, 2), (&boxed, 2), (&index, 3)] {
+        // A fresh fetcher each time: nothing known about the registry yet.
+        let seen = cold_pull_requests(&registry, &pushed.url, &fetcher_for(&registry)).await;
+        assert_eq!(seen.len(), want, "{}: {seen:?}", pushed.url);
+        assert!(
+            seen.iter()
+                .all(|r| r.starts_with("GET ") && r.ends_with(" 200")),
+            "{seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn token_auth_registry_with_pull_secrets() {
+    let registry = Registry::start(RegistryKind::TokenAuth);
+    let module = sample_module(25_000, 21);
+    let pushed = images::push_oci_image(&registry, "t/private", "v1", &module).await;
+    let f = fetcher_for(&registry);
+    let req = request(&pushed.url);
+    // Anonymous: the token grants nothing, the registry refuses.
+    let e = fetch(&f, &req).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    // With the secret: the token flow, then the pull.
+    let with = req
+        .clone()
+        .with_pull_secret(Some(PullSecret::new(registry.docker_config_json())));
+    assert_eq!(
+        f.resolve(&with).await.unwrap(),
+        Some(digest(&pushed.manifest_digest))
+    );
+    assert!(fetch(&f, &with).await.unwrap().0 == module);
+    let tokens = registry.token_server().unwrap().requests();
+    assert!(
+        tokens.iter().any(|t| t
+            .authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Basic "))
+            && t.query.contains("scope=repository%3At%2Fprivate%3Apull")),
+        "{tokens:?}"
+    );
+    // A wrong password: the token service refuses; no secret in the error.
+    let (user, password) = registry.credentials().unwrap();
+    let wrong = registry::docker_config_json(&registry.host(), user, "not-the-password");
+    let e = fetch(
+        &f,
+        &req.clone().with_pull_secret(Some(PullSecret::new(wrong))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    for shown in [e.to_string(), format!("{e:?}"), format!("{f:?}")] {
+        assert!(
+            !shown.contains(password) && !shown.contains("not-the-password"),
+            "{shown}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_plain_http_registry_that_is_not_listed_fails_at_once() {
+    let registry = Registry::start(RegistryKind::Plain);
+    let pushed = images::push_oci_image(&registry, "h/plain", "v1", &sample_module(9000, 22)).await;
+    let f = OciFetcher::builder()
+        .docker_config_dir(None)
+        .backoff(quick_backoff())
+        .build()
+        .unwrap();
+    for e in [
+        fetch(&f, &request(&pushed.url)).await.unwrap_err(),
+        f.resolve(&request(&pushed.url)).await.unwrap_err(),
+    ] {
+        assert!(
+            e.to_string().ends_with(
+                "server gave an HTTP response to an HTTPS request; list it with --insecure-registry"
+            ),
+            "{e}"
+        );
+        assert!(!matches!(e, Error::DownloadFailed { .. }), "retried: {e}");
+    }
+}

@@ -85,7 +85,10 @@ impl GuardedConnector {
             None => {
                 let addrs = self.resolve_checked(&host, port).await?;
                 let stream = dial(&host, addrs, self.connect_timeout).await?;
-                Ok(Conn::new(stream, false))
+                let peer = stream.peer_addr().ok().map(|a| a.ip());
+                let mut conn = Conn::new(stream, false);
+                conn.peer = peer;
+                Ok(conn)
             }
             Some(proxy) => {
                 self.precheck(&host, port).await?;
@@ -271,6 +274,8 @@ async fn tunnel(
 pub(crate) struct Conn {
     io: TokioIo<TcpStream>,
     proxied: bool,
+    /// The target's address, for direct connections (not through a proxy).
+    peer: Option<IpAddr>,
 }
 
 impl Conn {
@@ -278,13 +283,23 @@ impl Conn {
         Self {
             io: TokioIo::new(stream),
             proxied,
+            peer: None,
         }
     }
 }
 
+/// The address a response came from (direct connections only), in the
+/// response's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peer(pub(crate) IpAddr);
+
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        Connected::new().proxy(self.proxied)
+        let c = Connected::new().proxy(self.proxied);
+        match self.peer {
+            Some(ip) => c.extra(Peer(ip)),
+            None => c,
+        }
     }
 }
 

@@ -187,6 +187,19 @@ impl Guard {
     }
 }
 
+/// Whether `ip` is a public address: not loopback, unspecified, private,
+/// shared (`100.64.0.0/10`), unique local or link-local, in any IPv6 form.
+/// A redirect from a public address may not lead inwards (to loopback or
+/// private addresses).
+pub fn is_public(ip: IpAddr) -> bool {
+    let strict = Guard {
+        blocked: Vec::new(),
+        allow_private: false,
+        allow_loopback: false,
+    };
+    strict.check(ip).is_ok()
+}
+
 /// Parses an operator CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
     let s = s.trim();
@@ -281,6 +294,17 @@ mod tests {
         let e = g.check(ip("203.0.113.7")).unwrap_err();
         assert_eq!(e, "in the blocked range 203.0.113.0/24");
         assert!(!Guard::default().strict().allow_loopback);
+        assert!(is_public(ip("8.8.8.8")) && is_public(ip("2001:4860::8888")));
+        for inner in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "::1",
+            "fd00::1",
+            "169.254.1.1",
+            "::ffff:192.168.0.1",
+        ] {
+            assert!(!is_public(ip(inner)), "{inner}");
+        }
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //!   or `*`; one meaning for `http(s)://` URLs and OCI registries. Listed
 //!   hosts get a separate pool whose TLS does not verify certificates.
 //! - **Redirects**: at most [`DEFAULT_MAX_REDIRECTS`] hops, each a new
-//!   request through the guarded connector; https to http refused;
+//!   request through the guarded connector; https to http refused; a
+//!   redirect from a public address never leads to loopback or private
+//!   addresses (the rest of the chain uses the strict guard);
 //!   `Authorization` dropped when the origin changes (registries redirect
 //!   blobs to object storage).
 //! - **Bounded reads** ([`Response::bytes_limited`]): a declared length over
@@ -52,11 +54,11 @@ mod insecure;
 mod proxy;
 mod tls;
 
-pub use crate::guard::{BlockedAddr, Guard, embedded_v4, parse_cidr};
+pub use crate::guard::{BlockedAddr, Guard, embedded_v4, is_public, parse_cidr};
 pub use crate::insecure::{InsecureHosts, split_registry};
 pub use crate::proxy::{Proxy, ProxyConfig};
 
-use crate::connect::GuardedConnector;
+use crate::connect::{GuardedConnector, Peer};
 
 /// The default bound on redirects followed for one request.
 pub const DEFAULT_MAX_REDIRECTS: usize = 10;
@@ -594,6 +596,7 @@ impl Transport {
         let mut method = req.method.clone();
         let mut headers = req.headers.clone();
         let mut redirects = 0usize;
+        let mut strict = req.strict;
         loop {
             let shown = redact_url(hop.as_str());
             let label = req.label.clone().unwrap_or_else(|| shown.clone());
@@ -617,7 +620,7 @@ impl Transport {
                 })?;
             tracing::debug!(url = %shown, redirects, "request");
             let response = self
-                .client_for(&hop, req.strict)
+                .client_for(&hop, strict)
                 .request(request)
                 .await
                 .map_err(|e| classify(&label, &e))?;
@@ -637,6 +640,16 @@ impl Transport {
                 if next.origin() != hop.origin() {
                     // Credentials are for the origin they were given for.
                     headers.remove(AUTHORIZATION);
+                }
+                // A public server may not send us inwards: after a redirect
+                // from a public address, loopback and private addresses are
+                // refused for the rest of the chain.
+                if response
+                    .extensions()
+                    .get::<Peer>()
+                    .is_some_and(|p| is_public(p.0))
+                {
+                    strict = true;
                 }
                 if status == StatusCode::SEE_OTHER && method != Method::HEAD {
                     method = Method::GET;
