@@ -336,7 +336,8 @@ async fn connect_proxy() -> (
 }
 
 /// `HTTPS_PROXY` is honoured (the pull goes through the proxy's tunnel) and
-/// `NO_PROXY` bypasses it, for the command as users run it.
+/// `NO_PROXY` bypasses it, for the command as users run it, by both fetchers
+/// (an OCI registry and an HTTPS server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_proxy_is_honoured_and_no_proxy_bypasses_it() {
     use std::sync::atomic::Ordering;
@@ -344,9 +345,12 @@ async fn https_proxy_is_honoured_and_no_proxy_bypasses_it() {
     let module = sample_module(30_000, 3);
     let pushed =
         wasm_cache_testkit::images::push_cncf_artifact(&registry, "p/m", "v1", &module).await;
-    let (proxy, tunnels) = connect_proxy().await;
+    let server = TestServer::start(ServerOptions::tls());
+    server.route("/m.wasm", Route::bytes(module.clone()));
     let work = tempfile::tempdir().unwrap();
-    let run = |no_proxy: &str, dir: &str| {
+    let server_ca = server.write_ca_file(work.path()).unwrap();
+    let (proxy, tunnels) = connect_proxy().await;
+    let run = |url: &str, ca: &std::path::Path, no_proxy: &str, dir: &str| {
         let mut c = cli(&work.path().join(dir));
         for v in [
             "http_proxy",
@@ -360,32 +364,38 @@ async fn https_proxy_is_honoured_and_no_proxy_bypasses_it() {
         ] {
             c.env_remove(v);
         }
-        c.args(["fetch", &pushed.url, "--timeout", "20s", "--ca-file"])
-            .arg(registry.ca_file().unwrap())
+        c.args(["fetch", url, "--timeout", "20s", "--ca-file"])
+            .arg(ca)
             .env("HTTPS_PROXY", format!("http://{proxy}"));
         if !no_proxy.is_empty() {
             c.env("NO_PROXY", no_proxy);
         }
-        c.output().unwrap()
+        // The command blocks this worker; the proxy's tasks run on the other.
+        let out = tokio::task::block_in_place(|| c.output().unwrap());
+        assert!(
+            out.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    // The command blocks this worker; the proxy's tasks run on the other.
-    let out = tokio::task::block_in_place(|| run("", "through"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let through = tunnels.load(Ordering::SeqCst);
-    assert!(through >= 1, "the proxy opened no tunnel");
-    let out = tokio::task::block_in_place(|| run("localhost,127.0.0.1", "bypass"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        tunnels.load(Ordering::SeqCst),
-        through,
-        "NO_PROXY did not bypass the proxy"
-    );
+    for (url, ca) in [
+        (pushed.url.clone(), registry.ca_file().unwrap().to_owned()),
+        (server.url("/m.wasm"), server_ca),
+    ] {
+        let before = tunnels.load(Ordering::SeqCst);
+        run(&url, &ca, "", &format!("through-{before}"));
+        let through = tunnels.load(Ordering::SeqCst);
+        assert!(through > before, "{url}: the proxy opened no tunnel");
+        run(
+            &url,
+            &ca,
+            "localhost,127.0.0.1",
+            &format!("bypass-{before}"),
+        );
+        assert_eq!(
+            tunnels.load(Ordering::SeqCst),
+            through,
+            "{url}: NO_PROXY did not bypass the proxy"
+        );
+    }
 }
