@@ -122,6 +122,17 @@ pub trait ModuleSink: Send {
     fn size_hint(&mut self, len: u64) {
         let _ = len;
     }
+
+    /// Offers the sink the check that the sha256 of everything written equals
+    /// `digest` (a fetcher whose source names the module's own digest, such as
+    /// an OCI raw Wasm layer, asks this before writing). Returns `true` when the
+    /// sink's owner takes it on: it then refuses the module unless the digest
+    /// matches, and the fetcher need not hash the bytes itself (one SHA-256
+    /// pass per byte). The default, `false`, leaves the check to the fetcher.
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        let _ = digest;
+        false
+    }
 }
 
 impl ModuleSink for Vec<u8> {
@@ -137,6 +148,10 @@ impl<S: ModuleSink + ?Sized> ModuleSink for &mut S {
     }
     fn size_hint(&mut self, len: u64) {
         (**self).size_hint(len);
+    }
+
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        (**self).verify_sha256(digest)
     }
 }
 
