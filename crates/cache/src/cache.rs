@@ -575,13 +575,13 @@ impl Inner {
         req: &GetRequest,
         policy: Option<&Arc<TrustPolicy>>,
     ) -> Result<Hit, Error> {
-        let lookup = LookupRequest {
+        let lookup = LookupRequest::new(
             url,
             checksum,
-            resource_name: &req.resource_name,
-            resource_version: &req.resource_version,
-            policy: req.pull_policy,
-        };
+            &req.resource_name,
+            &req.resource_version,
+            req.pull_policy,
+        );
         Ok(match self.index.lookup(&lookup, self.now()) {
             Lookup::Hit { key, content } => match self.serve(&key, content).await? {
                 Some(path) => {
@@ -607,6 +607,11 @@ impl Inner {
                 },
             },
             Lookup::Miss { name, expected } => Hit::Miss { name, expected },
+            other => {
+                return Err(Error::Internal(format!(
+                    "unknown index lookup outcome {other:?}"
+                )));
+            }
         })
     }
 
@@ -775,7 +780,24 @@ impl Inner {
             .store
             .ingest(store_expected, self.opts.max_module_size)
             .inspect_err(|_| self.meters.fetch(FetchResult::FetchFailure))?;
-        let fetched = match fetcher.fetch(&freq, &mut ingest).await {
+        let mut sink = VerifyingSink {
+            ingest: &mut ingest,
+            content: None,
+        };
+        let fetched = fetcher.fetch(&freq, &mut sink).await;
+        let content_expected = sink.content;
+        // A fetcher that handed the content digest check to us (an OCI raw
+        // layer: its digest is the module's) gets it here, from the store's
+        // own hash: one SHA-256 pass over the bytes.
+        let fetched = fetched.and_then(|f| match content_expected {
+            Some(want) if ingest.digest() != want => Err(wasm_cache_core::Error::DigestMismatch {
+                url: url.redacted(),
+                expected: want.to_prefixed(),
+                actual: ingest.digest().to_prefixed(),
+            }),
+            _ => Ok(f),
+        });
+        let fetched = match fetched {
             Ok(f) => f,
             Err(e) => {
                 // A limit or check of the store surfaces as a sink error; report it as itself.
@@ -1097,6 +1119,25 @@ fn result_label(e: &wasm_cache_core::Error) -> FetchResult {
         K::Manifest => FetchResult::ManifestFailure,
         K::InvalidModule | K::Storage | K::InvalidInput => FetchResult::FetchFailure,
         _ => FetchResult::DownloadFailure,
+    }
+}
+
+/// The store's ingest as the fetcher's sink; takes on the content digest
+/// check a fetcher offers ([`ModuleSink::verify_sha256`]), which the cache
+/// then does with the store's hash before committing.
+struct VerifyingSink<'a> {
+    ingest: &'a mut wasm_store_fs::Ingest,
+    content: Option<Sha256Digest>,
+}
+
+impl wasm_cache_core::ModuleSink for VerifyingSink<'_> {
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        wasm_cache_core::ModuleSink::write(self.ingest, chunk)
+    }
+
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        self.content = Some(digest);
+        true
     }
 }
 

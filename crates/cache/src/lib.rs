@@ -109,6 +109,7 @@ mod builder;
 mod cache;
 mod clock;
 mod error;
+pub mod fetcher;
 pub mod metrics;
 mod outcome;
 mod request;

@@ -449,6 +449,8 @@ async fn open_for(
             );
         }
         Err(e) => return Err(e.into()),
+        // Other schemes have no fetcher here: the cache reports the reference's error.
+        Ok(_) => {}
     }
     let cache = cache.build().await?;
     let mut req = GetRequest::new(net.url.clone()).timeout(net.timeout);

@@ -48,6 +48,10 @@ impl ModuleSink for Counting<'_> {
         }
         self.bar.set_length(len);
     }
+
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        self.sink.verify_sha256(digest)
+    }
 }
 
 #[async_trait]

@@ -35,7 +35,7 @@ mod url;
 pub use crate::digest::Sha256Digest;
 pub use crate::error::{BoxError, Error, ErrorKind, shorten};
 pub use crate::fetcher::{
-    DEFAULT_MAX_MODULE_SIZE, FetchRequest, Fetched, Fetcher, ModuleSink, PullSecret,
+    DEFAULT_MAX_MODULE_SIZE, FetchRequest, Fetched, Fetcher, IoSink, ModuleSink, PullSecret,
     SignatureLayer, Signatures, WASM_MAGIC, check_wasm_header,
 };
 pub use crate::index::{

@@ -12,4 +12,6 @@ pub mod cosign;
 pub mod http;
 pub mod images;
 pub mod modules;
+pub mod netns;
 pub mod registry;
+pub mod token;
