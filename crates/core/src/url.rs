@@ -82,6 +82,14 @@ impl fmt::Display for Scheme {
 
 /// A parsed, validated module URL.
 ///
+/// Rules for a scheme other than http, https and oci (`file://`, `s3://`,
+/// `gs://`, ...): the URL must parse as a URL (RFC 3986, via the `url` crate);
+/// it is routed by its [`Scheme`] to the fetcher registered for it (a cache
+/// without one answers `unsupported Wasm module downloading URL scheme`); the
+/// module name is the whole URL, its checksum is the sha256 of the module
+/// bytes, and pull policies apply as for http(s) (REFERENCE §3: `Unspecified`
+/// and `Always` pull again on a new resource version, `IfNotPresent` does not).
+///
 /// `Display` and `Debug` print the [redacted](redact_url) form: user-info and
 /// query strings (which may carry tokens) never reach logs or errors. Use
 /// [`ModuleUrl::as_str`] for the URL as given, e.g. to make a request.
@@ -112,7 +120,7 @@ impl ModuleUrl {
     /// Parses and validates a module URL.
     ///
     /// A URL of a scheme other than http, https and oci parses as an opaque
-    /// URL (see the [module docs](self)); whether anything can fetch it is
+    /// URL (rules in [`ModuleUrl`]'s docs); whether anything can fetch it is
     /// decided by the fetcher registered for its [`Scheme`].
     ///
     /// # Errors

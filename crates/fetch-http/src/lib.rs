@@ -73,7 +73,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::HeaderValue;
 use http::StatusCode;
 use http::header::AUTHORIZATION;
 use url::Url;
@@ -302,7 +301,7 @@ impl HttpFetcher {
         sink: &mut Counting<'_>,
     ) -> Result<u64, Error> {
         let mut request = Request::get(url.clone());
-        if let Some(value) = basic_auth(url) {
+        if let Some(value) = wasm_fetch_transport::basic_auth(url) {
             // The transport drops it on a redirect to another origin.
             request = request.header(AUTHORIZATION, value);
         }
@@ -330,43 +329,6 @@ impl HttpFetcher {
         let (_, size) = unboxer.finish().map_err(|e| e.into_error(&req.url))?;
         Ok(size)
     }
-}
-
-/// `Authorization: Basic ...` from the URL's user-info, marked sensitive.
-fn basic_auth(url: &Url) -> Option<HeaderValue> {
-    use base64::Engine as _;
-    if url.username().is_empty() && url.password().is_none() {
-        return None;
-    }
-    let user = percent_decode(url.username());
-    let pass = percent_decode(url.password().unwrap_or(""));
-    let mut raw = user;
-    raw.push(b':');
-    raw.extend_from_slice(&pass);
-    let token = base64::engine::general_purpose::STANDARD.encode(raw);
-    let mut value = HeaderValue::from_str(&format!("Basic {token}")).ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| char::from(c).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// Counts what reaches the caller's sink, to know whether a retry is possible.
@@ -532,17 +494,6 @@ fn signature_url(req: &FetchRequest, module: &Url) -> Result<Url, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn basic_auth_decodes_userinfo() {
-        let url = Url::parse("https://us%40er:p%3Ass@h.example/m.wasm").unwrap();
-        let v = basic_auth(&url).unwrap();
-        assert!(v.is_sensitive());
-        // base64("us@er:p:ss")
-        assert_eq!(v.to_str().unwrap(), "Basic dXNAZXI6cDpzcw==");
-        assert!(basic_auth(&Url::parse("https://h.example/").unwrap()).is_none());
-        assert_eq!(percent_decode("a%2"), b"a%2");
-    }
 
     #[test]
     fn builder_validates() {

@@ -60,6 +60,15 @@ pub use crate::proxy::{Proxy, ProxyConfig};
 
 use crate::connect::{GuardedConnector, Peer};
 
+/// `Authorization: Basic ...` from the URL's user-info (percent-decoded),
+/// marked sensitive so hyper never logs it; `None` without user-info. The
+/// transport drops it on a redirect to another origin.
+pub fn basic_auth(url: &Url) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&proxy::basic_credentials(url)?).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// The default bound on redirects followed for one request.
 pub const DEFAULT_MAX_REDIRECTS: usize = 10;
 

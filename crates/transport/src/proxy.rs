@@ -73,16 +73,7 @@ impl Proxy {
             Some(url::Host::Ipv6(v6)) => v6.to_string(),
             _ => return Err("proxy URL has no host".to_owned()),
         };
-        let authorization = (!url.username().is_empty() || url.password().is_some()).then(|| {
-            use base64::Engine as _;
-            let user = percent_decode(url.username());
-            let pass = percent_decode(url.password().unwrap_or(""));
-            let raw = [user.as_slice(), b":", pass.as_slice()].concat();
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
-            )
-        });
+        let authorization = basic_credentials(&url);
         Ok(Self {
             host,
             port: url.port().unwrap_or(80),
@@ -104,7 +95,24 @@ pub(crate) fn authority(host: &str, port: u16) -> String {
     }
 }
 
-pub(crate) fn percent_decode(s: &str) -> Vec<u8> {
+/// `Basic <base64(user:password)>` from a URL's user-info (percent-decoded),
+/// or `None` when it has none. The one place the project turns URL
+/// credentials into an `Authorization` value (module URLs and proxy URLs).
+pub(crate) fn basic_credentials(url: &url::Url) -> Option<String> {
+    use base64::Engine as _;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let user = percent_decode(url.username());
+    let pass = percent_decode(url.password().unwrap_or(""));
+    let raw = [user.as_slice(), b":", pass.as_slice()].concat();
+    Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    ))
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -275,6 +283,17 @@ fn parse_no_proxy(list: &str) -> Vec<NoProxyEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_auth_decodes_userinfo() {
+        let url = url::Url::parse("https://us%40er:p%3Ass@h.example/m.wasm").unwrap();
+        let v = crate::basic_auth(&url).unwrap();
+        assert!(v.is_sensitive());
+        // base64("us@er:p:ss")
+        assert_eq!(v.to_str().unwrap(), "Basic dXNAZXI6cDpzcw==");
+        assert!(crate::basic_auth(&url::Url::parse("https://h.example/").unwrap()).is_none());
+        assert_eq!(percent_decode("a%2"), b"a%2");
+    }
 
     fn cfg(vars: &[(&str, &str)]) -> ProxyConfig {
         ProxyConfig::from_lookup(|n| {
