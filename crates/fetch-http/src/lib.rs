@@ -432,7 +432,7 @@ impl Fetcher for HttpFetcher {
         let until = (Instant::now() + self.inner.attempt_timeout).min(req.deadline);
         let read = async {
             let mut request = Request::get(url.clone());
-            if let Some(value) = basic_auth(&url) {
+            if let Some(value) = wasm_fetch_transport::basic_auth(&url) {
                 // The transport drops it on a redirect to another origin.
                 request = request.header(AUTHORIZATION, value);
             }
