@@ -205,7 +205,9 @@ impl Index {
         for e in &self.modules {
             seen.insert(e.value().content, e.value().size);
         }
-        seen.values().sum()
+        // Saturating: sizes come from a journal and a wrapped sum would make
+        // a cache over its budget look empty.
+        seen.values().fold(0u64, |a, s| a.saturating_add(*s))
     }
 
     /// The REFERENCE §3 rules, steps 1 to 4: find the checksum for the request
@@ -405,7 +407,9 @@ impl Index {
             let s = sharing.entry(*content).or_insert((*size, 0));
             s.1 += 1;
         }
-        let mut total: u64 = sharing.values().map(|(s, _)| s).sum();
+        let mut total: u64 = sharing
+            .values()
+            .fold(0u64, |a, (s, _)| a.saturating_add(*s));
         let mut out = Vec::new();
         for (last, key, content, _) in entries {
             if total <= budget {
@@ -417,7 +421,7 @@ impl Index {
             if let Some(s) = sharing.get_mut(&content) {
                 s.1 -= 1;
                 if s.1 == 0 {
-                    total -= s.0;
+                    total = total.saturating_sub(s.0);
                 }
             }
             out.push(key);
@@ -434,6 +438,65 @@ impl Index {
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
+    }
+
+    /// Brings last-use times later than `now` back to `now` and returns how
+    /// many were. A journal written by a machine whose clock ran ahead (or
+    /// by hand) could otherwise keep an entry from ever expiring or being
+    /// evicted. Call after replaying a journal; `now` is the caller's clock.
+    pub fn clamp_future(&self, now: Timestamp) -> usize {
+        self.clamp_future_to(now, &|_| None)
+    }
+
+    /// [`clamp_future`](Self::clamp_future), bringing a future last use back
+    /// to `fallback(content)` instead (e.g. when the module's file was
+    /// written) when that is known and not itself after `now`.
+    pub fn clamp_future_to(
+        &self,
+        now: Timestamp,
+        fallback: &dyn Fn(&Sha256Digest) -> Option<Timestamp>,
+    ) -> usize {
+        let mut n = 0;
+        for mut e in self.modules.iter_mut() {
+            if e.last_use > now {
+                e.last_use = fallback(&e.content).map_or(now, |t| t.min(now));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sets the size of every entry whose content is `content` to `size` (the
+    /// size of its file, which the caller read from the disk) and returns how
+    /// many entries said otherwise.
+    pub fn correct_size(&self, content: &Sha256Digest, size: u64) -> usize {
+        let mut n = 0;
+        for mut e in self.modules.iter_mut() {
+            if e.content == *content && e.size != size {
+                e.size = size;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Removes every entry and checksum record (before replaying a journal
+    /// that replaced the one the index was built from).
+    pub fn clear(&self) {
+        self.modules.clear();
+        self.checksums.clear();
+    }
+
+    /// Number of journal records [`to_events`](Self::to_events) would write:
+    /// the live records a compaction keeps.
+    pub fn event_count(&self) -> usize {
+        let entries: usize = self.modules.iter().map(|e| 1 + e.value().urls.len()).sum();
+        let records: usize = self
+            .checksums
+            .iter()
+            .map(|r| r.value().resource_versions.len())
+            .sum();
+        entries + records
     }
 
     /// Applies a persisted change.

@@ -124,13 +124,14 @@
 mod error;
 mod ingest;
 mod journal;
+mod locks;
 mod names;
 mod store;
 
 pub use crate::error::{StoreError, StoreErrorKind};
 pub use crate::ingest::{Committed, Ingest};
-pub use crate::journal::{Journal, Replay};
+pub use crate::journal::{JOURNAL_LOCK_WAIT, Journal, JournalLock, Replay};
+pub use crate::locks::FileLock;
 pub use crate::store::{
-    FsStore, IgnoredFile, LOCK_FILE, LOCK_WAIT, Mismatch, RecoveryReport, StoredModule,
-    VerifyReport,
+    FsStore, IgnoredFile, KEY_LOCK_DIR, Mismatch, RecoveryReport, StoredModule, VerifyReport,
 };
