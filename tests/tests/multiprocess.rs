@@ -360,7 +360,7 @@ run exact_again --dir "$MNT/b" fetch "$EXACT_URL" --sha256 "$EXACT_SHA"
 if [ -f "$MNT/b/$EXACT_SHA.wasm" ]; then echo "exact_file=$(sha256sum < "$MNT/b/$EXACT_SHA.wasm" | cut -c1-64)"; fi
 "#;
     let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
         .env("MNT", mnt.path())
         .env("OUT", out_dir.path())
         .env("BIN", cli_bin())

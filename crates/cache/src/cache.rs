@@ -622,16 +622,13 @@ impl Inner {
         for content in contents {
             let known = self.store.get(&content).filter(|m| m.verified);
             let file = known.or_else(|| self.store.refresh(&content));
-            match file {
-                Some(m) => {
-                    self.index.correct_size(&content, m.size);
-                    if !m.verified {
-                        self.unverified.insert(content, ());
-                    }
-                    lock(&self.orphans).remove(&content);
+            // No file: `serve` drops the entry when it is asked for.
+            if let Some(m) = file {
+                self.index.correct_size(&content, m.size);
+                if !m.verified {
+                    self.unverified.insert(content, ());
                 }
-                // No file: `serve` drops the entry when it is asked for.
-                None => {}
+                lock(&self.orphans).remove(&content);
             }
         }
         self.index.clamp_future(self.now());
