@@ -645,3 +645,53 @@ fn journal_values_from_the_future_or_with_wrong_sizes_are_purged() {
         text(&out.stdout)
     );
 }
+
+/// Two caches on one directory in one process (as two processes would be):
+/// one compacts the journal while the other keeps appending, and nothing is
+/// lost. Before: the second cache appended into the unlinked old journal,
+/// and its shutdown rewrote the journal from its own view, dropping the
+/// first cache's module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_caches_on_one_directory_lose_no_journal_record() {
+    let server = TestServer::start(ServerOptions::plain());
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls = Vec::new();
+    for i in 0..3 {
+        let path = format!("/two{i}.wasm");
+        server.route(
+            &path,
+            Route::bytes(sample_module(4_000 + i * 10, 40 + i as u64)),
+        );
+        urls.push(server.url(&path));
+    }
+    let open = || Cache::builder(dir.path()).background_purge(false).build();
+    let a = open().await.unwrap();
+    let b = open().await.unwrap();
+    a.get(&wasm_cache::GetRequest::new(&urls[0])).await.unwrap();
+    b.get(&wasm_cache::GetRequest::new(&urls[1])).await.unwrap();
+    // Dead lines, so that A's purge compacts the journal under B's feet.
+    let journal = dir.path().join("index.journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes.extend_from_slice(&b"00000000 {\"dead\":true}\n".repeat(300));
+    std::fs::write(&journal, &bytes).unwrap();
+    a.purge().await.unwrap();
+    assert!(
+        std::fs::metadata(&journal).unwrap().len() < bytes.len() as u64,
+        "the purge compacted the journal"
+    );
+    a.shutdown().await.unwrap();
+    b.get(&wasm_cache::GetRequest::new(&urls[2])).await.unwrap();
+    b.shutdown().await.unwrap();
+    let c = open().await.unwrap();
+    let mut names: Vec<String> = c.entries().into_iter().map(|e| e.key.name).collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for i in 0..3 {
+        assert_eq!(server.hits(&format!("/two{i}.wasm")), 1);
+    }
+    // Both caches served from the same files; C serves all three offline.
+    drop(server);
+    for u in &urls {
+        c.get(&wasm_cache::GetRequest::new(u)).await.unwrap();
+    }
+}

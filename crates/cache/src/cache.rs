@@ -885,8 +885,9 @@ impl Inner {
         Ok(published)
     }
 
-    /// Indexes a module file already in the store under `want` (checked by a
-    /// full re-hash first); `None` if there is none or it does not verify.
+    /// Indexes an orphaned module file already in the store under `want`
+    /// (checked by a full re-hash first); `None` if there is none, it is
+    /// referenced by another entry, or it does not verify.
     async fn adopt(
         self: &Arc<Self>,
         url: &ModuleUrl,
@@ -894,7 +895,9 @@ impl Inner {
         want: Sha256Digest,
         req: &GetRequest,
     ) -> Option<Published> {
-        if !self.store.contains(&want) {
+        // Only a file no entry references: a module already cached under
+        // another name is downloaded again for this one, as the reference does.
+        if !self.store.contains(&want) || self.index.content_in_use(&want) {
             return None;
         }
         let me = Arc::clone(self);
