@@ -23,10 +23,10 @@ pub(crate) const IO_BUFFER: usize = 64 * 1024;
 /// A crash-safe, content-addressed directory of Wasm modules.
 ///
 /// Cloning is cheap (an [`Arc`] inside) and every method takes `&self`, so one
-/// store can be shared by every task of the cache. One directory must be owned
-/// by one `FsStore` (and its clones) at a time: opening removes temporary files,
-/// and the per-digest locks that make [`remove`](Self::remove) safe against a
-/// concurrent [`ingest`](Self::ingest) live in memory.
+/// store can be shared by every task of the cache. Opening one directory
+/// twice in a process shares one store (the per-digest locks that make
+/// [`remove`](Self::remove) safe against a concurrent [`ingest`](Self::ingest)
+/// live in memory); other processes may use the directory at the same time.
 #[derive(Clone, Debug)]
 pub struct FsStore {
     inner: Arc<Inner>,
