@@ -441,38 +441,68 @@ if [ -f "$MNT/b/$EXACT_SHA.wasm" ]; then echo "exact_file=$(sha256sum < "$MNT/b/
 }
 
 /// A hostile local user's symlinks: at the journal compaction's temporary
-/// name (pointing at a victim file) and dangling ones where lock files
-/// belong. The victim stays byte-identical and no link target is created.
-/// Before: the compaction truncated and overwrote the victim with journal
-/// lines (credentials included), and `.lock`'s target was created.
+/// name (pointing at a victim file), planted while a fetch runs and before a
+/// purge, and dangling ones where lock files belong. The victim stays
+/// byte-identical and no link target is created. Before: the fetch's
+/// shutdown compaction truncated and overwrote the victim with journal lines
+/// (URL credentials included), and `.lock`'s target was created.
 #[test]
 fn symlinks_planted_in_the_cache_directory_are_never_written_through() {
     let server = TestServer::start(ServerOptions::plain());
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let module = sample_module(10_000, 8);
-    server.route("/m.wasm", Route::bytes(module.clone()));
-    let url = server
-        .url("/m.wasm")
-        .replace("http://", "http://user:s3cret@");
-    let out = cli(dir.path()).args(["fetch", &url]).output().unwrap();
+    server.route("/m.wasm", Route::bytes(sample_module(10_000, 8)));
+    server.route(
+        "/slow.wasm",
+        Route::delayed(
+            Duration::from_secs(2),
+            Route::bytes(sample_module(10_000, 10)),
+        ),
+    );
+    server.route("/other.wasm", Route::bytes(sample_module(5_000, 9)));
+    let with_secret = |path: &str| server.url(path).replace("http://", "http://user:s3cret@");
+    let out = cli(dir.path())
+        .args(["fetch", &with_secret("/m.wasm")])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-
-    // Dead lines, so that the next open compacts the journal.
-    let journal = dir.path().join("index.journal");
-    let mut lines = std::fs::read(&journal).unwrap();
-    for _ in 0..500 {
-        lines.extend_from_slice(b"00000000 {\"dead\":true}\n");
-    }
-    std::fs::write(&journal, &lines).unwrap();
 
     let victim = elsewhere.path().join("victim");
     let precious = b"the victim's own bytes\n".repeat(100);
     std::fs::write(&victim, &precious).unwrap();
-    symlink(&victim, dir.path().join("index.journal.compact-tmp")).unwrap();
+    let compact_tmp = dir.path().join("index.journal.compact-tmp");
+    // Planted while a fetch is downloading (after its open, before it ends).
+    let fetch = spawn({
+        let mut c = cli(dir.path());
+        c.args(["fetch", &with_secret("/slow.wasm"), "--timeout", "60s"]);
+        c
+    });
+    poll(
+        Duration::from_secs(60),
+        "the slow download starting",
+        || server.hits("/slow.wasm") == 1,
+    );
+    symlink(&victim, &compact_tmp).unwrap();
+    let out = wait_bounded(fetch, Duration::from_secs(90), "a fetch");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        precious,
+        "written through a symlink by a fetch"
+    );
+
+    // Dead lines, so that the next purge compacts the journal; the link
+    // planted again, and dangling links where lock files belong.
+    let journal = dir.path().join("index.journal");
+    let mut lines = std::fs::read(&journal).unwrap();
+    lines.extend_from_slice(&b"00000000 {\"dead\":true}\n".repeat(500));
+    std::fs::write(&journal, &lines).unwrap();
+    let _ = std::fs::remove_file(&compact_tmp);
+    symlink(&victim, &compact_tmp).unwrap();
     let dangling: Vec<PathBuf> = (0..3)
         .map(|i| elsewhere.path().join(format!("created-{i}")))
         .collect();
+    let _ = std::fs::remove_file(dir.path().join(".lock"));
     symlink(&dangling[0], dir.path().join(".lock")).unwrap();
     let _ = std::fs::remove_file(dir.path().join("index.journal.lock"));
     symlink(&dangling[1], dir.path().join("index.journal.lock")).unwrap();
@@ -488,20 +518,16 @@ fn symlinks_planted_in_the_cache_directory_are_never_written_through() {
         cache.shutdown().await.unwrap();
         lock
     });
-    // The open above compacted through the planted link if it were followed;
-    // plant it again for the command runs below.
-    if std::fs::symlink_metadata(dir.path().join("index.journal.compact-tmp")).is_err() {
-        symlink(&victim, dir.path().join("index.journal.compact-tmp")).unwrap();
-    }
     std::fs::create_dir_all(key_lock.parent().unwrap()).unwrap();
     symlink(&dangling[2], &key_lock).unwrap();
-    server.route("/other.wasm", Route::bytes(sample_module(5_000, 9)));
-    std::fs::write(&journal, &lines).unwrap();
     for args in [
-        vec!["fetch", url.as_str()],
-        vec!["fetch", &server.url("/other.wasm")],
-        vec!["list"],
-        vec!["purge", "--expiry", "1000d"],
+        vec![
+            "purge".to_owned(),
+            "--expiry".to_owned(),
+            "1000d".to_owned(),
+        ],
+        vec!["fetch".to_owned(), server.url("/other.wasm")],
+        vec!["list".to_owned()],
     ] {
         let out = cli(dir.path()).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
@@ -518,13 +544,12 @@ fn symlinks_planted_in_the_cache_directory_are_never_written_through() {
             d.display()
         );
     }
-    // The journal was compacted (the dead lines are gone) and holds no
-    // credentials anywhere but where they were given.
-    let text_now = std::fs::read_to_string(&journal).unwrap();
+    let now = std::fs::read_to_string(&journal).unwrap();
     assert!(
-        !text_now.contains("\"dead\""),
-        "the journal was never compacted"
+        !now.contains("\"dead\""),
+        "the purge did not compact the journal"
     );
+    assert!(now.contains("s3cret"), "the journal keeps URLs as given");
     let mut victim_text = String::new();
     std::fs::File::open(&victim)
         .unwrap()
