@@ -202,7 +202,7 @@ async fn thousand_gets_with_purge_and_eviction_keep_store_and_index_consistent()
         .collect();
     assert_eq!(before, after, "the journal did not recover the index");
     assert_store_consistent(&fresh);
-    let report = fresh.store().verify_all(false).unwrap();
+    let report = fresh.verify(false).await.unwrap();
     assert!(
         report.mismatched.is_empty() && report.missing.is_empty(),
         "{report:?}"

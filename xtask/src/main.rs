@@ -3,7 +3,8 @@
 //! - `ci`: what CI runs, and the README's test command: installs the services the
 //!   tests need (Debian's `docker-registry`, `apache2-utils`) when missing, then
 //!   runs `cargo fmt --check`, `cargo clippy --all-targets -D warnings`, rustdoc
-//!   with warnings denied, builds the cargo-fuzz targets (`fuzz/`), and runs the
+//!   with warnings denied, `cargo package` of the published crates (so they
+//!   stay publishable in form), builds the cargo-fuzz targets (`fuzz/`), and runs the
 //!   whole test suite, last, so the output ends with cargo's test summary lines.
 //! - `demo`: the main job end to end on this machine, with no outside network.
 //! - `bench`: the benchmark table.
@@ -142,6 +143,27 @@ fn ci(root: &Path) -> Result {
             .current_dir(root)
             .env("RUSTDOCFLAGS", "-D warnings")
             .args(["doc", "--workspace", "--no-deps", "--locked"]),
+    )?;
+    // The library crates stay publishable in form (metadata, no versioned
+    // dependency on an unpublished crate, every file they need inside them).
+    // `--allow-dirty` because this checks the manifests, not git's state.
+    run(
+        "cargo package (published crates)",
+        cargo().current_dir(root).args([
+            "package",
+            "--workspace",
+            "--exclude",
+            "wasm-cache-bench",
+            "--exclude",
+            "wasm-cache-testkit",
+            "--exclude",
+            "wasm-cache-tests",
+            "--exclude",
+            "xtask",
+            "--no-verify",
+            "--allow-dirty",
+            "--locked",
+        ]),
     )?;
     // The cargo-fuzz targets are not run in CI, but they must build (fuzz/ is
     // its own workspace, on the pinned stable toolchain: libfuzzer-sys builds there).

@@ -232,7 +232,7 @@ pub(crate) fn many(cfg: &Config, rt: &Runtime) -> Result<Vec<Row>, String> {
         .entries()
         .into_iter()
         .flat_map(|e| {
-            let path = cache.store().path_of(&e.content);
+            let path = cache.module_path(&e.content);
             e.urls.into_iter().map(move |u| (u, path.clone()))
         })
         .collect();

@@ -12,9 +12,9 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 use wasm_cache_core::{
     EntryInfo, FetchRequest, Fetcher, Index, IndexEvent, Lookup, LookupRequest, ModuleKey,
-    ModuleUrl, Scheme, Sha256Digest, Timestamp,
+    ModuleUrl, PullSecret, Removed, Scheme, Sha256Digest, Timestamp,
 };
-use wasm_store_fs::{FsStore, Journal, StoreError};
+use wasm_store_fs::{FsStore, Journal, StoreError, VerifyReport};
 
 use crate::metrics::{FetchResult, Meters};
 use crate::{CacheBuilder, Clock, Error, GetRequest};
@@ -66,11 +66,28 @@ impl std::fmt::Debug for Cache {
 struct Published {
     path: PathBuf,
     checksum: Sha256Digest,
-    /// The (resource name, version) already recorded for the URL, if any.
-    recorded_for: (String, String),
+    key: ModuleKey,
 }
 
 type Flight = Arc<OnceCell<Result<Published, Error>>>;
+
+/// What callers must have in common to share one download and its outcome:
+/// the URL, the checksum it must have, and the credentials it is fetched
+/// with (a caller with a valid pull secret must never receive the failure of
+/// a caller with a wrong one, nor the reverse).
+type FlightKey = (String, Option<Sha256Digest>, Option<PullSecret>);
+
+/// The outcome of [`Inner::try_hit`].
+enum Hit {
+    /// Served from the cache.
+    Served(Published),
+    /// Not cached (or its file vanished or failed verification): fetch it
+    /// under this module name, checking this checksum if one is pinned.
+    Miss {
+        name: String,
+        expected: Option<Sha256Digest>,
+    },
+}
 
 pub(crate) struct Options {
     pub(crate) purge_interval: Duration,
@@ -92,7 +109,7 @@ struct Inner {
     fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
     clock: Arc<dyn Clock>,
     opts: Options,
-    flights: DashMap<(String, Option<Sha256Digest>), Flight>,
+    flights: DashMap<FlightKey, Flight>,
     /// Parsed URLs by their text: a config push asks for the same few URLs
     /// over and over, and parsing was a third of a hit's CPU time.
     parsed: DashMap<String, Arc<ModuleUrl>>,
@@ -105,6 +122,11 @@ struct Inner {
     publish: [Mutex<()>; PUBLISH_STRIPES],
     closed: AtomicBool,
     task: Mutex<Option<(JoinHandle<()>, watch::Sender<bool>)>>,
+    /// A byte-budget purge asked for by a fetch and not started yet: fetches
+    /// that go over the budget meanwhile share it instead of queueing more.
+    budget_purge_queued: AtomicBool,
+    /// Byte-budget purges started by fetches; shutdown waits for them.
+    budget_purges: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -169,6 +191,8 @@ impl Cache {
             publish: std::array::from_fn(|_| Mutex::new(())),
             closed: AtomicBool::new(false),
             task: Mutex::new(None),
+            budget_purge_queued: AtomicBool::new(false),
+            budget_purges: Mutex::new(Vec::new()),
         });
         inner.meters.entries(inner.index.len());
         if background {
@@ -201,7 +225,6 @@ impl Cache {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
-        let deadline = Instant::now() + req.timeout;
         let url = inner.parse_url(&req.url)?;
         let url = &*url;
         let checksum = match req.checksum.as_deref().map(str::trim) {
@@ -209,11 +232,11 @@ impl Cache {
             Some(c) => Some(Sha256Digest::parse(c)?),
         };
         let (name, expected) = match inner.try_hit(url, checksum, req).await? {
-            Ok((path, _)) => {
+            Hit::Served(p) => {
                 inner.meters.lookup(true);
-                return Ok(path);
+                return Ok(p.path);
             }
-            Err(miss) => miss,
+            Hit::Miss { name, expected } => (name, expected),
         };
         inner.meters.lookup(false);
         // A span on the miss path only: hits stay allocation-light.
@@ -224,67 +247,107 @@ impl Cache {
             version = %req.resource_version,
         );
         let published = self
-            .single_flight(url, name, expected, req, deadline)
+            .single_flight(url, &name, expected, checksum, req)
             .instrument(span)
             .await?;
-        let (rn, rv) = &published.recorded_for;
-        if url.records_checksum() && (rn != &req.resource_name || rv != &req.resource_version) {
+        // Handed out now: the entry's last use (and so its eviction grace)
+        // counts from here for every caller of the flight, not only from the
+        // moment the leader indexed it.
+        inner.index.touch(&published.key, inner.now());
+        // The leader recorded for itself; a caller that shared its download
+        // records its own resource version (a no-op when it is the same).
+        if url.records_checksum() {
             inner.record(url, published.checksum, req);
         }
         Ok(published.path)
     }
 
+    /// Downloads once for every concurrent caller with the same [`FlightKey`].
+    ///
+    /// Each caller keeps its own deadline: it stops waiting when its own
+    /// timeout is over, and if the download it waited for ran out of the
+    /// leader's time while it still has some, it tries again itself.
     async fn single_flight(
         &self,
         url: &ModuleUrl,
-        name: String,
+        name: &str,
         expected: Option<Sha256Digest>,
+        checksum: Option<Sha256Digest>,
         req: &GetRequest,
-        deadline: Instant,
     ) -> Result<Published, Error> {
-        let key = (url.as_str().to_owned(), expected);
-        let flight = self.inner.flights.entry(key.clone()).or_default().clone();
-        let result = flight
-            .get_or_init(|| {
-                let inner = Arc::clone(&self.inner);
-                async move {
-                    // One download per module across processes too: wait (for
-                    // this module only, bounded by the deadline) for another
-                    // process fetching it, then read what it recorded.
-                    let _key_lock = inner.lock_flight(url, expected, deadline).await?;
-                    inner.sync_journal();
-                    // Checked again inside the flight: a flight that finished
-                    // between our lookup and now has indexed and recorded the
-                    // module, so this is a hit rather than a second download.
-                    let checksum = req
-                        .checksum
-                        .as_deref()
-                        .and_then(|c| Sha256Digest::parse(c.trim()).ok());
-                    if let Ok((path, checksum)) = inner.try_hit(url, checksum, req).await? {
-                        return Ok(Published {
-                            path,
-                            checksum,
-                            recorded_for: (req.resource_name.clone(), req.resource_version.clone()),
-                        });
+        let deadline = tokio::time::Instant::now() + req.timeout;
+        let key: FlightKey = (url.as_str().to_owned(), expected, req.pull_secret.clone());
+        loop {
+            let flight = self.inner.flights.entry(key.clone()).or_default().clone();
+            let led = AtomicBool::new(false);
+            let waited = tokio::time::timeout_at(
+                deadline,
+                flight.get_or_init(|| {
+                    led.store(true, Ordering::Relaxed);
+                    let inner = Arc::clone(&self.inner);
+                    async move {
+                        // One download per module across processes too:
+                        // wait (for this module only, bounded by the
+                        // deadline) for another process fetching it, then
+                        // read what it recorded.
+                        let _key_lock = inner
+                            .lock_flight(url, expected, deadline.into_std())
+                            .await?;
+                        inner.sync_journal();
+                        // Checked again inside the flight: a flight that
+                        // finished between our lookup and now has indexed and
+                        // recorded the module, so this is a hit rather than a
+                        // second download.
+                        match inner.try_hit(url, checksum, req).await? {
+                            Hit::Served(p) => Ok(p),
+                            Hit::Miss { .. } => {
+                                inner
+                                    .fetch_and_publish(
+                                        url,
+                                        name.to_owned(),
+                                        expected,
+                                        req,
+                                        deadline.into_std(),
+                                    )
+                                    .await
+                            }
+                        }
                     }
-                    inner
-                        .fetch_and_publish(url, name, expected, req, deadline)
-                        .await
+                }),
+            )
+            .await;
+            let Ok(result) = waited else {
+                // Our own deadline passed while another caller's download
+                // was still running: it goes on for its own callers.
+                return Err(wasm_cache_core::Error::Timeout {
+                    url: url.redacted(),
+                    elapsed: req.timeout,
                 }
-            })
-            .await
-            .clone();
-        self.inner
-            .flights
-            .remove_if(&key, |_, f| Arc::ptr_eq(f, &flight));
-        result
+                .into());
+            };
+            let result = result.clone();
+            self.inner
+                .flights
+                .remove_if(&key, |_, f| Arc::ptr_eq(f, &flight));
+            let theirs_timed_out = !led.load(Ordering::Relaxed)
+                && matches!(&result, Err(e) if e.kind() == wasm_cache_core::ErrorKind::Timeout);
+            if theirs_timed_out && tokio::time::Instant::now() < deadline {
+                debug!(url = %url, "the shared download ran out of its caller's time; trying again");
+                continue;
+            }
+            return result;
+        }
     }
 
     /// Applies expiry and the byte budget now.
     ///
     /// # Errors
-    /// [`Error::Internal`] if the purge task panicked.
+    /// [`Error::ShutDown`] after [`Cache::shutdown`]; [`Error::Internal`] if
+    /// the purge task panicked.
     pub async fn purge(&self) -> Result<PurgeReport, Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.purge())
             .await
@@ -309,9 +372,28 @@ impl Cache {
         self.inner.store.key_lock_path(&flight_key(url, checksum))
     }
 
-    /// The store underneath (for listing and verification).
-    pub fn store(&self) -> &FsStore {
-        &self.inner.store
+    /// Where the module file of content `digest` is (or would be).
+    pub fn module_path(&self, content: &Sha256Digest) -> PathBuf {
+        self.inner.store.path_of(content)
+    }
+
+    /// Re-hashes every module file. With `repair`, a file that does not hold
+    /// what its name says is deleted together with every entry that refers to
+    /// it, under the same lock that orders publishing against deleting, so a
+    /// `get` never receives a path whose file a repair is removing, and the
+    /// index never refers to a file a repair removed.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when a file cannot be read or deleted;
+    /// [`Error::ShutDown`] after [`Cache::shutdown`].
+    pub async fn verify(&self, repair: bool) -> Result<VerifyReport, Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.verify_all(repair))
+            .await
+            .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?
     }
 
     /// The reference's `Cleanup`: stops the background purge task (waiting for
@@ -329,6 +411,12 @@ impl Cache {
             if let Err(e) = task.await
                 && !e.is_cancelled()
             {
+                return Err(Error::Internal(format!("purge task failed: {e}")));
+            }
+        }
+        let purges = std::mem::take(&mut *lock(&self.inner.budget_purges));
+        for purge in purges {
+            if let Err(e) = purge.await {
                 return Err(Error::Internal(format!("purge task failed: {e}")));
             }
         }
@@ -422,7 +510,7 @@ fn reconcile(
     for e in index.entries() {
         match files.get(&e.content) {
             None => {
-                debug!(module = %e.key.name, "dropping an entry whose file is gone");
+                debug!(module = %e.key.redacted_name(), "dropping an entry whose file is gone");
                 index.remove(&e.key);
             }
             Some(m) => wrong_sizes += index.correct_size(&e.content, m.size),
@@ -491,33 +579,42 @@ impl Inner {
         Ok(url)
     }
 
-    /// REFERENCE §3 steps 1-4 and the existence check: `Ok((path, checksum))`
-    /// on a hit, else `Err((module name, expected checksum))` for the fetch.
+    /// REFERENCE §3 steps 1-4 and the existence check. A hit records the
+    /// checksum for the URL and the asking resource's version, exactly as a
+    /// download does (§3.4, Istio's `touchEntry`); that writes to the journal
+    /// only when the record changed.
     async fn try_hit(
         self: &Arc<Self>,
         url: &ModuleUrl,
         checksum: Option<Sha256Digest>,
         req: &GetRequest,
-    ) -> Result<Result<(PathBuf, Sha256Digest), (String, Option<Sha256Digest>)>, Error> {
-        let lookup = self.index.lookup(
-            &LookupRequest {
-                url,
-                checksum,
-                resource_name: &req.resource_name,
-                resource_version: &req.resource_version,
-                policy: req.pull_policy,
-            },
-            self.now(),
-        );
-        Ok(match lookup {
+    ) -> Result<Hit, Error> {
+        let lookup = LookupRequest {
+            url,
+            checksum,
+            resource_name: &req.resource_name,
+            resource_version: &req.resource_version,
+            policy: req.pull_policy,
+        };
+        Ok(match self.index.lookup(&lookup, self.now()) {
             Lookup::Hit { key, content } => match self.serve(&key, content).await? {
                 Some(path) => {
                     self.note_touch(&key);
-                    Ok((path, key.checksum))
+                    if let Some(event) = self.index.record_hit(&lookup, &key) {
+                        self.journal_append(&event);
+                    }
+                    Hit::Served(Published {
+                        path,
+                        checksum: key.checksum,
+                        key,
+                    })
                 }
-                None => Err((key.name, checksum.or_else(|| url.pinned_digest()))),
+                None => Hit::Miss {
+                    name: key.name,
+                    expected: checksum.or_else(|| url.pinned_digest()),
+                },
             },
-            Lookup::Miss { name, expected } => Err((name, expected)),
+            Lookup::Miss { name, expected } => Hit::Miss { name, expected },
         })
     }
 
@@ -657,7 +754,7 @@ impl Inner {
                     self.unverified.remove(&content);
                 }
                 Ok(false) | Err(StoreError::NotFound { .. }) => {
-                    warn!(module = %key.name, content = %content, "cached module failed verification; fetching again");
+                    warn!(module = %key.redacted_name(), content = %content, "cached module failed verification; fetching again");
                     self.drop_content(&content);
                     return Ok(None);
                 }
@@ -668,7 +765,7 @@ impl Inner {
         if self.store.contains(&content) {
             return Ok(Some(path));
         }
-        warn!(module = %key.name, path = %path.display(), "cached module file vanished; fetching again");
+        warn!(module = %key.redacted_name(), path = %path.display(), "cached module file vanished; fetching again");
         self.forget(key);
         Ok(None)
     }
@@ -683,25 +780,23 @@ impl Inner {
 
     /// Drops every entry of a content digest and its file.
     fn drop_content(&self, content: &Sha256Digest) {
-        let mut forgotten = Vec::new();
-        {
-            let _guard = self.publish_lock(content);
-            for e in self.index.entries() {
-                if e.content == *content && self.index.remove(&e.key).is_some() {
-                    forgotten.push(e.key);
-                }
-            }
-            if let Err(e) = self.store.remove(content) {
-                warn!(error = %e, "removing a corrupt module failed");
-            }
-            self.unverified.remove(content);
+        let _guard = self.publish_lock(content);
+        if let Err(e) = self.drop_content_locked(content) {
+            warn!(error = %e, "removing a corrupt module failed");
         }
-        // Appended after the publish lock is released: the journal's lock
-        // is always taken before it, never while holding it.
-        for key in forgotten {
-            self.journal_append(&IndexEvent::Remove { key });
+    }
+
+    /// [`Inner::drop_content`] for a caller holding the content's publish
+    /// lock; whether a file was removed.
+    fn drop_content_locked(&self, content: &Sha256Digest) -> Result<bool, StoreError> {
+        for e in self.index.entries() {
+            if e.content == *content {
+                self.forget(&e.key);
+            }
         }
-        self.meters.entries(self.index.len());
+        self.unverified.remove(content);
+        lock(&self.orphans).remove(content);
+        self.store.remove(content)
     }
 
     fn journal_append(&self, event: &IndexEvent) {
@@ -712,13 +807,17 @@ impl Inner {
         }
     }
 
+    /// REFERENCE §3 step 7 for `url`; journaled only when the record changed.
     fn record(&self, url: &ModuleUrl, checksum: Sha256Digest, req: &GetRequest) {
-        self.index.record_checksum(
+        let changed = self.index.record_checksum(
             url.as_str(),
             checksum,
             &req.resource_name,
             &req.resource_version,
         );
+        if !changed {
+            return;
+        }
         self.journal_append(&IndexEvent::Record {
             url: url.as_str().to_owned(),
             checksum,
@@ -770,7 +869,7 @@ impl Inner {
                 return Ok(Published {
                     path,
                     checksum: digest,
-                    recorded_for: (req.resource_name.clone(), req.resource_version.clone()),
+                    key,
                 });
             }
             freq = freq.with_digest(Some(digest));
@@ -808,7 +907,6 @@ impl Inner {
         let me = Arc::clone(&self);
         let url_s = url.as_str().to_owned();
         let redacted = url.redacted();
-        let now = self.now();
         let published = tokio::task::spawn_blocking(move || {
             // The journal's lock, shared, from before the rename to after the
             // append: a purge in another process (which holds it exclusively)
@@ -827,6 +925,10 @@ impl Inner {
             // entry for it before the index insert).
             let _guard = me.publish_lock(&ingest.digest());
             let committed = ingest.commit().map_err(|e| e.into_core_error(&redacted))?;
+            // Read after the commit (an fsync can take a while): a caller that
+            // missed while it ran and waits for this flight asked no earlier
+            // than this, so its grace period is counted from its own request.
+            let now = me.now();
             let checksum = resolved.or(fetched.digest).unwrap_or(committed.digest);
             let key = ModuleKey::new(name, checksum);
             me.index.insert(
@@ -839,7 +941,7 @@ impl Inner {
             lock(&me.orphans).remove(&committed.digest);
             me.unverified.remove(&committed.digest);
             let insert = IndexEvent::Insert {
-                key,
+                key: key.clone(),
                 content: committed.digest,
                 size: committed.size,
                 url: Some(url_s),
@@ -858,7 +960,7 @@ impl Inner {
             Ok::<_, wasm_cache_core::Error>(Published {
                 path: committed.path,
                 checksum,
-                recorded_for: (String::new(), String::new()),
+                key,
             })
         })
         .await
@@ -866,10 +968,8 @@ impl Inner {
         .inspect_err(|e| self.meters.fetch(result_label(e)))?;
         // Recorded before the flight ends, so a caller that arrives just after
         // finds the record instead of starting a second download.
-        let mut published = published;
         if url.records_checksum() {
             self.record(url, published.checksum, req);
-            published.recorded_for = (req.resource_name.clone(), req.resource_version.clone());
         }
         self.meters.fetch(FetchResult::Success);
         self.meters.entries(self.index.len());
@@ -879,8 +979,7 @@ impl Inner {
             .max_bytes
             .is_some_and(|b| self.index.total_bytes() > b)
         {
-            let me = Arc::clone(&self);
-            tokio::task::spawn_blocking(move || me.purge());
+            self.queue_budget_purge();
         }
         Ok(published)
     }
@@ -915,7 +1014,7 @@ impl Inner {
         lock(&self.orphans).remove(&want);
         self.unverified.remove(&want);
         self.journal_append(&IndexEvent::Insert {
-            key,
+            key: key.clone(),
             content: want,
             size,
             url: Some(url.as_str().to_owned()),
@@ -924,12 +1023,32 @@ impl Inner {
         if url.records_checksum() {
             self.record(url, want, req);
         }
-        info!(url = %url, checksum = %want, "adopted a module file already in the store");
+        info!(url = %url.redacted(), checksum = %want, "adopted a module file already in the store");
         Some(Published {
             path: self.store.path_of(&want),
             checksum: want,
-            recorded_for: (req.resource_name.clone(), req.resource_version.clone()),
+            key,
         })
+    }
+
+    /// Runs a purge soon, off this task, unless one is already queued or the
+    /// cache is shutting down; [`Cache::shutdown`] waits for it.
+    fn queue_budget_purge(self: &Arc<Self>) {
+        if self.closed.load(Ordering::Acquire)
+            || self.budget_purge_queued.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let me = Arc::clone(self);
+        let handle = tokio::task::spawn_blocking(move || {
+            me.budget_purge_queued.store(false, Ordering::Release);
+            if !me.closed.load(Ordering::Acquire) {
+                me.purge();
+            }
+        });
+        let mut running = lock(&self.budget_purges);
+        running.retain(|h| !h.is_finished());
+        running.push(handle);
     }
 
     /// One purge: pending last-use updates are appended; then, holding the
@@ -959,37 +1078,40 @@ impl Inner {
         let mut report = PurgeReport::default();
         let mut removed = Vec::new();
         for key in self.index.expired(now, self.opts.expiry) {
-            if let Some(e) = self.index.remove_if_idle(&key, now, self.opts.expiry) {
+            if let Some(r) = self.index.remove_if_idle(&key, now, self.opts.expiry) {
                 report.expired.push(key);
-                removed.push(e);
+                removed.push(r);
             }
         }
         if let Some(budget) = self.opts.max_bytes {
             for key in self.index.select_lru(now, budget, self.opts.grace) {
-                if let Some(e) = self.index.remove_if_idle(&key, now, self.opts.grace) {
+                if let Some(r) = self.index.remove_if_idle(&key, now, self.opts.grace) {
                     report.evicted.push(key);
-                    removed.push(e);
+                    removed.push(r);
                 }
             }
         }
         let mut events = Vec::new();
         for e in removed {
-            let _guard = self.publish_lock(&e.content);
-            events.push(IndexEvent::Remove { key: e.key.clone() });
-            if self.index.content_in_use(&e.content) {
+            let content = e.entry.content;
+            let _guard = self.publish_lock(&content);
+            events.push(IndexEvent::Remove {
+                key: e.entry.key.clone(),
+            });
+            if self.index.content_in_use(&content) {
                 continue;
             }
-            match self.store.remove(&e.content) {
+            match self.store.remove(&content) {
                 Ok(_) => {
                     report.files_removed += 1;
-                    self.unverified.remove(&e.content);
-                    debug!(module = %e.key.name, "removed stale wasm module");
+                    self.unverified.remove(&content);
+                    debug!(module = %e.entry.key.redacted_name(), "removed stale wasm module");
                 }
                 Err(err) => {
                     // REFERENCE §5: a failed removal keeps the entry.
-                    warn!(module = %e.key.name, error = %err, "failed to purge wasm module");
+                    warn!(module = %e.entry.key.redacted_name(), error = %err, "failed to purge wasm module");
                     report.failures += 1;
-                    events.push(self.restore(&e));
+                    events.extend(self.restore(&e));
                 }
             }
         }
@@ -1019,20 +1141,10 @@ impl Inner {
         report
     }
 
-    fn restore(&self, e: &EntryInfo) -> IndexEvent {
-        self.index
-            .insert(e.key.clone(), e.content, e.size, None, e.last_use);
-        for u in &e.urls {
-            self.index
-                .insert(e.key.clone(), e.content, e.size, Some(u), e.last_use);
-        }
-        IndexEvent::Insert {
-            key: e.key.clone(),
-            content: e.content,
-            size: e.size,
-            url: None,
-            at: e.last_use,
-        }
+    /// Puts back an entry whose file could not be removed, with its URLs and
+    /// checksum records, in the index; returns the journal records saying so.
+    fn restore(&self, removed: &Removed) -> Vec<IndexEvent> {
+        self.index.restore(removed)
     }
 
     fn purge_orphans(&self, now: Timestamp, report: &mut PurgeReport) {
@@ -1061,6 +1173,31 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// [`Cache::verify`]: the store finds the mismatches (reading no lock but
+    /// each file's own); each one is checked again and removed under its
+    /// publish lock.
+    fn verify_all(&self, repair: bool) -> Result<VerifyReport, Error> {
+        let mut report = self.store.verify_all(false)?;
+        for digest in &report.ok {
+            self.unverified.remove(digest);
+        }
+        if repair {
+            for m in &report.mismatched {
+                let _guard = self.publish_lock(&m.digest);
+                // A fetch may have replaced the file with a good one meanwhile.
+                match self.store.verify(&m.digest) {
+                    Ok(false) => {}
+                    Ok(true) | Err(StoreError::NotFound { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                if self.drop_content_locked(&m.digest)? {
+                    report.removed.push(m.digest);
+                }
+            }
+        }
+        Ok(report)
     }
 }
 

@@ -65,21 +65,28 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The same over real HTTP, from a server on loopback started by the example:
+//! The same over real HTTP, from a one-shot server on loopback that the
+//! example starts (hidden lines; it needs nothing but the standard library):
 //!
 //! ```
 //! use wasm_cache::{Cache, GetRequest};
-//! use wasm_cache_testkit::http::{Route, ServerOptions, TestServer};
-//! use wasm_cache_testkit::modules::sample_module;
 //!
+//! # use std::io::{Read as _, Write as _};
+//! # let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! # let url = format!("http://{}/filter.wasm", listener.local_addr()?);
+//! # std::thread::spawn(move || {
+//! #     let (mut conn, _) = listener.accept().unwrap();
+//! #     let mut request = [0u8; 4096];
+//! #     let _ = conn.read(&mut request);
+//! #     let body = b"\0asm\x01\0\0\0";
+//! #     let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+//! #     conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(body)).unwrap();
+//! # });
 //! # tokio::runtime::Runtime::new()?.block_on(async {
-//! let server = TestServer::start(ServerOptions::plain());
-//! let module = sample_module(4096, 1);
-//! server.route("/filter.wasm", Route::bytes(module.clone()));
 //! let dir = tempfile::tempdir()?;
 //! let cache = Cache::builder(dir.path()).build().await?;
-//! let path = cache.get(&GetRequest::new(server.url("/filter.wasm"))).await?;
-//! assert_eq!(std::fs::read(&path)?, module);
+//! let path = cache.get(&GetRequest::new(url)).await?;
+//! assert_eq!(std::fs::read(&path)?, b"\0asm\x01\0\0\0");
 //! cache.shutdown().await?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # })?;
@@ -113,4 +120,4 @@ pub use wasm_cache_core::{
 };
 pub use wasm_fetch_http::HttpFetcher;
 pub use wasm_fetch_oci::OciFetcher;
-pub use wasm_store_fs::FsStore;
+pub use wasm_store_fs::{FsStore, Mismatch, VerifyReport};

@@ -303,7 +303,7 @@ async fn list(dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
             name: wasm_cache_core::redact_url(&e.key.name),
             checksum: e.key.checksum.to_hex(),
             sha256: e.content.to_hex(),
-            path: cache.store().path_of(&e.content).display().to_string(),
+            path: cache.module_path(&e.content).display().to_string(),
             size: e.size,
             last_use: humantime::format_rfc3339_seconds(e.last_use.to_system_time()).to_string(),
             last_use_unix_ms: e.last_use.0,
@@ -368,8 +368,7 @@ async fn purge(dir: &Path, expiry: Duration, max_bytes: Option<u64>) -> Result<E
 
 async fn verify(dir: &Path, repair: bool) -> Result<ExitCode, BoxError> {
     let cache = builder(dir).build().await?;
-    let store = cache.store().clone();
-    let report = tokio::task::spawn_blocking(move || store.verify_all(repair)).await??;
+    let report = cache.verify(repair).await?;
     cache.shutdown().await?;
     for m in &report.mismatched {
         let action = if report.removed.contains(&m.digest) {

@@ -6,6 +6,7 @@
 //! parameter ([`Timestamp`]); the index never reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -38,7 +39,11 @@ impl Timestamp {
 }
 
 /// The identity of a cached module: its name ([`ModuleUrl::module_name`]) and checksum.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// For http(s) the name is the whole URL as given, so it may hold credentials:
+/// `Debug` prints it [redacted](crate::redact_url), and logs must use
+/// [`ModuleKey::redacted_name`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ModuleKey {
     /// The module name.
     pub name: String,
@@ -54,10 +59,35 @@ impl ModuleKey {
             checksum,
         }
     }
+
+    /// The name without user-info or query string, safe for logs and errors.
+    pub fn redacted_name(&self) -> String {
+        crate::redact_url(&self.name)
+    }
 }
 
-/// A snapshot of one module entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl fmt::Debug for ModuleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModuleKey")
+            .field("name", &self.redacted_name())
+            .field("checksum", &self.checksum)
+            .finish()
+    }
+}
+
+/// `Debug` for a set of URLs as given: each one redacted.
+struct RedactedUrls<'a>(&'a BTreeSet<String>);
+
+impl fmt::Debug for RedactedUrls<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries(self.0.iter().map(|u| crate::redact_url(u)))
+            .finish()
+    }
+}
+
+/// A snapshot of one module entry. `Debug` redacts the URLs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryInfo {
     /// The entry's key.
     pub key: ModuleKey,
@@ -71,6 +101,18 @@ pub struct EntryInfo {
     pub last_use: Timestamp,
     /// The URLs that led to this entry.
     pub urls: BTreeSet<String>,
+}
+
+impl fmt::Debug for EntryInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntryInfo")
+            .field("key", &self.key)
+            .field("content", &self.content)
+            .field("size", &self.size)
+            .field("last_use", &self.last_use)
+            .field("urls", &RedactedUrls(&self.urls))
+            .finish()
+    }
 }
 
 /// What the cache remembers about a URL without a pinned checksum.
@@ -88,7 +130,7 @@ impl Default for Sha256Digest {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Entry {
     content: Sha256Digest,
     size: u64,
@@ -111,8 +153,8 @@ pub struct LookupRequest<'a> {
     pub policy: PullPolicy,
 }
 
-/// The outcome of [`Index::lookup`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The outcome of [`Index::lookup`]. `Debug` redacts the module name.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Lookup {
     /// The module is cached under `key`; the entry was touched.
     Hit {
@@ -132,8 +174,51 @@ pub enum Lookup {
     },
 }
 
+impl fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Hit { key, content } => f
+                .debug_struct("Hit")
+                .field("key", key)
+                .field("content", content)
+                .finish(),
+            Self::Miss { name, expected } => f
+                .debug_struct("Miss")
+                .field("name", &crate::redact_url(name))
+                .field("expected", expected)
+                .finish(),
+        }
+    }
+}
+
+/// An entry taken out of the index by [`Index::remove_if_idle`], with the
+/// per-URL checksum records that went with it, so that [`Index::restore`] can
+/// put both back when deleting its file fails. `Debug` redacts the URLs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// The entry as it was.
+    pub entry: EntryInfo,
+    /// The checksum records (by URL as given) that pointed at its checksum.
+    pub records: Vec<(String, ChecksumRecord)>,
+}
+
+impl fmt::Debug for Removed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let records: Vec<(String, &ChecksumRecord)> = self
+            .records
+            .iter()
+            .map(|(u, r)| (crate::redact_url(u), r))
+            .collect();
+        f.debug_struct("Removed")
+            .field("entry", &self.entry)
+            .field("records", &records)
+            .finish()
+    }
+}
+
 /// A change to the index, as persisted in a journal and replayed on restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` redacts the URLs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum IndexEvent {
@@ -175,11 +260,61 @@ pub enum IndexEvent {
     },
 }
 
+impl fmt::Debug for IndexEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Insert {
+                key,
+                content,
+                size,
+                url,
+                at,
+            } => f
+                .debug_struct("Insert")
+                .field("key", key)
+                .field("content", content)
+                .field("size", size)
+                .field("url", &url.as_deref().map(crate::redact_url))
+                .field("at", at)
+                .finish(),
+            Self::Touch { key, at } => f
+                .debug_struct("Touch")
+                .field("key", key)
+                .field("at", at)
+                .finish(),
+            Self::Remove { key } => f.debug_struct("Remove").field("key", key).finish(),
+            Self::Record {
+                url,
+                checksum,
+                resource_name,
+                resource_version,
+            } => f
+                .debug_struct("Record")
+                .field("url", &crate::redact_url(url))
+                .field("checksum", checksum)
+                .field("resource_name", resource_name)
+                .field("resource_version", resource_version)
+                .finish(),
+        }
+    }
+}
+
 /// The module index. See the [module docs](self).
-#[derive(Debug, Default)]
+///
+/// `Debug` shows counts only (the maps hold URLs as given).
+#[derive(Default)]
 pub struct Index {
     modules: DashMap<ModuleKey, Entry>,
     checksums: DashMap<String, ChecksumRecord>,
+}
+
+impl fmt::Debug for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Index")
+            .field("modules", &self.modules.len())
+            .field("checksum_records", &self.checksums.len())
+            .finish()
+    }
 }
 
 impl Index {
@@ -205,9 +340,7 @@ impl Index {
         for e in &self.modules {
             seen.insert(e.value().content, e.value().size);
         }
-        // Saturating: sizes come from a journal and a wrapped sum would make
-        // a cache over its budget look empty.
-        seen.values().fold(0u64, |a, s| a.saturating_add(*s))
+        seen.values().fold(0u64, |sum, s| sum.saturating_add(*s))
     }
 
     /// The REFERENCE §3 rules, steps 1 to 4: find the checksum for the request
@@ -317,17 +450,56 @@ impl Index {
     /// Remembers that `url` resolved to `checksum` for `resource_name` at
     /// `resource_version` (step 7). Versions recorded for other resources stay
     /// (the seed's behaviour).
+    ///
+    /// Returns whether the record changed (a new checksum or a new version for
+    /// this resource), i.e. whether a journal needs the event.
     pub fn record_checksum(
         &self,
         url: &str,
         checksum: Sha256Digest,
         resource_name: &str,
         resource_version: &str,
-    ) {
+    ) -> bool {
+        // The common case on a hit: nothing to change, and no allocation.
+        if let Some(rec) = self.checksums.get(url)
+            && rec.checksum == checksum
+            && rec.resource_versions.get(resource_name).map(String::as_str)
+                == Some(resource_version)
+        {
+            return false;
+        }
         let mut rec = self.checksums.entry(url.to_owned()).or_default();
+        let changed = rec.checksum != checksum
+            || rec.resource_versions.get(resource_name).map(String::as_str)
+                != Some(resource_version);
         rec.checksum = checksum;
         rec.resource_versions
             .insert(resource_name.to_owned(), resource_version.to_owned());
+        changed
+    }
+
+    /// REFERENCE §3.4: what a hit under `key` records, exactly as step 7 does
+    /// after a download (Istio's `touchEntry` calls `updateChecksum`): the
+    /// checksum for the URL, unless it is an OCI URL pinned with `@`, and the
+    /// asking resource's version. Returns the event to persist when the record
+    /// changed, `None` when it already said so (the common case, which writes
+    /// nothing).
+    pub fn record_hit(&self, req: &LookupRequest<'_>, key: &ModuleKey) -> Option<IndexEvent> {
+        if !req.url.records_checksum() {
+            return None;
+        }
+        self.record_checksum(
+            req.url.as_str(),
+            key.checksum,
+            req.resource_name,
+            req.resource_version,
+        )
+        .then(|| IndexEvent::Record {
+            url: req.url.as_str().to_owned(),
+            checksum: key.checksum,
+            resource_name: req.resource_name.to_owned(),
+            resource_version: req.resource_version.to_owned(),
+        })
     }
 
     /// The record kept for `url`.
@@ -353,20 +525,73 @@ impl Index {
 
     /// Removes the entry only if it is still idle for longer than `idle` at
     /// `now` (re-checked atomically, so a concurrent hit saves it).
+    ///
+    /// "Idle" means unused for strictly longer than `idle`: an entry used
+    /// exactly `idle` ago is kept, by this function, [`Index::expired`] and
+    /// [`Index::select_lru`] alike.
     pub fn remove_if_idle(
         &self,
         key: &ModuleKey,
         now: Timestamp,
         idle: Duration,
-    ) -> Option<EntryInfo> {
+    ) -> Option<Removed> {
         let (key, e) = self
             .modules
-            .remove_if(key, |_, e| now.since(e.last_use) > idle)?;
+            .remove_if(key, |_, e| is_idle(now, e.last_use, idle))?;
+        let mut records = Vec::new();
         for u in &e.urls {
-            self.checksums
-                .remove_if(u, |_, r| r.checksum == key.checksum);
+            if let Some((u, r)) = self
+                .checksums
+                .remove_if(u, |_, r| r.checksum == key.checksum)
+            {
+                records.push((u, r));
+            }
         }
-        Some(info(&key, &e))
+        Some(Removed {
+            entry: info(&key, &e),
+            records,
+        })
+    }
+
+    /// Puts back what [`Index::remove_if_idle`] took out (a file removal
+    /// failed, REFERENCE §5: "a failed removal keeps the entry"): the entry with
+    /// its URLs and last use, and its checksum records unless a newer record
+    /// for the URL was made meanwhile. Returns the events a journal needs.
+    pub fn restore(&self, removed: &Removed) -> Vec<IndexEvent> {
+        let e = &removed.entry;
+        let mut events = Vec::new();
+        self.insert(e.key.clone(), e.content, e.size, None, e.last_use);
+        events.push(IndexEvent::Insert {
+            key: e.key.clone(),
+            content: e.content,
+            size: e.size,
+            url: None,
+            at: e.last_use,
+        });
+        for u in &e.urls {
+            self.insert(e.key.clone(), e.content, e.size, Some(u), e.last_use);
+            events.push(IndexEvent::Insert {
+                key: e.key.clone(),
+                content: e.content,
+                size: e.size,
+                url: Some(u.clone()),
+                at: e.last_use,
+            });
+        }
+        for (url, rec) in &removed.records {
+            if let dashmap::Entry::Vacant(v) = self.checksums.entry(url.clone()) {
+                v.insert(rec.clone());
+                for (name, version) in &rec.resource_versions {
+                    events.push(IndexEvent::Record {
+                        url: url.clone(),
+                        checksum: rec.checksum,
+                        resource_name: name.clone(),
+                        resource_version: version.clone(),
+                    });
+                }
+            }
+        }
+        events
     }
 
     /// The keys of entries unused for longer than `expiry` at `now` (REFERENCE
@@ -375,56 +600,63 @@ impl Index {
         let mut out: Vec<ModuleKey> = self
             .modules
             .iter()
-            .filter(|e| now.since(e.value().last_use) > expiry)
+            .filter(|e| is_idle(now, e.value().last_use, expiry))
             .map(|e| e.key().clone())
             .collect();
         out.sort();
         out
     }
 
-    /// The least recently used entries to remove so that the total size
-    /// ([`Index::total_bytes`]) fits in `budget`, never picking an entry used
-    /// within `grace` of `now`. Oldest first. If only grace-protected entries
-    /// remain, the total may stay above the budget.
+    /// The eviction plan for a byte budget: the entries to remove so that the
+    /// total size ([`Index::total_bytes`]) fits in `budget`, least recently
+    /// used first, never an entry used within `grace` of `now` (see
+    /// [`Index::remove_if_idle`] for the boundary).
+    ///
+    /// Content is the unit of eviction, because the store keeps one file per
+    /// content digest: an entry is picked only together with every other
+    /// entry sharing its content, and only when none of them is protected, so
+    /// every pick frees its bytes. Contents are taken in the order of their
+    /// most recent use and the plan stops as soon as the budget holds, so no
+    /// shorter prefix of it would do. If only protected or empty content
+    /// remains, the total may stay above the budget. The result is ordered by
+    /// content (oldest first), then key.
     pub fn select_lru(&self, now: Timestamp, budget: u64, grace: Duration) -> Vec<ModuleKey> {
-        let mut entries: Vec<(Timestamp, ModuleKey, Sha256Digest, u64)> = self
-            .modules
-            .iter()
-            .map(|e| {
-                (
-                    e.value().last_use,
-                    e.key().clone(),
-                    e.value().content,
-                    e.value().size,
-                )
-            })
-            .collect();
-        entries.sort();
-        // Bytes per content digest and how many entries share it: a file is
-        // freed only when its last entry goes.
-        let mut sharing: BTreeMap<Sha256Digest, (u64, usize)> = BTreeMap::new();
-        for (_, _, content, size) in &entries {
-            let s = sharing.entry(*content).or_insert((*size, 0));
-            s.1 += 1;
+        struct Group {
+            size: u64,
+            newest: Timestamp,
+            protected: bool,
+            keys: Vec<ModuleKey>,
         }
-        let mut total: u64 = sharing
+        let mut groups: BTreeMap<Sha256Digest, Group> = BTreeMap::new();
+        for e in &self.modules {
+            let g = groups.entry(e.value().content).or_insert_with(|| Group {
+                size: 0,
+                newest: Timestamp(0),
+                protected: false,
+                keys: Vec::new(),
+            });
+            g.size = g.size.max(e.value().size);
+            g.newest = g.newest.max(e.value().last_use);
+            g.protected |= !is_idle(now, e.value().last_use, grace);
+            g.keys.push(e.key().clone());
+        }
+        let mut total = groups
             .values()
-            .fold(0u64, |a, (s, _)| a.saturating_add(*s));
+            .fold(0u64, |sum, g| sum.saturating_add(g.size));
+        let mut candidates: Vec<(Timestamp, Sha256Digest, Group)> = groups
+            .into_iter()
+            .filter(|(_, g)| !g.protected && g.size > 0)
+            .map(|(c, g)| (g.newest, c, g))
+            .collect();
+        candidates.sort_by_key(|c| (c.0, c.1));
         let mut out = Vec::new();
-        for (last, key, content, _) in entries {
+        for (_, _, mut g) in candidates {
             if total <= budget {
                 break;
             }
-            if now.since(last) < grace {
-                continue;
-            }
-            if let Some(s) = sharing.get_mut(&content) {
-                s.1 -= 1;
-                if s.1 == 0 {
-                    total = total.saturating_sub(s.0);
-                }
-            }
-            out.push(key);
+            total = total.saturating_sub(g.size);
+            g.keys.sort();
+            out.append(&mut g.keys);
         }
         out
     }
@@ -522,7 +754,9 @@ impl Index {
                 checksum,
                 resource_name,
                 resource_version,
-            } => self.record_checksum(url, *checksum, resource_name, resource_version),
+            } => {
+                self.record_checksum(url, *checksum, resource_name, resource_version);
+            }
         }
     }
 
@@ -566,6 +800,13 @@ impl Index {
         }
         out
     }
+}
+
+/// Whether an entry last used at `last_use` has been unused for strictly
+/// longer than `idle` at `now`: the one boundary for expiry, eviction grace
+/// and [`Index::remove_if_idle`].
+fn is_idle(now: Timestamp, last_use: Timestamp, idle: Duration) -> bool {
+    now.since(last_use) > idle
 }
 
 fn info(key: &ModuleKey, e: &Entry) -> EntryInfo {

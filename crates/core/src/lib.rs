@@ -39,7 +39,8 @@ pub use crate::fetcher::{
     check_wasm_header,
 };
 pub use crate::index::{
-    ChecksumRecord, EntryInfo, Index, IndexEvent, Lookup, LookupRequest, ModuleKey, Timestamp,
+    ChecksumRecord, EntryInfo, Index, IndexEvent, Lookup, LookupRequest, ModuleKey, Removed,
+    Timestamp,
 };
 pub use crate::policy::PullPolicy;
 pub use crate::url::{

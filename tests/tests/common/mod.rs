@@ -76,7 +76,7 @@ pub fn store_inconsistency(cache: &Cache, orphans_allowed: &BTreeSet<String>) ->
     for e in cache.entries() {
         let hex = e.content.to_hex();
         referenced.insert(hex.clone());
-        let path = cache.store().path_of(&e.content);
+        let path = cache.module_path(&e.content);
         match std::fs::read(&path) {
             Err(err) => problems.push(format!(
                 "entry {} has no file {}: {err}",

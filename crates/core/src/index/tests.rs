@@ -181,6 +181,141 @@ fn purge_removes_entry_and_its_records_but_keeps_moved_urls() {
 }
 
 #[test]
+fn eviction_never_picks_content_a_protected_entry_still_holds() {
+    // Issue 14.5: `a` is the oldest entry, but `b` (same content, used just
+    // now) keeps its file: removing `a` frees nothing. `c` must go instead.
+    let idx = Index::new();
+    let a = ModuleKey::new("http://a/m.wasm", sum(1));
+    let b = ModuleKey::new("http://b/m.wasm", sum(1));
+    let c = ModuleKey::new("http://c/m.wasm", sum(2));
+    idx.insert(a.clone(), sum(1), 100, None, Timestamp(0));
+    idx.insert(c.clone(), sum(2), 100, None, Timestamp(1_000));
+    idx.insert(b.clone(), sum(1), 100, None, Timestamp(99_000));
+    let plan = idx.select_lru(Timestamp(100_000), 100, Duration::from_secs(10));
+    assert_eq!(plan, vec![c]);
+}
+
+#[test]
+fn the_grace_boundary_is_the_same_for_every_function() {
+    // Issue 14.5: an entry used exactly `grace` ago is kept by the plan and by
+    // `remove_if_idle`; one millisecond later both let it go.
+    let idx = Index::new();
+    let a = ModuleKey::new("http://a/m.wasm", sum(1));
+    idx.insert(a.clone(), sum(1), 100, None, Timestamp(1_000));
+    let grace = Duration::from_millis(500);
+    let at_boundary = Timestamp(1_500);
+    assert!(idx.select_lru(at_boundary, 0, grace).is_empty());
+    assert!(idx.remove_if_idle(&a, at_boundary, grace).is_none());
+    assert!(idx.expired(at_boundary, grace).is_empty());
+    let after = Timestamp(1_501);
+    assert_eq!(idx.select_lru(after, 0, grace), vec![a.clone()]);
+    assert_eq!(idx.expired(after, grace), vec![a.clone()]);
+    assert!(idx.remove_if_idle(&a, after, grace).is_some());
+}
+
+#[test]
+fn restore_puts_back_the_entry_its_urls_and_its_checksum_records() {
+    // Issue 14.4: a failed file removal keeps the entry (REFERENCE §5), and
+    // with it the URL's checksum record, or the next unpinned request for the
+    // URL costs a round trip it did not need.
+    let idx = Index::new();
+    let u = url("oci://r.io/x:v1");
+    let k = ModuleKey::new(u.module_name(), sum(1));
+    idx.insert(k.clone(), sum(7), 10, Some(u.as_str()), Timestamp(0));
+    idx.record_checksum(u.as_str(), sum(1), "ns/p", "3");
+    let before = (idx.entries(), idx.checksum_record(u.as_str()));
+    let removed = idx
+        .remove_if_idle(&k, Timestamp(10_000), Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(idx.record_count(), 0);
+    let events = idx.restore(&removed);
+    assert_eq!((idx.entries(), idx.checksum_record(u.as_str())), before);
+    // The events rebuild the same state on replay.
+    let replayed = Index::new();
+    for e in &events {
+        replayed.apply(e);
+    }
+    assert_eq!(replayed.entries(), idx.entries());
+    assert_eq!(replayed.checksum_record(u.as_str()), before.1);
+    // A record made meanwhile (a newer pull) is not overwritten.
+    let removed = idx
+        .remove_if_idle(&k, Timestamp(20_000), Duration::from_secs(1))
+        .unwrap();
+    idx.record_checksum(u.as_str(), sum(2), "ns/p", "4");
+    idx.restore(&removed);
+    assert_eq!(idx.checksum_record(u.as_str()).unwrap().checksum, sum(2));
+}
+
+#[test]
+fn a_hit_records_like_a_download() {
+    // Issue 14.1 (REFERENCE §3.4): a hit with a pinned checksum records it for
+    // the URL and the asking resource's version; a repeat changes nothing.
+    let idx = Index::new();
+    let u = url("oci://r.io/x:v1");
+    let k = ModuleKey::new(u.module_name(), sum(1));
+    idx.insert(k.clone(), sum(1), 10, Some(u.as_str()), Timestamp(0));
+    let r = req(&u, Some(sum(1)), "5", PullPolicy::Always);
+    assert!(matches!(idx.lookup(&r, Timestamp(1)), Lookup::Hit { .. }));
+    let ev = idx.record_hit(&r, &k).expect("a first hit records");
+    assert_eq!(
+        ev,
+        IndexEvent::Record {
+            url: u.as_str().into(),
+            checksum: sum(1),
+            resource_name: "ns/plugin".into(),
+            resource_version: "5".into(),
+        }
+    );
+    assert_eq!(
+        idx.record_hit(&r, &k),
+        None,
+        "nothing changed, nothing to write"
+    );
+    // The next unpinned request at that version is a hit without a round trip.
+    let unpinned = req(&u, None, "5", PullPolicy::Always);
+    assert!(matches!(
+        idx.lookup(&unpinned, Timestamp(2)),
+        Lookup::Hit { .. }
+    ));
+    // OCI URLs pinned with `@` never enter the checksum records.
+    let pinned = url(URLS[5]);
+    let kp = ModuleKey::new(pinned.module_name(), sum(1));
+    assert_eq!(
+        idx.record_hit(&req(&pinned, None, "5", PullPolicy::Always), &kp),
+        None
+    );
+    assert!(idx.checksum_record(pinned.as_str()).is_none());
+}
+
+#[test]
+fn debug_output_never_shows_credentials_or_query_strings() {
+    // Issue 14.3: http(s) module names are whole URLs.
+    let raw = "https://admin:HUNTER2@host.example/m.wasm?sig=SECRET";
+    let u = url(raw);
+    let idx = Index::new();
+    let k = ModuleKey::new(u.module_name(), sum(1));
+    idx.insert(k.clone(), sum(1), 10, Some(raw), Timestamp(0));
+    idx.record_checksum(raw, sum(1), "r", "1");
+    let removed = idx
+        .remove_if_idle(&k, Timestamp(10_000), Duration::ZERO)
+        .unwrap();
+    let events = idx.restore(&removed);
+    let lookup = idx.lookup(
+        &req(&u, Some(sum(2)), "1", PullPolicy::Always),
+        Timestamp(0),
+    );
+    let shown = format!(
+        "{k:?} {:?} {removed:?} {events:?} {lookup:?} {idx:?} {}",
+        idx.entries(),
+        k.redacted_name()
+    );
+    for secret in ["admin", "HUNTER2", "sig=", "SECRET"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(shown.contains("host.example/m.wasm"));
+}
+
+#[test]
 fn shared_checksums_count_once_and_stay_in_use() {
     let idx = Index::new();
     let a = ModuleKey::new("http://a/m.wasm", sum(1));
@@ -452,10 +587,12 @@ proptest! {
                     prop_assert_eq!(got, model.lookup(&urls[i], s.map(sum), &rv, policy(p), now));
                 }
                 Op::Record { url: i, sum: s, rv } => {
-                    idx.record_checksum(urls[i].as_str(), sum(s), "r", &rv.to_string());
+                    let changed = idx.record_checksum(urls[i].as_str(), sum(s), "r", &rv.to_string());
+                    let before = model.records.get(urls[i].as_str()).cloned();
                     let r = model.records.entry(urls[i].as_str().to_owned()).or_insert((sum(s), BTreeMap::new()));
                     r.0 = sum(s);
                     r.1.insert("r".into(), rv.to_string());
+                    prop_assert_eq!(changed, before.as_ref() != Some(&*r));
                 }
                 Op::Remove { url: i, sum: s } => {
                     let key = ModuleKey::new(urls[i].module_name(), sum(s));
@@ -469,7 +606,14 @@ proptest! {
                     let got = idx.expired(Timestamp(now), expiry_d);
                     prop_assert_eq!(&got, &want);
                     for k in &got {
-                        prop_assert!(idx.remove_if_idle(k, Timestamp(now), expiry_d).is_some());
+                        let removed = idx.remove_if_idle(k, Timestamp(now), expiry_d);
+                        prop_assert!(removed.is_some());
+                        // What went with it is exactly the records that pointed at it.
+                        let want_records: Vec<Sha256Digest> = model.modules[k].2.iter()
+                            .filter_map(|u| model.records.get(u)).map(|r| r.0)
+                            .filter(|c| *c == k.checksum).collect();
+                        let got_records: Vec<Sha256Digest> = removed.unwrap().records.iter().map(|(_, r)| r.checksum).collect();
+                        prop_assert_eq!(got_records, want_records);
                         model.remove(k);
                     }
                     // Purge never removes an entry used within the expiry.
@@ -480,31 +624,46 @@ proptest! {
                 Op::Evict { budget, grace } => {
                     let grace_d = Duration::from_millis(grace);
                     let chosen = idx.select_lru(Timestamp(now), budget, grace_d);
-                    let in_grace = |last: u64| now.saturating_sub(last) < grace;
-                    for k in &chosen {
-                        let (_, last, _) = model.modules[k];
-                        prop_assert!(!in_grace(last), "picked a grace-protected entry");
-                        // LRU: nothing left behind (outside grace) is older.
-                        for (other, (_, olast, _)) in &model.modules {
-                            if !chosen.contains(other) && !in_grace(*olast) {
-                                prop_assert!(*olast >= last, "{:?} older than chosen {:?}", other, k);
+                    let protected = |last: u64| now.saturating_sub(last) <= grace;
+                    // The model's view of content: size, newest use, any protected entry, keys.
+                    let mut groups: BTreeMap<Sha256Digest, (u64, u64, bool, BTreeSet<ModuleKey>)> = BTreeMap::new();
+                    for (k, (size, last, _)) in &model.modules {
+                        let g = groups.entry(content(k.checksum.as_bytes()[0])).or_default();
+                        g.0 = *size;
+                        g.1 = g.1.max(*last);
+                        g.2 |= protected(*last);
+                        g.3.insert(k.clone());
+                    }
+                    let group_of = |k: &ModuleKey| content(k.checksum.as_bytes()[0]);
+                    let chosen_set: BTreeSet<ModuleKey> = chosen.iter().cloned().collect();
+                    prop_assert_eq!(chosen_set.len(), chosen.len(), "a key picked twice");
+                    let picked: BTreeSet<Sha256Digest> = chosen.iter().map(group_of).collect();
+                    for c in &picked {
+                        let g = &groups[c];
+                        // Every pick frees bytes: its whole content goes, none of it protected.
+                        prop_assert!(!g.2, "picked content a protected entry holds");
+                        prop_assert!(g.0 > 0, "picked content that frees nothing");
+                        prop_assert!(g.3.is_subset(&chosen_set), "picked part of a content only");
+                        // LRU by content: nothing evictable left behind is older.
+                        for (oc, og) in &groups {
+                            if !picked.contains(oc) && !og.2 && og.0 > 0 {
+                                prop_assert!(og.1 >= g.1, "{:?} older than picked {:?}", oc, c);
                             }
                         }
                     }
-                    // Minimal: without the last pick the budget would not hold.
-                    if let Some((last_pick, rest)) = chosen.split_last() {
-                        let mut m2 = Model { modules: model.modules.clone(), records: BTreeMap::new() };
-                        for k in rest { m2.remove(k); }
-                        prop_assert!(m2.total() > budget);
-                        let _ = last_pick;
+                    // No shorter plan: without the last content picked the budget would not hold.
+                    if let Some(last) = chosen.last() {
+                        let last = group_of(last);
+                        let left: u64 = groups.iter().filter(|(c, _)| **c == last || !picked.contains(c)).map(|(_, g)| g.0).sum();
+                        prop_assert!(left > budget, "the plan is longer than needed");
                     }
                     for k in &chosen {
                         prop_assert!(idx.remove(k).is_some());
                         model.remove(k);
                     }
-                    // Within budget unless only grace-protected entries remain.
-                    let all_protected = model.modules.values().all(|(_, l, _)| in_grace(*l));
-                    prop_assert!(model.total() <= budget || all_protected);
+                    // Within budget unless only protected or empty content remains.
+                    let stuck = groups.iter().filter(|(c, _)| !picked.contains(c)).all(|(_, g)| g.2 || g.0 == 0);
+                    prop_assert!(model.total() <= budget || stuck);
                     prop_assert_eq!(idx.total_bytes(), model.total());
                 }
             }
@@ -537,7 +696,7 @@ proptest! {
                 Op::Insert { url: i, sum: s } => {
                     idx.insert(ModuleKey::new(urls[i].module_name(), sum(s)), content(s), 23, Some(urls[i].as_str()), Timestamp(0));
                 }
-                Op::Record { url: i, sum: s, rv } => idx.record_checksum(urls[i].as_str(), sum(s), "r", &rv.to_string()),
+                Op::Record { url: i, sum: s, rv } => { idx.record_checksum(urls[i].as_str(), sum(s), "r", &rv.to_string()); }
                 _ => {}
             }
         }
