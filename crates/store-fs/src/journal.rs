@@ -62,6 +62,12 @@ pub struct Journal<T> {
     dir: PathBuf,
     name: String,
     state: Mutex<State>,
+    /// In-process order between this journal's lock holders: `flock` itself
+    /// is unfair, and a stream of shared holders (appends from many tasks)
+    /// could starve a compaction for ever. Exclusive takers announce
+    /// themselves in `writers_waiting` and new shared takers let them pass.
+    gate: std::sync::RwLock<()>,
+    writers_waiting: std::sync::atomic::AtomicUsize,
     _records: PhantomData<fn() -> T>,
 }
 
@@ -73,7 +79,8 @@ struct State {
     offset: u64,
     /// Lines in the file before `offset` (records, corrupt and blank lines).
     lines: u64,
-    /// The file was replaced since the last read: the next read starts over.
+    /// The file was replaced since the last read (or never read): the next
+    /// read starts over.
     restarted: bool,
     #[cfg(test)]
     pinned_for_test: bool,
@@ -227,10 +234,12 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
                 file,
                 offset: 0,
                 lines: 0,
-                restarted: false,
+                restarted: true,
                 #[cfg(test)]
                 pinned_for_test: false,
             }),
+            gate: std::sync::RwLock::new(()),
+            writers_waiting: std::sync::atomic::AtomicUsize::new(0),
             _records: PhantomData,
         };
         // Tidy only if nobody compacts right now (a compaction in progress owns it).
@@ -282,8 +291,10 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         mode: LockMode,
         deadline: Instant,
     ) -> Result<Option<JournalLock<'_, T>>, StoreError> {
+        let Some(gate) = self.enter_gate(mode, deadline) else {
+            return Ok(None);
+        };
         let dir = self.dir_fd()?;
-        let waited = Instant::now();
         let path = self.dir.join(self.lock_name());
         let mut on_wait = || {
             tracing::info!(lock = %path.display(), "waiting for another process's journal compaction or append");
@@ -300,12 +311,44 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         else {
             return Ok(None);
         };
-        let _ = waited;
         Ok(Some(JournalLock {
             journal: self,
             _lock: file_lock,
+            _gate: gate,
             mode,
         }))
+    }
+
+    /// The in-process side of the lock, polled until `deadline` (never a
+    /// blocking wait: a holder may wait for something this caller holds).
+    fn enter_gate(&self, mode: LockMode, deadline: Instant) -> Option<Gate<'_>> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if mode == LockMode::Exclusive {
+            self.writers_waiting.fetch_add(1, AcqRel);
+        }
+        let mut pause = Duration::from_micros(200);
+        let gate = loop {
+            let got = match mode {
+                LockMode::Exclusive => self.gate.try_write().ok().map(Gate::Exclusive),
+                LockMode::Shared if self.writers_waiting.load(Acquire) == 0 => {
+                    self.gate.try_read().ok().map(Gate::Shared)
+                }
+                LockMode::Shared => None,
+            };
+            if got.is_some() {
+                break got;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        };
+        if mode == LockMode::Exclusive {
+            self.writers_waiting.fetch_sub(1, AcqRel);
+        }
+        gate
     }
 
     fn lock_mode(
@@ -365,7 +408,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         let mut st = lock(&self.state);
         self.revalidate(&mut st, &dir)?;
         let (mut replay, end, lines) = read_lines(&self.path, &st.file, st.offset)?;
-        replay.restarted = std::mem::take(&mut st.restarted) || st.offset == 0;
+        replay.restarted = std::mem::take(&mut st.restarted);
         st.offset = end;
         st.lines += lines;
         Ok(replay)
@@ -440,8 +483,17 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
 /// across network I/O).
 pub struct JournalLock<'a, T> {
     journal: &'a Journal<T>,
+    // Dropped in this order: the `flock` first, then the in-process gate.
     _lock: FileLock,
+    _gate: Gate<'a>,
     mode: LockMode,
+}
+
+/// The in-process side of a [`JournalLock`] (held only to be released).
+#[allow(dead_code)] // reason: the guards are held for their drop, never read
+enum Gate<'a> {
+    Shared(std::sync::RwLockReadGuard<'a, ()>),
+    Exclusive(std::sync::RwLockWriteGuard<'a, ()>),
 }
 
 impl<T> std::fmt::Debug for JournalLock<'_, T> {
