@@ -506,16 +506,14 @@ fn reconcile(
     files: &HashMap<Sha256Digest, wasm_store_fs::StoredModule>,
     now: Timestamp,
 ) -> (DashMap<Sha256Digest, ()>, HashSet<Sha256Digest>) {
-    let mut wrong_sizes = 0;
     for e in index.entries() {
-        match files.get(&e.content) {
-            None => {
-                debug!(module = %e.key.redacted_name(), "dropping an entry whose file is gone");
-                index.remove(&e.key);
-            }
-            Some(m) => wrong_sizes += index.correct_size(&e.content, m.size),
+        if !files.contains_key(&e.content) {
+            debug!(module = %e.key.redacted_name(), "dropping an entry whose file is gone");
+            index.remove(&e.key);
         }
     }
+    // One pass (a pass per entry made opening n modules O(n^2)).
+    let wrong_sizes = index.correct_sizes(&|c| files.get(c).map(|m| m.size));
     // A future last use becomes the time the file was written (or now).
     let future = index.clamp_future_to(now, &|c| {
         files

@@ -712,6 +712,22 @@ impl Index {
         n
     }
 
+    /// [`correct_size`](Self::correct_size) for every entry in one pass:
+    /// `size_of(content)` is the size of the content's file, if known.
+    /// Returns how many entries said otherwise.
+    pub fn correct_sizes(&self, size_of: &dyn Fn(&Sha256Digest) -> Option<u64>) -> usize {
+        let mut n = 0;
+        for mut e in self.modules.iter_mut() {
+            if let Some(size) = size_of(&e.content)
+                && e.size != size
+            {
+                e.size = size;
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Removes every entry and checksum record (before replaying a journal
     /// that replaced the one the index was built from).
     pub fn clear(&self) {
