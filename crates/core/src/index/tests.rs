@@ -370,6 +370,9 @@ fn untrusted_sizes_and_future_times_are_tamed() {
     assert_eq!(idx.correct_size(&sum(2), 200), 1);
     assert_eq!(idx.correct_size(&sum(3), 5), 0);
     assert_eq!(idx.total_bytes(), 305);
+    assert_eq!(idx.correct_sizes(&|c| (*c == sum(3)).then_some(7)), 1);
+    assert_eq!(idx.correct_sizes(&|_| None), 0);
+    assert_eq!(idx.total_bytes(), 307);
     // With a size of u64::MAX still in, a budget of 0 evicts everything
     // instead of wrapping the running total.
     idx.insert(ModuleKey::new("d", sum(4)), sum(4), u64::MAX, None, now);
