@@ -464,22 +464,39 @@ async fn token_realms_at_metadata_or_odd_addresses_are_refused() {
         "http:///no-host",
     ] {
         let fake = FakeRegistry::start();
-        fake.server.route(
-            "/v2/",
-            Route::Status(401).with_header(
-                "www-authenticate",
-                &format!(r#"Bearer realm="{realm}",service="fake",scope="repository:{REPO}:pull""#),
-            ),
+        // A token-auth registry answers 401 with the challenge everywhere.
+        let challenge = Route::Status(401).with_header(
+            "www-authenticate",
+            &format!(r#"Bearer realm="{realm}",service="fake",scope="repository:{REPO}:pull""#),
         );
+        let manifest = format!("/v2/{REPO}/manifests/v1");
+        fake.server.route("/v2/", challenge.clone());
+        fake.server.route(&manifest, challenge);
         let dir = tempfile::tempdir().unwrap();
         let cache = cache_for(dir.path(), &fake.host()).await;
-        let err = must_fail(&cache, &req(&fake.url("v1"))).await;
+        let secret = PullSecret::new(
+            format!(
+                r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+                fake.host(),
+                b64(&format!("u:{SECRET}"))
+            )
+            .into_bytes(),
+        );
+        let err = must_fail(&cache, &req(&fake.url("v1")).pull_secret(secret)).await;
         assert_kind(&err, ErrorKind::Blocked, "refused token realm");
-        // Only the probe reached the registry: no manifest was asked for.
-        assert_eq!(
-            fake.server.hits(&format!("/v2/{REPO}/manifests/v1")),
-            0,
-            "{realm}"
+        assert_no_secret(
+            &format!("{err} {err:?}"),
+            &[SECRET, &b64(&format!("u:{SECRET}"))],
+            "an error",
+        );
+        // The manifest was asked for anonymously only: the credentials went nowhere.
+        let asked = fake.server.requests(&manifest);
+        assert!(!asked.is_empty(), "{realm}");
+        assert!(
+            asked
+                .iter()
+                .all(|r| !r.headers.contains_key("authorization")),
+            "{realm}: credentials were sent"
         );
         assert!(module_files(dir.path()).is_empty());
     }

@@ -639,7 +639,8 @@ fn untrusted_cache(server: &TestServer, dir: &Path, at: Timestamp) -> Vec<(Strin
 fn journal_values_from_the_future_or_with_wrong_sizes_are_purged() {
     let _heavy = heavy();
     let server = TestServer::start(ServerOptions::plain());
-    let year_ahead = Timestamp(now_ms() + 365 * 24 * 3600 * 1000);
+    let year_ahead =
+        Timestamp::from_system_time(SystemTime::now() + Duration::from_secs(365 * 24 * 3600));
 
     let dir = tempfile::tempdir().unwrap();
     let modules = untrusted_cache(&server, dir.path(), year_ahead);
@@ -676,7 +677,7 @@ fn journal_values_from_the_future_or_with_wrong_sizes_are_purged() {
 
     // The byte budget, with last uses a day ago (outside the eviction grace).
     let dir = tempfile::tempdir().unwrap();
-    let day_ago = Timestamp(now_ms() - 24 * 3600 * 1000);
+    let day_ago = Timestamp::from_system_time(SystemTime::now() - Duration::from_secs(24 * 3600));
     let _ = untrusted_cache(&server, dir.path(), day_ago);
     let out = cli(dir.path())
         .args(["purge", "--expiry", "1000d", "--max-bytes", "0"])

@@ -9,6 +9,11 @@
 //! - `demo`: the main job end to end on this machine, with no outside network.
 //! - `bench`: the benchmark table.
 //! - `deps`: only the service installation step of `ci`.
+//! - `man [DIR]`: writes the man pages (`wasm-cache.1`, `wasm-cache-fetch.1`,
+//!   ...) and the shell completion scripts (bash, zsh, fish) into `DIR`
+//!   (default `target/man`), rendered by the command itself
+//!   (`wasm-cache man --out-dir`, `wasm-cache completions SHELL`), so
+//!   xtask needs no clap. The CLI's tests render both on every CI run.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -22,8 +27,9 @@ fn main() -> ExitCode {
         Some("deps") => ensure_system_packages(TEST_PACKAGES),
         Some("demo") => demo(&root),
         Some("bench") => bench(&root, &args[1..]),
+        Some("man") => man(&root, args.get(1).map(PathBuf::from)),
         _ => {
-            eprintln!("usage: cargo xtask <ci|demo|bench|deps>");
+            eprintln!("usage: cargo xtask <ci|demo|bench|deps|man [DIR]>");
             return ExitCode::from(2);
         }
     };
@@ -89,6 +95,57 @@ fn demo(root: &Path) -> Result {
             .current_dir(root)
             .env("WASM_CACHE_BIN", root.join("target/debug/wasm-cache")),
     )
+}
+
+/// `wasm-cache(1)` and the completion scripts, from the built command.
+fn man(root: &Path, out: Option<PathBuf>) -> Result {
+    let out = out.unwrap_or_else(|| root.join("target/man"));
+    run(
+        "cargo build (cli)",
+        cargo().current_dir(root).args([
+            "build",
+            "--locked",
+            "-p",
+            "wasm-cache-cli",
+            "--bin",
+            "wasm-cache",
+        ]),
+    )?;
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let bin = root.join("target/debug/wasm-cache");
+    let pages = Command::new(&bin)
+        .arg("man")
+        .arg("--out-dir")
+        .arg(&out)
+        .status()
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    if !pages.success() {
+        return Err(format!("wasm-cache man: {pages}"));
+    }
+    eprintln!("xtask: wrote the man pages into {}", out.display());
+    let outputs: [(&[&str], &str); 3] = [
+        (&["completions", "bash"], "wasm-cache.bash"),
+        (&["completions", "zsh"], "_wasm-cache"),
+        (&["completions", "fish"], "wasm-cache.fish"),
+    ];
+    for (args, file) in outputs {
+        let o = Command::new(&bin)
+            .args(args)
+            .output()
+            .map_err(|e| format!("running {}: {e}", bin.display()))?;
+        if !o.status.success() || o.stdout.is_empty() {
+            return Err(format!(
+                "wasm-cache {}: {} {}",
+                args.join(" "),
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        let path = out.join(file);
+        std::fs::write(&path, &o.stdout).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("xtask: wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Builds everything in release mode and runs the benchmark runner

@@ -229,6 +229,39 @@ pub(crate) fn oci(cfg: &Config, rt: &Runtime) -> Result<Vec<Row>, String> {
             target: Target::RatioAtMost(1.3),
         });
     }
+    // Requests per cold pull, as the registry's access log counts them: one
+    // run of the command on an empty cache, for a tag and for an index.
+    let small = sample_module(64 * 1024, 65);
+    let index = rt.block_on(images::push_index(
+        &reg,
+        "bench/index",
+        "v1",
+        &[(images::Platform::WASIP1, &small)],
+    ));
+    let tagged = rt.block_on(images::push_cncf_artifact(
+        &reg,
+        "bench/count",
+        "v1",
+        &small,
+    ));
+    for (what, pushed, want) in [("a tag", &tagged, 2), ("an image index", &index, 3)] {
+        let before = reg.sync_requests().len();
+        let out = cfg.work.join(format!("requests-{want}"));
+        let log = cfg.work.join(format!("requests-{want}.log"));
+        child::run(
+            &(ours(cfg, &pushed.url, Some(&host), small.len() as u64).command)(&out),
+            &log,
+        )?;
+        remove(&out);
+        let n = reg.sync_requests().len() - before;
+        rows.push(Row {
+            figure: format!("requests per cold OCI pull of {what}"),
+            baseline_name: "the protocol's minimum".into(),
+            baseline: Value::Count(want),
+            ours: Value::Count(n as u64),
+            target: Target::AtMost(Value::Count(want)),
+        });
+    }
     drop(module);
     let big = cfg.rss_size;
     let module = sample_module(big, 256);

@@ -259,11 +259,12 @@ in `crates/bench/README.md`):
   SHA-NI, about 30 ms for 64 MiB) and `fsync` it (about 18 ms) before it
   appears under its name: that is the remaining gap, and it is the price of
   the crash-safety and verification guarantees.
-- **Cold OCI**: on top of that, a resolve round trip, and the layer is hashed
-  twice more (oci-client's own `sha2` check and our blob check: the three
-  SHA-256 passes are 60% of the raw-layer profile); the tar+gzip layout is
-  also inflated (zlib-rs; the sample modules are incompressible random
-  bytes, the worst case). curl and skopeo neither verify, inflate nor unpack.
+- **Cold OCI**: a cold pull of a tag is two requests (manifest, blob; an
+  index adds one), on our own guarded transport. A raw layer is hashed once
+  (the store's hash verifies the layer digest, which is the module's); a
+  tar+gzip layer twice (the compressed layer, then the module) and is also
+  inflated (zlib-rs; the sample modules are incompressible random bytes, the
+  worst case). curl and skopeo neither verify, inflate nor unpack.
 ";
 
 fn document(cfg: &Config, table: &str, failures: &[String]) -> String {

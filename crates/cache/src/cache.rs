@@ -17,6 +17,7 @@ use wasm_cache_core::{
 use wasm_store_fs::{FsStore, Journal, StoreError, VerifyReport};
 
 use crate::metrics::{FetchResult, Meters};
+use crate::outcome::{Outcome, Resolved};
 use crate::{CacheBuilder, Clock, Error, GetRequest};
 
 /// The journal file, beside the modules.
@@ -67,6 +68,10 @@ struct Published {
     path: PathBuf,
     checksum: Sha256Digest,
     key: ModuleKey,
+    /// The sha256 of the module's bytes.
+    content: Sha256Digest,
+    /// Whether this flight downloaded it (`false`: found in the cache).
+    downloaded: bool,
 }
 
 type Flight = Arc<OnceCell<Result<Published, Error>>>;
@@ -221,6 +226,16 @@ impl Cache {
     /// [`Error::Store`] for local storage failures, [`Error::ShutDown`] after
     /// [`Cache::shutdown`].
     pub async fn get(&self, req: &GetRequest) -> Result<PathBuf, Error> {
+        self.get_detailed(req).await.map(|o| o.path)
+    }
+
+    /// [`Cache::get`], reporting more than the path: the module's sha256 and
+    /// size, the manifest digest for content-addressed sources and whether the
+    /// module was already cached. Same rules, same errors.
+    ///
+    /// # Errors
+    /// As [`Cache::get`].
+    pub async fn get_detailed(&self, req: &GetRequest) -> Result<Outcome, Error> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
@@ -234,7 +249,13 @@ impl Cache {
         let (name, expected) = match inner.try_hit(url, checksum, req).await? {
             Hit::Served(p) => {
                 inner.meters.lookup(true);
-                return Ok(p.path);
+                return Ok(Outcome::new(
+                    &inner.store,
+                    p.path,
+                    p.checksum,
+                    p.content,
+                    true,
+                ));
             }
             Hit::Miss { name, expected } => (name, expected),
         };
@@ -259,7 +280,46 @@ impl Cache {
         if url.records_checksum() {
             inner.record(url, published.checksum, req);
         }
-        Ok(published.path)
+        Ok(Outcome::new(
+            &inner.store,
+            published.path,
+            published.checksum,
+            published.content,
+            !published.downloaded,
+        ))
+    }
+
+    /// The digest `req.url` names now, without storing anything: for
+    /// content-addressed sources (OCI) the manifest digest, asked of the
+    /// registry; otherwise, only if `download` is set, the sha256 of the
+    /// module, downloaded (within the module size limit) and hashed. `None`
+    /// for such a URL without `download`. The pull policy, the resource and
+    /// the checksum of `req` are ignored; its timeout and secret apply.
+    ///
+    /// # Errors
+    /// As [`Cache::get`] for naming and fetching the module.
+    pub async fn resolve(
+        &self,
+        req: &GetRequest,
+        download: bool,
+    ) -> Result<Option<Resolved>, Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        let url = self.inner.parse_url(&req.url)?;
+        let fetcher = self.inner.fetchers.get(&url.scheme()).ok_or_else(|| {
+            wasm_cache_core::Error::UnsupportedScheme {
+                scheme: url.scheme().as_str().to_owned(),
+            }
+        })?;
+        crate::outcome::resolve(
+            &**fetcher,
+            &url,
+            req,
+            self.inner.opts.max_module_size,
+            download,
+        )
+        .await
     }
 
     /// Downloads once for every concurrent caller with the same [`FlightKey`].
@@ -587,13 +647,13 @@ impl Inner {
         checksum: Option<Sha256Digest>,
         req: &GetRequest,
     ) -> Result<Hit, Error> {
-        let lookup = LookupRequest {
+        let lookup = LookupRequest::new(
             url,
             checksum,
-            resource_name: &req.resource_name,
-            resource_version: &req.resource_version,
-            policy: req.pull_policy,
-        };
+            &req.resource_name,
+            &req.resource_version,
+            req.pull_policy,
+        );
         Ok(match self.index.lookup(&lookup, self.now()) {
             Lookup::Hit { key, content } => match self.serve(&key, content).await? {
                 Some(path) => {
@@ -605,6 +665,8 @@ impl Inner {
                         path,
                         checksum: key.checksum,
                         key,
+                        content,
+                        downloaded: false,
                     })
                 }
                 None => Hit::Miss {
@@ -613,6 +675,11 @@ impl Inner {
                 },
             },
             Lookup::Miss { name, expected } => Hit::Miss { name, expected },
+            other => {
+                return Err(Error::Internal(format!(
+                    "unknown index lookup outcome {other:?}"
+                )));
+            }
         })
     }
 
@@ -671,6 +738,10 @@ impl Inner {
         deadline: Instant,
     ) -> Result<wasm_store_fs::FileLock, Error> {
         let key = flight_key(url.as_str(), expected);
+        // A little before the request's own deadline, so that the caller
+        // learns what it waited for rather than only that time ran out.
+        let margin = Duration::from_millis(100);
+        let deadline = deadline.checked_sub(margin).unwrap_or(deadline);
         let store = self.store.clone();
         let redacted = url.redacted();
         tokio::task::spawn_blocking(move || {
@@ -868,6 +939,8 @@ impl Inner {
                     path,
                     checksum: digest,
                     key,
+                    content,
+                    downloaded: false,
                 });
             }
             freq = freq.with_digest(Some(digest));
@@ -889,7 +962,24 @@ impl Inner {
             .store
             .ingest(store_expected, self.opts.max_module_size)
             .inspect_err(|_| self.meters.fetch(FetchResult::FetchFailure))?;
-        let fetched = match fetcher.fetch(&freq, &mut ingest).await {
+        let mut sink = VerifyingSink {
+            ingest: &mut ingest,
+            content: None,
+        };
+        let fetched = fetcher.fetch(&freq, &mut sink).await;
+        let content_expected = sink.content;
+        // A fetcher that handed the content digest check to us (an OCI raw
+        // layer: its digest is the module's) gets it here, from the store's
+        // own hash: one SHA-256 pass over the bytes.
+        let fetched = fetched.and_then(|f| match content_expected {
+            Some(want) if ingest.digest() != want => Err(wasm_cache_core::Error::DigestMismatch {
+                url: url.redacted(),
+                expected: want.to_prefixed(),
+                actual: ingest.digest().to_prefixed(),
+            }),
+            _ => Ok(f),
+        });
+        let fetched = match fetched {
             Ok(f) => f,
             Err(e) => {
                 // A limit or check of the store surfaces as a sink error; report it as itself.
@@ -959,6 +1049,8 @@ impl Inner {
                 path: committed.path,
                 checksum,
                 key,
+                content: committed.digest,
+                downloaded: true,
             })
         })
         .await
@@ -1026,6 +1118,8 @@ impl Inner {
             path: self.store.path_of(&want),
             checksum: want,
             key,
+            content: want,
+            downloaded: false,
         })
     }
 
@@ -1215,5 +1309,24 @@ fn result_label(e: &wasm_cache_core::Error) -> FetchResult {
         K::Manifest => FetchResult::ManifestFailure,
         K::InvalidModule | K::Storage | K::InvalidInput => FetchResult::FetchFailure,
         _ => FetchResult::DownloadFailure,
+    }
+}
+
+/// The store's ingest as the fetcher's sink; takes on the content digest
+/// check a fetcher offers ([`ModuleSink::verify_sha256`]), which the cache
+/// then does with the store's hash before committing.
+struct VerifyingSink<'a> {
+    ingest: &'a mut wasm_store_fs::Ingest,
+    content: Option<Sha256Digest>,
+}
+
+impl wasm_cache_core::ModuleSink for VerifyingSink<'_> {
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        wasm_cache_core::ModuleSink::write(self.ingest, chunk)
+    }
+
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        self.content = Some(digest);
+        true
     }
 }

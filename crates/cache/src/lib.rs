@@ -22,7 +22,10 @@
 //! - **bounded size**: besides idle expiry (counted from the last `get`), an
 //!   optional byte budget evicts least recently used modules, never one
 //!   handed out within the grace period;
-//! - a failed `Always` pull does not record the new resource version.
+//! - a failed `Always` pull does not record the new resource version;
+//! - [`Cache::get_detailed`] reports the module's hash, size, manifest digest
+//!   and whether it was cached; [`Cache::resolve`] names the digest a URL
+//!   points at now without storing anything.
 //!
 //! Design: this crate only composes. Rules live in `wasm-cache-core`, files in
 //! `wasm-store-fs`, network in the fetchers (`wasm-fetch-http`,
@@ -106,13 +109,16 @@ mod builder;
 mod cache;
 mod clock;
 mod error;
+pub mod fetcher;
 pub mod metrics;
+mod outcome;
 mod request;
 
 pub use crate::builder::{CacheBuilder, DEFAULT_EXPIRY, DEFAULT_GRACE, DEFAULT_PURGE_INTERVAL};
 pub use crate::cache::{Cache, PurgeReport};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::error::Error;
+pub use crate::outcome::{Outcome, Resolved};
 pub use crate::request::{DEFAULT_TIMEOUT, GetRequest};
 pub use wasm_cache_core::{
     ChecksumRecord, EntryInfo, ErrorKind, Fetcher, ModuleKey, ModuleUrl, PullPolicy, PullSecret,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use wasm_cache_core::{PullPolicy, PullSecret, redact_url};
 
-/// The default bound on one `get` that has to fetch: 60 seconds.
+/// The default bound on one `get` that has to fetch: 60 seconds. The
+/// `wasm-cache` command's `--timeout` defaults to it too (one default for both).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One request for a module: the arguments of the reference's `Get`.

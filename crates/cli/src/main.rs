@@ -1,67 +1,82 @@
 //! # wasm-cache (the command)
 //!
-//! The operator's and script's view of the `wasm-cache` crate:
+//! The operator's and script's view of the `wasm-cache` crate: `fetch`,
+//! `resolve`, `list`, `purge`, `verify`, `completions`, and `json` (the JSON
+//! documentation). docs/CLI.md is the manual: options, value syntax, logging,
+//! exit status and the `--json` contract, which tests/json.rs checks every
+//! command's output against.
 //!
-//! ```text
-//! wasm-cache [--dir DIR] [-v] fetch URL [--sha256 HEX] [--policy unspecified|if-not-present|always]
-//!            [--resource-name NAME] [--resource-version V] [--timeout 30s]
-//!            [--pull-secret FILE] [--insecure-registry HOST[:PORT]]... [--ca-file PEM]
-//!            [--max-size BYTES]
-//! wasm-cache [--dir DIR] list [--json]
-//! wasm-cache [--dir DIR] purge [--expiry 24h] [--max-bytes N]
-//! wasm-cache [--dir DIR] verify [--repair]
-//! ```
-//!
-//! `fetch` prints exactly one line on stdout, the absolute path of the verified
-//! module, and exits 0; on failure it prints `error: <message>` and its causes
-//! on stderr, nothing on stdout, and exits 1. State (checksum records,
-//! resource versions, last use) persists in the directory, so the pull-policy
-//! rules hold across invocations. `--dir` defaults to `$WASM_CACHE_DIR`, else
-//! `$XDG_CACHE_HOME/wasm-cache`, else `~/.cache/wasm-cache`.
-//!
-//! `list --json` prints one JSON document, stable across versions (fields are
-//! only ever added):
-//!
-//! ```text
-//! {"dir": "/abs/dir", "modules": [{"name": "oci://ghcr.io/org/filter",
-//!   "checksum": "<64 hex>", "sha256": "<64 hex of the file>", "path": "/abs/dir/<hex>.wasm",
-//!   "size": 1234, "last_use": "2026-11-25T03:21:00Z", "last_use_unix_ms": 1795000000000,
-//!   "urls": ["oci://ghcr.io/org/filter:v1"]}]}
-//! ```
-//!
-//! `checksum` is the key's checksum (the manifest digest for OCI, the module's
-//! hash otherwise); `sha256` is the hash of the file. URLs are redacted
-//! (no user-info, no query).
-//!
-//! Exit codes: 0 success; 1 failure (fetch failed, corrupt modules found by
-//! `verify` without `--repair`); 2 bad usage.
+//! Exit status: 0 success; 1 fetch or verification failed; 2 usage error;
+//! 3 cache directory unusable ([`EXIT_CODES`]).
 
+/// `println!` for results on stdout, except that a closed stdout (`| head`)
+/// ends the command quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::output::say(format_args!($($arg)*))
+    };
+}
+
+mod logging;
+mod outfile;
+mod output;
 mod progress;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use tracing::{debug, info};
 use wasm_cache::{
-    Cache, CacheBuilder, GetRequest, HttpFetcher, OciFetcher, PullPolicy, PullSecret, Scheme,
+    Cache, CacheBuilder, DEFAULT_TIMEOUT, ErrorKind, GetRequest, HttpFetcher, OciFetcher,
+    PullPolicy, PullSecret, Scheme,
 };
+use wasm_cache_core::{DEFAULT_MAX_MODULE_SIZE, redact_url};
+
+use crate::logging::TARGET;
+use crate::output::{SCHEMA, line, parse_size};
+
+/// The exit status table, shown after every `--help`.
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  fetch or verification failed (network, registry, checksum, invalid module, corrupt modules left)
+  2  usage error (bad option or value, unparseable URL, unsupported scheme, malformed checksum)
+  3  cache directory unusable (permissions, lock timeout, corrupt beyond recovery)
+
+JSON outputs: `wasm-cache json`. Manual: docs/CLI.md.";
+
+static DEFAULT_TIMEOUT_ARG: LazyLock<String> =
+    LazyLock::new(|| format!("{}s", DEFAULT_TIMEOUT.as_secs()));
+
+static DEFAULT_MAX_SIZE_ARG: LazyLock<String> = LazyLock::new(|| {
+    if DEFAULT_MAX_MODULE_SIZE.is_multiple_of(1 << 20) {
+        format!("{}MiB", DEFAULT_MAX_MODULE_SIZE >> 20)
+    } else {
+        DEFAULT_MAX_MODULE_SIZE.to_string()
+    }
+});
 
 #[derive(Parser, Debug)]
 #[command(
     name = "wasm-cache",
     version,
-    about = "Fetch, verify and cache WebAssembly modules"
+    about = "Fetch, verify and cache WebAssembly modules",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Cache directory [default: $WASM_CACHE_DIR, else $XDG_CACHE_HOME/wasm-cache, else ~/.cache/wasm-cache]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG, when set, wins.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// No warnings, summary lines or progress on stderr (errors still show).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,85 +84,206 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Fetch a module (or find it in the cache) and print its local path.
+    #[command(after_help = EXIT_CODES)]
     Fetch(FetchArgs),
+    /// Print the digest a URL names now (OCI: the manifest digest; http(s): with --download).
+    #[command(after_help = EXIT_CODES)]
+    Resolve(ResolveArgs),
     /// List cached modules.
+    #[command(after_help = EXIT_CODES)]
     List {
-        /// Print JSON (see the documentation for the schema).
+        /// One JSON object per module and line (see `wasm-cache json`).
         #[arg(long)]
         json: bool,
     },
     /// Remove modules now: those idle longer than the expiry, then least
     /// recently used ones above the byte budget.
+    #[command(after_help = EXIT_CODES)]
     Purge {
         /// Remove modules not used for this long.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         expiry: Duration,
-        /// Keep at most this many bytes of modules.
-        #[arg(long)]
+        /// Keep at most this many bytes of modules (512K, 1G, 1.5GiB, ...).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         max_bytes: Option<u64>,
+        /// Print what was removed and kept as one JSON object (see `wasm-cache json`).
+        #[arg(long)]
+        json: bool,
     },
     /// Re-hash every module and report those whose content does not match.
+    #[command(after_help = EXIT_CODES)]
     Verify {
         /// Remove modules that do not match.
         #[arg(long)]
         repair: bool,
+        /// Print the report as one JSON object (see `wasm-cache json`).
+        #[arg(long)]
+        json: bool,
     },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Describe the JSON outputs of --json (also in docs/CLI.md).
+    #[command(long_about = output::json_doc())]
+    Json,
+    /// Print the man page (roff) on stdout, or write every page
+    /// (wasm-cache.1, wasm-cache-fetch.1, ...) into DIR; see `cargo xtask man`.
+    #[command(hide = true)]
+    Man {
+        /// Where to write the pages.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// How to reach the module: shared by `fetch` and `resolve`.
+#[derive(Args, Debug)]
+struct NetArgs {
+    /// http://, https:// or oci://registry/repo[:tag|@sha256:HEX]
+    url: String,
+    /// Bound on the whole fetch (connect, redirects, retries, body); the library's default too.
+    #[arg(long, default_value = DEFAULT_TIMEOUT_ARG.as_str(), value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Docker config.json with registry credentials (never printed).
+    #[arg(long, value_name = "FILE")]
+    pull_secret: Option<PathBuf>,
+    /// Registry or host reached without TLS verification (plain HTTP allowed for registries); `*` for all.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+    /// Extra PEM bundle of trusted CAs.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Largest module accepted, after unboxing (bytes, or 512K, 1G, 1.5GiB, ...).
+    #[arg(long, default_value = DEFAULT_MAX_SIZE_ARG.as_str(), value_parser = parse_size, value_name = "SIZE")]
+    max_size: u64,
 }
 
 #[derive(Args, Debug)]
 struct FetchArgs {
-    /// http://, https:// or oci://registry/repo[:tag|@sha256:HEX]
-    url: String,
+    #[command(flatten)]
+    net: NetArgs,
     /// Expected sha256 (module for http, manifest for OCI), bare or sha256:-prefixed.
-    #[arg(long)]
+    #[arg(long, value_name = "HEX")]
     sha256: Option<String>,
     /// Pull policy for URLs without a checksum.
-    #[arg(long, default_value = "unspecified")]
-    policy: PullPolicy,
+    #[arg(long, value_enum, default_value_t = Policy::Unspecified, ignore_case = true)]
+    policy: Policy,
     /// Name of the resource asking (drives the pull policy with --resource-version).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", value_name = "NAME")]
     resource_name: String,
     /// Version of the resource asking.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", value_name = "V")]
     resource_version: String,
-    /// Bound on the whole fetch.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
-    /// Docker config.json with registry credentials (never printed).
+    /// Also write the module to PATH (atomically: the whole verified module or
+    /// nothing); `-` writes the module's bytes to stdout instead of the path.
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Print one JSON object instead of the path (see `wasm-cache json`).
     #[arg(long)]
-    pull_secret: Option<PathBuf>,
-    /// Registry or host reached without TLS verification (plain HTTP allowed for registries); `*` for all.
-    #[arg(long = "insecure-registry")]
-    insecure_registries: Vec<String>,
-    /// Extra PEM bundle of trusted CAs.
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ResolveArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// For http(s) URLs, which name no digest: download the module and hash it (nothing is stored).
     #[arg(long)]
-    ca_file: Option<PathBuf>,
-    /// Largest module accepted, in bytes (after unboxing).
-    #[arg(long, default_value_t = wasm_cache_core::DEFAULT_MAX_MODULE_SIZE)]
-    max_size: u64,
+    download: bool,
+    /// Print one JSON object instead of the digest (see `wasm-cache json`).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--policy` values (the reference's pull policies).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    /// oci: like if-not-present, except `:latest` (like always); http(s): like always.
+    Unspecified,
+    /// Use the module cached for the URL, whatever the resource version.
+    #[value(alias = "ifnotpresent")]
+    IfNotPresent,
+    /// Pull again whenever the resource version changes.
+    Always,
+}
+
+impl From<Policy> for PullPolicy {
+    fn from(p: Policy) -> Self {
+        match p {
+            Policy::Unspecified => PullPolicy::Unspecified,
+            Policy::IfNotPresent => PullPolicy::IfNotPresent,
+            Policy::Always => PullPolicy::Always,
+        }
+    }
+}
+
+/// A failed command: the exit status and what to print.
+struct Failure {
+    code: u8,
+    error: BoxError,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Exit status 1: the fetch or verification failed.
+const FAILED: u8 = 1;
+/// Exit status 2: usage error.
+const USAGE: u8 = 2;
+/// Exit status 3: the cache directory is unusable.
+const DIR: u8 = 3;
+
+impl Failure {
+    fn new(code: u8, error: impl Into<BoxError>) -> Self {
+        Self {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<wasm_cache::Error> for Failure {
+    fn from(e: wasm_cache::Error) -> Self {
+        let code = match &e {
+            wasm_cache::Error::Store(_) => DIR,
+            wasm_cache::Error::Fetch(f) => match f.kind() {
+                ErrorKind::InvalidInput => USAGE,
+                ErrorKind::Storage => DIR,
+                _ => FAILED,
+            },
+            _ => FAILED,
+        };
+        Self::new(code, e)
+    }
+}
+
+impl From<wasm_cache_core::Error> for Failure {
+    fn from(e: wasm_cache_core::Error) -> Self {
+        wasm_cache::Error::from(e).into()
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    logging::init(cli.verbose, cli.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&Failure::new(FAILED, e)),
     };
     match rt.block_on(run(cli)) {
         Ok(code) => code,
-        Err(e) => fail(e.as_ref()),
+        Err(f) => fail(&f),
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// `error: <message>` and every cause, on stderr; exit 1.
-fn fail(e: &(dyn std::error::Error + 'static)) -> ExitCode {
+/// `error: <message>`, every cause and any hint, on stderr; the failure's status.
+fn fail(f: &Failure) -> ExitCode {
+    let e: &(dyn std::error::Error + 'static) = f.error.as_ref();
     let mut msg = format!("error: {e}");
     let mut source = e.source();
     while let Some(s) = source {
@@ -159,26 +295,24 @@ fn fail(e: &(dyn std::error::Error + 'static)) -> ExitCode {
         }
         source = s.source();
     }
+    if let Some(hint) = hint(&msg) {
+        msg.push_str(&format!("\n  hint: {hint}"));
+    }
     eprintln!("{msg}");
-    ExitCode::FAILURE
+    ExitCode::from(f.code)
 }
 
-fn init_tracing(verbose: u8) {
-    let level = match verbose {
-        0 => return,
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Advice for failures whose message does not say what to do.
+fn hint(msg: &str) -> Option<&'static str> {
+    // rustls reading a plain-HTTP answer to a TLS handshake.
+    let plain_http =
+        msg.contains("InvalidContentType") || msg.contains("HTTP response to an HTTPS request");
+    (plain_http && !msg.contains("--insecure-registry")).then_some(
+        "the server answered in plain HTTP: if it is a trusted registry, list it with --insecure-registry HOST[:PORT]; for an https:// module URL, use http://",
+    )
 }
 
-fn default_dir() -> Result<PathBuf, BoxError> {
+fn default_dir() -> Result<PathBuf, Failure> {
     if let Some(d) = std::env::var_os("WASM_CACHE_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
@@ -187,15 +321,26 @@ fn default_dir() -> Result<PathBuf, BoxError> {
     }
     match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         Some(home) => Ok(PathBuf::from(home).join(".cache").join("wasm-cache")),
-        None => Err("no cache directory: pass --dir or set WASM_CACHE_DIR".into()),
+        None => Err(Failure::new(
+            USAGE,
+            "no cache directory: pass --dir or set WASM_CACHE_DIR",
+        )),
     }
 }
 
-fn absolute(dir: &Path) -> Result<PathBuf, BoxError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("creating cache directory {}: {e}", dir.display()))?;
-    Ok(std::fs::canonicalize(dir)
-        .map_err(|e| format!("resolving cache directory {}: {e}", dir.display()))?)
+fn absolute(dir: &Path) -> Result<PathBuf, Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Failure::new(
+            DIR,
+            format!("creating cache directory {}: {e}", dir.display()),
+        )
+    })?;
+    std::fs::canonicalize(dir).map_err(|e| {
+        Failure::new(
+            DIR,
+            format!("resolving cache directory {}: {e}", dir.display()),
+        )
+    })
 }
 
 /// A cache for one command: no background purge (the command purges when
@@ -206,132 +351,251 @@ fn builder(dir: &Path) -> CacheBuilder {
         .default_fetchers(false)
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    // Commands that need no cache directory.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "wasm-cache", &mut script);
+            output::write_out(&script);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { out_dir } => {
+            match out_dir {
+                Some(d) => clap_mangen::generate_to(Cli::command(), d),
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(Cli::command())
+                        .render(&mut page)
+                        .map(|()| output::write_out(&page))
+                }
+            }
+            .map_err(|e| Failure::new(FAILED, e))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Json => {
+            say!("{}", output::json_doc());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let dir = match &cli.dir {
         Some(d) => d.clone(),
         None => default_dir()?,
     };
     let dir = absolute(&dir)?;
+    let progress = !cli.quiet && std::io::stderr().is_terminal();
     match cli.command {
-        Command::Fetch(args) => fetch(&dir, args).await,
+        Command::Fetch(args) => fetch(&dir, args, progress).await,
+        Command::Resolve(args) => resolve(&dir, args, progress).await,
         Command::List { json } => list(&dir, json).await,
-        Command::Purge { expiry, max_bytes } => purge(&dir, expiry, max_bytes).await,
-        Command::Verify { repair } => verify(&dir, repair).await,
+        Command::Purge {
+            expiry,
+            max_bytes,
+            json,
+        } => purge(&dir, expiry, max_bytes, json).await,
+        Command::Verify { repair, json } => verify(&dir, repair, json).await,
+        Command::Completions { .. } | Command::Man { .. } | Command::Json => Ok(ExitCode::SUCCESS),
     }
 }
 
-async fn fetch(dir: &Path, args: FetchArgs) -> Result<ExitCode, BoxError> {
-    let secret = match &args.pull_secret {
-        Some(p) => {
-            Some(PullSecret::new(std::fs::read(p).map_err(|e| {
-                format!("reading pull secret {}: {e}", p.display())
-            })?))
-        }
+/// The cache with the one fetcher the URL needs (building one loads trust
+/// roots), wrapped in the progress layer, and the request's common parts.
+async fn open_for(
+    dir: &Path,
+    net: &NetArgs,
+    progress: bool,
+) -> Result<(Cache, GetRequest), Failure> {
+    let secret = match &net.pull_secret {
+        Some(p) => Some(PullSecret::new(std::fs::read(p).map_err(|e| {
+            Failure::new(USAGE, format!("reading pull secret {}: {e}", p.display()))
+        })?)),
         None => None,
     };
-    // Only the fetcher this URL needs (building one loads trust roots), wrapped
-    // in a progress layer (a no-op unless stderr is a terminal). A URL that
-    // does not parse gets none, and the cache reports the reference's error.
-    let mut cache = builder(dir).max_module_size(args.max_size);
-    match wasm_cache_core::ModuleUrl::parse(&args.url).map(|u| u.scheme()) {
+    let mut cache = builder(dir).max_module_size(net.max_size);
+    // A URL that does not parse gets no fetcher, and the cache reports the
+    // reference's error for it.
+    match wasm_cache::ModuleUrl::parse(&net.url).map(|u| u.scheme()) {
         Ok(Scheme::Http | Scheme::Https) => {
             let mut http =
-                HttpFetcher::builder().insecure_hosts(args.insecure_registries.iter().cloned());
-            if let Some(ca) = &args.ca_file {
+                HttpFetcher::builder().insecure_hosts(net.insecure_registries.iter().cloned());
+            if let Some(ca) = &net.ca_file {
                 http = http.ca_file(ca);
             }
             let http: Arc<dyn wasm_cache::Fetcher> =
-                Arc::new(progress::Progress::new(http.build()?));
+                Arc::new(progress::Progress::new(http.build()?, progress));
             cache = cache
                 .fetcher(Scheme::Http, Arc::clone(&http))
                 .fetcher(Scheme::Https, http);
         }
         Ok(Scheme::Oci) => {
             let mut oci =
-                OciFetcher::builder().insecure_registries(args.insecure_registries.iter().cloned());
-            if let Some(ca) = &args.ca_file {
+                OciFetcher::builder().insecure_registries(net.insecure_registries.iter().cloned());
+            if let Some(ca) = &net.ca_file {
                 oci = oci.ca_file(ca);
             }
-            cache = cache.fetcher(Scheme::Oci, Arc::new(progress::Progress::new(oci.build()?)));
+            cache = cache.fetcher(
+                Scheme::Oci,
+                Arc::new(progress::Progress::new(oci.build()?, progress)),
+            );
         }
-        Err(_) => {}
+        Err(e) => return Err(e.into()),
+        // Other schemes have no fetcher here: the cache reports the reference's error.
+        Ok(_) => {}
     }
     let cache = cache.build().await?;
-    let mut req = GetRequest::new(args.url)
-        .resource(args.resource_name, args.resource_version)
-        .timeout(args.timeout)
-        .pull_policy(args.policy);
-    if let Some(sum) = args.sha256 {
-        req = req.checksum(sum);
-    }
+    let mut req = GetRequest::new(net.url.clone()).timeout(net.timeout);
     if let Some(s) = secret {
         req = req.pull_secret(s);
     }
-    let result = cache.get(&req).await;
-    // Persist records and last use whatever happened.
+    Ok((cache, req))
+}
+
+/// The info-level line every download leaves (stderr, shown by default).
+fn summary(url: &str, size: u64, took: Duration, sha256: &wasm_cache::Sha256Digest) {
+    info!(
+        target: TARGET,
+        "fetched {} {} in {:.2} s (sha256:{sha256})",
+        redact_url(url),
+        output::size(size),
+        took.as_secs_f64()
+    );
+}
+
+async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, Failure> {
+    let to_stdout = args.output.as_deref() == Some(Path::new("-"));
+    if to_stdout && args.json {
+        return Err(Failure::new(
+            USAGE,
+            "--json and -o - both want stdout; pick one",
+        ));
+    }
+    let (cache, req) = open_for(dir, &args.net, progress).await?;
+    let mut req = req
+        .resource(args.resource_name, args.resource_version)
+        .pull_policy(args.policy.into());
+    if let Some(sum) = args.sha256 {
+        req = req.checksum(sum);
+    }
+    let started = Instant::now();
+    let result = cache.get_detailed(&req).await;
+    let took = started.elapsed();
+    // Persist records and last use whatever happened; a failure to do so
+    // does not fail a fetch that succeeded (the module is in place).
     let closed = cache.shutdown().await;
-    let path = result?;
-    closed?;
-    println!("{}", path.display());
+    let outcome = result?;
+    if let Err(e) = closed {
+        tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
+    }
+    if outcome.cached {
+        debug!(target: TARGET, "{} found in the cache", redact_url(&req.url));
+    } else {
+        summary(&req.url, outcome.size, took, &outcome.sha256);
+    }
+    if to_stdout {
+        outfile::to_stdout(&outcome.path).map_err(|e| Failure::new(FAILED, e))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let copied = match &args.output {
+        Some(dest) => {
+            outfile::place(&outcome.path, dest).map_err(|e| Failure::new(FAILED, e))?;
+            Some(std::path::absolute(dest).unwrap_or_else(|_| dest.clone()))
+        }
+        None => None,
+    };
+    if args.json {
+        line(&output::FetchJson {
+            schema: SCHEMA,
+            path: outcome.path.display().to_string(),
+            sha256: outcome.sha256.to_hex(),
+            size: outcome.size,
+            url: redact_url(&req.url),
+            manifest_digest: outcome.manifest_digest.map(|d| d.to_prefixed()),
+            cached: outcome.cached,
+            output: copied.map(|p| p.display().to_string()),
+        })
+        .map_err(|e| Failure::new(FAILED, e))?;
+    } else {
+        say!("{}", outcome.path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct ListJson {
-    dir: String,
-    modules: Vec<ModuleJson>,
+async fn resolve(dir: &Path, args: ResolveArgs, progress: bool) -> Result<ExitCode, Failure> {
+    let (cache, req) = open_for(dir, &args.net, progress).await?;
+    let started = Instant::now();
+    let result = cache.resolve(&req, args.download).await;
+    let took = started.elapsed();
+    let _ = cache.shutdown().await;
+    let Some(resolved) = result? else {
+        return Err(Failure::new(
+            USAGE,
+            format!(
+                "{} names no digest without downloading it (only OCI references are content-addressed); pass --download to hash the module",
+                redact_url(&req.url)
+            ),
+        ));
+    };
+    if let Some(size) = resolved.size {
+        summary(&req.url, size, took, &resolved.digest);
+    }
+    if args.json {
+        line(&output::ResolveJson {
+            schema: SCHEMA,
+            url: redact_url(&req.url),
+            digest: resolved.digest.to_prefixed(),
+            kind: if resolved.manifest {
+                "manifest"
+            } else {
+                "module"
+            },
+            size: resolved.size,
+        })
+        .map_err(|e| Failure::new(FAILED, e))?;
+    } else {
+        say!("{}", resolved.digest.to_prefixed());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct ModuleJson {
-    name: String,
-    checksum: String,
-    sha256: String,
-    path: String,
-    size: u64,
-    last_use: String,
-    last_use_unix_ms: u64,
-    urls: Vec<String>,
-}
-
-async fn list(dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
+async fn list(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
     let cache = builder(dir).build().await?;
-    let modules: Vec<ModuleJson> = cache
+    let mut modules: Vec<output::ModuleJson> = cache
         .entries()
         .into_iter()
-        .map(|e| ModuleJson {
-            name: wasm_cache_core::redact_url(&e.key.name),
+        .map(|e| output::ModuleJson {
+            schema: SCHEMA,
+            name: redact_url(&e.key.name),
             checksum: e.key.checksum.to_hex(),
             sha256: e.content.to_hex(),
             path: cache.module_path(&e.content).display().to_string(),
             size: e.size,
             last_use: humantime::format_rfc3339_seconds(e.last_use.to_system_time()).to_string(),
             last_use_unix_ms: e.last_use.0,
-            urls: e
-                .urls
-                .iter()
-                .map(|u| wasm_cache_core::redact_url(u))
-                .collect(),
+            urls: e.urls.iter().map(|u| redact_url(u)).collect(),
         })
         .collect();
-    cache.shutdown().await?;
+    modules.sort_by(|a, b| (&a.name, &a.checksum).cmp(&(&b.name, &b.checksum)));
+    if let Err(e) = cache.shutdown().await {
+        tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
+    }
     if json {
-        let doc = ListJson {
-            dir: dir.display().to_string(),
-            modules,
-        };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        for m in &modules {
+            line(m).map_err(|e| Failure::new(FAILED, e))?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<64}  {:>10}  {:<20}  URLS",
-        "CHECKSUM", "SIZE", "LAST USE"
+        "CHECKSUM",
+        "SIZE",
+        "LAST USE"
     );
     for m in &modules {
-        println!(
+        say!(
             "{:<64}  {:>10}  {:<20}  {}",
             m.checksum,
-            m.size,
+            output::size(m.size),
             m.last_use,
             if m.urls.is_empty() {
                 m.name.clone()
@@ -344,51 +608,144 @@ async fn list(dir: &Path, json: bool) -> Result<ExitCode, BoxError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn purge(dir: &Path, expiry: Duration, max_bytes: Option<u64>) -> Result<ExitCode, BoxError> {
+async fn purge(
+    dir: &Path,
+    expiry: Duration,
+    max_bytes: Option<u64>,
+    json: bool,
+) -> Result<ExitCode, Failure> {
     let cache = builder(dir)
         .expiry(expiry)
         .max_bytes(max_bytes)
         .build()
         .await?;
     let report = cache.purge().await?;
-    cache.shutdown().await?;
-    println!(
-        "removed {} expired and {} evicted module entries, {} files; {} removal failures",
-        report.expired.len(),
-        report.evicted.len(),
-        report.files_removed,
-        report.failures
-    );
+    let kept = cache.entries();
+    if let Err(e) = cache.shutdown().await {
+        tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
+    }
+    if json {
+        let removed = report
+            .expired
+            .iter()
+            .map(|k| (k, "expired"))
+            .chain(report.evicted.iter().map(|k| (k, "evicted")))
+            .map(|(k, reason)| output::RemovedJson {
+                name: redact_url(&k.name),
+                checksum: k.checksum.to_hex(),
+                reason,
+            })
+            .collect();
+        line(&output::PurgeJson {
+            schema: SCHEMA,
+            removed,
+            kept: kept
+                .iter()
+                .map(|e| output::KeptJson {
+                    name: redact_url(&e.key.name),
+                    checksum: e.key.checksum.to_hex(),
+                    size: e.size,
+                })
+                .collect(),
+            files_removed: report.files_removed,
+            failures: report.failures,
+        })
+        .map_err(|e| Failure::new(FAILED, e))?;
+    } else {
+        say!(
+            "removed {} expired and {} evicted module entries, {} files; {} kept; {} removal failures",
+            report.expired.len(),
+            report.evicted.len(),
+            report.files_removed,
+            kept.len(),
+            report.failures
+        );
+    }
     Ok(if report.failures == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(FAILED)
     })
 }
 
-async fn verify(dir: &Path, repair: bool) -> Result<ExitCode, BoxError> {
+async fn verify(dir: &Path, repair: bool, json: bool) -> Result<ExitCode, Failure> {
     let cache = builder(dir).build().await?;
     let report = cache.verify(repair).await?;
-    cache.shutdown().await?;
-    for m in &report.mismatched {
-        let action = if report.removed.contains(&m.digest) {
-            "removed"
-        } else {
-            "corrupt"
-        };
-        println!("{action}: {}: {}", m.path.display(), m.reason);
+    if let Err(e) = cache.shutdown().await {
+        tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
     }
-    println!(
-        "verified {} modules: {} ok, {} corrupt, {} removed",
-        report.ok.len() + report.mismatched.len(),
-        report.ok.len(),
-        report.mismatched.len(),
-        report.removed.len()
-    );
     let unrepaired = report.mismatched.len() - report.removed.len();
+    if json {
+        line(&output::VerifyJson {
+            schema: SCHEMA,
+            verified: report.ok.len() + report.mismatched.len(),
+            ok: report.ok.iter().map(|d| d.to_hex()).collect(),
+            corrupt: report
+                .mismatched
+                .iter()
+                .map(|m| output::CorruptJson {
+                    sha256: m.digest.to_hex(),
+                    path: m.path.display().to_string(),
+                    reason: m.reason.clone(),
+                    repaired: report.removed.contains(&m.digest),
+                })
+                .collect(),
+            repaired: report.removed.iter().map(|d| d.to_hex()).collect(),
+            missing: report.missing.iter().map(|d| d.to_hex()).collect(),
+        })
+        .map_err(|e| Failure::new(FAILED, e))?;
+    } else {
+        for m in &report.mismatched {
+            let action = if report.removed.contains(&m.digest) {
+                "removed"
+            } else {
+                "corrupt"
+            };
+            say!("{action}: {}: {}", m.path.display(), m.reason);
+        }
+        say!(
+            "verified {} modules: {} ok, {} corrupt, {} removed",
+            report.ok.len() + report.mismatched.len(),
+            report.ok.len(),
+            report.mismatched.len(),
+            report.removed.len()
+        );
+    }
     Ok(if unrepaired == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(FAILED)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cli_and_library_share_the_default_timeout() {
+        let cli = Cli::try_parse_from(["wasm-cache", "fetch", "http://h/m.wasm"]).unwrap();
+        let Command::Fetch(f) = cli.command else {
+            panic!("not fetch")
+        };
+        assert_eq!(f.net.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(f.net.max_size, DEFAULT_MAX_MODULE_SIZE);
+    }
+
+    #[test]
+    fn plain_http_hint() {
+        assert!(hint("error: received corrupt message of type InvalidContentType").is_some());
+        assert!(
+            hint(
+                "server gave an HTTP response to an HTTPS request; list it with --insecure-registry"
+            )
+            .is_none()
+        );
+        assert!(hint("error: connection refused").is_none());
+    }
 }

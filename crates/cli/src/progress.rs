@@ -1,13 +1,20 @@
 //! A `Fetcher` layer that shows download progress on a terminal.
 
-use std::io::IsTerminal;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use wasm_cache_core::{Error, FetchRequest, Fetched, Fetcher, ModuleSink, Sha256Digest};
 
-/// Wraps a fetcher; when stderr is a terminal, a spinner with bytes and rate
-/// follows each download. Otherwise it adds nothing.
+/// The bar when the module's size is known.
+const BAR: &str =
+    "{msg} [{wide_bar}] {bytes}/{total_bytes} {percent:>3}% {binary_bytes_per_sec} ETA {eta}";
+/// The spinner when it is not (a gzip or tar body, a chunked response).
+const SPINNER: &str = "{spinner} {msg} {bytes} ({binary_bytes_per_sec}, {elapsed})";
+
+/// Wraps a fetcher; when enabled (stderr is a terminal and `-q` was not
+/// given), a bar with total, percent, rate and ETA follows each download
+/// whose size is known, a spinner with bytes and rate the others.
 #[derive(Debug)]
 pub(crate) struct Progress<F> {
     inner: F,
@@ -15,11 +22,8 @@ pub(crate) struct Progress<F> {
 }
 
 impl<F> Progress<F> {
-    pub(crate) fn new(inner: F) -> Self {
-        Self {
-            inner,
-            enabled: std::io::stderr().is_terminal(),
-        }
+    pub(crate) fn new(inner: F, enabled: bool) -> Self {
+        Self { inner, enabled }
     }
 }
 
@@ -34,6 +38,18 @@ impl ModuleSink for Counting<'_> {
         self.bar.inc(chunk.len() as u64);
         Ok(())
     }
+
+    fn size_hint(&mut self, len: u64) {
+        self.sink.size_hint(len);
+        if let Ok(style) = ProgressStyle::with_template(BAR) {
+            self.bar.set_style(style.progress_chars("=> "));
+        }
+        self.bar.set_length(len);
+    }
+
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        self.sink.verify_sha256(digest)
+    }
 }
 
 #[async_trait]
@@ -46,18 +62,18 @@ impl<F: Fetcher> Fetcher for Progress<F> {
         if !self.enabled {
             return self.inner.fetch(req, sink).await;
         }
-        let bar = ProgressBar::new_spinner();
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec}, {elapsed})")
-        {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(SPINNER) {
             bar.set_style(style);
         }
         bar.set_message(req.url.redacted());
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        crate::logging::set_active_bar(Some(bar.clone()));
         let result = self
             .inner
             .fetch(req, &mut Counting { sink, bar: &bar })
             .await;
+        crate::logging::set_active_bar(None);
         bar.finish_and_clear();
         result
     }

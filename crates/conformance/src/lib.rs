@@ -6,7 +6,9 @@
 //!   injection, for tests of code that sits above the `Fetcher` trait;
 //! - the conformance checks: `pub async fn`s that prove a fetcher honours the
 //!   trait's contract (exact bytes, streaming into the sink, size limit, expired
-//!   deadline, sink errors, foreign schemes, resolve/fetch agreement). Every
+//!   deadline, sink errors, foreign schemes, resolve/fetch agreement, a wrong
+//!   pinned digest refused, no secret in any error, a digest handed to the
+//!   sink being the module's). Every
 //!   backend of this workspace runs them, and a third-party fetcher can too.
 //!
 //! This crate lives beside `wasm-cache-core` rather than inside it because it
@@ -499,7 +501,8 @@ pub async fn foreign_scheme_is_refused(f: &dyn Fetcher, fx: &Fixture) -> Result<
     const CHECK: &str = "foreign_scheme_is_refused";
     let other = match fx.url.scheme() {
         Scheme::Oci => "https://127.0.0.1:9/not-oci.wasm",
-        Scheme::Http | Scheme::Https => "oci://127.0.0.1:9/not/http:v1",
+        // http(s) and any plugged-in scheme (file://, s3://, ...).
+        _ => "oci://127.0.0.1:9/not/http:v1",
     };
     let url = ModuleUrl::parse(other).map_err(|e| violation(CHECK, e.to_string()))?;
     let req = FetchRequest::new(url, Instant::now() + fx.timeout);
@@ -508,6 +511,195 @@ pub async fn foreign_scheme_is_refused(f: &dyn Fetcher, fx: &Fixture) -> Result<
         Err(e) => Err(violation(CHECK, format!("wrong error: {e}"))),
         Ok(_) => Err(violation(CHECK, format!("fetched a {other} URL"))),
     }
+}
+
+/// A digest no fixture has.
+fn wrong_digest(fx: &Fixture) -> Sha256Digest {
+    let mut bytes = [0x5a; 32];
+    if fx.digest == Some(Sha256Digest::from_bytes(bytes)) {
+        bytes[0] = 0xa5;
+    }
+    Sha256Digest::from_bytes(bytes)
+}
+
+/// A fetch pinned to a digest the source does not have fails: for
+/// content-addressed sources with [`ErrorKind::Integrity`],
+/// [`ErrorKind::NotFound`] or [`ErrorKind::Manifest`], never a success. (A
+/// source that is not content-addressed ignores `req.digest` by contract and
+/// reports no digest: its caller checks the module's own hash; this check
+/// holds it to that.)
+///
+/// # Errors
+/// A [`Violation`] describing what happened instead.
+pub async fn wrong_pinned_digest_is_refused(
+    f: &dyn Fetcher,
+    fx: &Fixture,
+) -> Result<(), Violation> {
+    const CHECK: &str = "wrong_pinned_digest_is_refused";
+    let req = fx.request().with_digest(Some(wrong_digest(fx)));
+    let mut sink = Vec::new();
+    let got = f.fetch(&req, &mut sink).await;
+    match (fx.digest, got) {
+        (Some(_), Err(e))
+            if matches!(
+                e.kind(),
+                ErrorKind::Integrity | ErrorKind::NotFound | ErrorKind::Manifest
+            ) =>
+        {
+            Ok(())
+        }
+        (Some(_), Err(e)) => Err(violation(CHECK, format!("wrong error: {e}"))),
+        (Some(_), Ok(got)) => Err(violation(
+            CHECK,
+            format!("fetched {} bytes for a digest the source lacks", got.size),
+        )),
+        (None, Ok(got)) if got.digest.is_none() && sink == fx.module => Ok(()),
+        (None, Ok(got)) => Err(violation(
+            CHECK,
+            format!(
+                "a source that is not content-addressed reported {:?} / wrote {} bytes",
+                got.digest,
+                sink.len()
+            ),
+        )),
+        (None, Err(e)) => Err(violation(CHECK, format!("fetch failed: {e}"))),
+    }
+}
+
+const CANARY: &str = "Canary-S3cret-7f3a";
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(T[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Secrets never appear in errors: with a pull secret (a Docker config whose
+/// password is a canary) and, for `http(s)` URLs, the canary as the URL's
+/// password, the errors of a size limit, a wrong pinned digest and an expired
+/// deadline (and the fetcher's `Debug`) show neither the canary nor its
+/// base64 forms.
+///
+/// # Errors
+/// A [`Violation`] quoting the leaking message (with the canary masked).
+pub async fn secrets_never_in_errors(f: &dyn Fetcher, fx: &Fixture) -> Result<(), Violation> {
+    const CHECK: &str = "secrets_never_in_errors";
+    let url = match fx.url.http() {
+        Some(u) => {
+            let mut u = u.clone();
+            let _ = u.set_username("canary-user");
+            let _ = u.set_password(Some(CANARY));
+            ModuleUrl::parse(u.as_str()).unwrap_or_else(|_| fx.url.clone())
+        }
+        None => fx.url.clone(),
+    };
+    let registry = url.oci().map_or("", |o| o.registry()).to_owned();
+    let auth = base64(format!("canary-user:{CANARY}").as_bytes());
+    let config = format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#);
+    let secret = wasm_cache_core::PullSecret::new(config.into_bytes());
+    let forbidden = [CANARY.to_owned(), auth, base64(CANARY.as_bytes())];
+    let fresh = || {
+        FetchRequest::new(url.clone(), Instant::now() + fx.timeout)
+            .with_pull_secret(Some(secret.clone()))
+    };
+    let past = Instant::now()
+        .checked_sub(Duration::from_secs(1))
+        .unwrap_or_else(Instant::now);
+    let requests = [
+        fresh().with_digest(fx.digest).with_max_size(1),
+        fresh().with_digest(Some(wrong_digest(fx))),
+        FetchRequest::new(url.clone(), past).with_pull_secret(Some(secret.clone())),
+    ];
+    let mut shown = vec![format!("{f:?}")];
+    for req in &requests {
+        shown.push(format!("{req:?}"));
+        if let Err(e) = f.fetch(req, &mut Vec::new()).await {
+            shown.push(format!("{e} {e:?}"));
+        }
+        if let Err(e) = f.resolve(req).await {
+            shown.push(format!("{e} {e:?}"));
+        }
+    }
+    for text in shown {
+        if forbidden.iter().any(|s| text.contains(s.as_str())) {
+            let masked = forbidden
+                .iter()
+                .fold(text, |t, s| t.replace(s.as_str(), "<CANARY>"));
+            return Err(violation(CHECK, format!("a secret was shown: {masked}")));
+        }
+    }
+    Ok(())
+}
+
+/// A sink that takes on the digest check ([`ModuleSink::verify_sha256`]).
+#[derive(Default)]
+struct VerifyingSink {
+    bytes: Vec<u8>,
+    offered: Option<Sha256Digest>,
+}
+
+impl ModuleSink for VerifyingSink {
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        self.offered = Some(digest);
+        true
+    }
+}
+
+/// A fetcher that hands the digest check to the sink
+/// ([`ModuleSink::verify_sha256`]) names the digest of exactly the bytes it
+/// then writes (and still writes the fixture's module).
+///
+/// # Errors
+/// A [`Violation`] describing the difference.
+pub async fn handed_over_digest_is_the_modules(
+    f: &dyn Fetcher,
+    fx: &Fixture,
+) -> Result<(), Violation> {
+    const CHECK: &str = "handed_over_digest_is_the_modules";
+    let mut sink = VerifyingSink::default();
+    let req = fx.request().with_digest(fx.digest);
+    f.fetch(&req, &mut sink)
+        .await
+        .map_err(|e| violation(CHECK, format!("fetch failed: {e}")))?;
+    if sink.bytes != fx.module {
+        return Err(violation(CHECK, "wrote other bytes than the module"));
+    }
+    if let Some(offered) = sink.offered {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &sink.bytes).as_ref());
+        let actual = Sha256Digest::from_bytes(out);
+        if offered != actual {
+            return Err(violation(
+                CHECK,
+                format!(
+                    "handed over {} for bytes whose sha256 is {}",
+                    offered.to_prefixed(),
+                    actual.to_prefixed()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs every check against one fixture.
@@ -520,6 +712,9 @@ pub async fn run_all(f: &dyn Fetcher, fx: &Fixture) -> Result<(), Violation> {
     size_limit_is_an_error(f, fx).await?;
     expired_deadline_is_a_timeout(f, fx).await?;
     sink_error_stops_fetch(f, fx).await?;
+    wrong_pinned_digest_is_refused(f, fx).await?;
+    secrets_never_in_errors(f, fx).await?;
+    handed_over_digest_is_the_modules(f, fx).await?;
     foreign_scheme_is_refused(f, fx).await
 }
 

@@ -1,5 +1,6 @@
 //! The one error type shared by the core and every [`Fetcher`](crate::Fetcher).
 
+use crate::{Sha256Digest, redact_url};
 use std::time::Duration;
 
 /// `input` cut to at most `max` bytes (on a character boundary) with `...`
@@ -190,6 +191,135 @@ pub enum Error {
         /// What was asked for.
         what: String,
     },
+    /// A third-party fetcher's own failure, with its error as the source
+    /// (object_store's `Generic`). Make one with [`Error::backend`].
+    #[error("{scheme} fetcher failed for {url}: {source}")]
+    #[non_exhaustive]
+    Backend {
+        /// The scheme of the fetcher (`s3`, `file`, ...).
+        scheme: String,
+        /// The URL, redacted.
+        url: String,
+        /// How callers should treat it.
+        kind: ErrorKind,
+        /// The backend's error. Its `Display` is part of the message: it must
+        /// not hold secrets.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Constructors, for fetchers outside this workspace: each takes the URL as
+/// given and redacts it, so no credential reaches a message by accident, and
+/// keeps working when a variant gains a field.
+impl Error {
+    /// A third-party backend's failure ([`Error::Backend`]).
+    pub fn backend(
+        scheme: impl Into<String>,
+        url: &str,
+        kind: ErrorKind,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Self::Backend {
+            scheme: scheme.into(),
+            url: redact_url(url),
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// [`Error::NotFound`].
+    pub fn not_found(url: &str) -> Self {
+        Self::NotFound {
+            url: redact_url(url),
+        }
+    }
+
+    /// [`Error::Unauthorized`]; `reason` must not hold the credentials.
+    pub fn unauthorized(url: &str, reason: impl Into<String>) -> Self {
+        Self::Unauthorized {
+            url: redact_url(url),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::Timeout`].
+    pub fn timeout(url: &str, elapsed: Duration) -> Self {
+        Self::Timeout {
+            url: redact_url(url),
+            elapsed,
+        }
+    }
+
+    /// [`Error::Transport`] (retryable).
+    pub fn transport(url: &str, reason: impl Into<String>, source: Option<BoxError>) -> Self {
+        Self::Transport {
+            url: redact_url(url),
+            reason: reason.into(),
+            source,
+        }
+    }
+
+    /// [`Error::Status`]: the upstream answered `code`.
+    pub fn status(url: &str, code: u16) -> Self {
+        Self::Status {
+            url: redact_url(url),
+            code,
+        }
+    }
+
+    /// [`Error::InvalidUrl`].
+    pub fn invalid_url(url: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidUrl {
+            url: redact_url(url),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::UnsupportedScheme`].
+    pub fn unsupported_scheme(scheme: impl Into<String>) -> Self {
+        Self::UnsupportedScheme {
+            scheme: scheme.into(),
+        }
+    }
+
+    /// [`Error::InvalidModule`]: the bytes are not a usable Wasm binary.
+    pub fn invalid_module(url: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidModule {
+            url: redact_url(url),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::TooLarge`].
+    pub fn too_large(url: &str, limit: u64) -> Self {
+        Self::TooLarge {
+            url: redact_url(url),
+            limit,
+        }
+    }
+
+    /// [`Error::ChecksumMismatch`].
+    pub fn checksum_mismatch(url: &str, actual: &Sha256Digest, expected: &Sha256Digest) -> Self {
+        Self::ChecksumMismatch {
+            url: redact_url(url),
+            actual: actual.to_hex(),
+            expected: expected.to_hex(),
+        }
+    }
+
+    /// [`Error::Sink`]: the caller's [`ModuleSink`](crate::ModuleSink) refused a chunk.
+    pub fn sink(url: &str, source: std::io::Error) -> Self {
+        Self::Sink {
+            url: redact_url(url),
+            source,
+        }
+    }
+
+    /// [`Error::Unsupported`].
+    pub fn unsupported(what: impl Into<String>) -> Self {
+        Self::Unsupported { what: what.into() }
+    }
 }
 
 /// A coarse classification of [`Error`] for callers that must branch.
@@ -243,6 +373,7 @@ impl Error {
             Self::TooLarge { .. } | Self::InvalidModule { .. } => ErrorKind::InvalidModule,
             Self::Sink { .. } => ErrorKind::Storage,
             Self::Unsupported { .. } => ErrorKind::Unsupported,
+            Self::Backend { kind, .. } => *kind,
         }
     }
 
@@ -252,6 +383,7 @@ impl Error {
         match self {
             Self::Status { code, .. } => crate::retry::is_retryable_status(*code),
             Self::Transport { .. } => true,
+            Self::Backend { kind, .. } => *kind == ErrorKind::Transport,
             _ => false,
         }
     }
@@ -260,6 +392,42 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::shorten;
+
+    #[test]
+    fn constructors_redact_and_backends_classify_their_errors() {
+        use super::{Error, ErrorKind};
+        let url = "s3://AKIA:SECRET@bucket/f.wasm?X-Amz-Signature=TOKEN";
+        let e = Error::backend("s3", url, ErrorKind::NotFound, "no such key");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(!e.is_retryable());
+        let shown = format!("{e} {e:?}");
+        assert!(
+            !shown.contains("SECRET") && !shown.contains("TOKEN"),
+            "{shown}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "s3 fetcher failed for s3://***@bucket/f.wasm?***: no such key"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(Error::backend("s3", url, ErrorKind::Transport, "reset").is_retryable());
+        for e in [
+            Error::not_found(url),
+            Error::unauthorized(url, "denied"),
+            Error::timeout(url, std::time::Duration::from_secs(1)),
+            Error::transport(url, "reset", None),
+            Error::status(url, 500),
+            Error::invalid_url(url, "bad"),
+            Error::invalid_module(url, "magic"),
+            Error::too_large(url, 1),
+        ] {
+            let shown = format!("{e} {e:?}");
+            assert!(
+                !shown.contains("SECRET") && !shown.contains("TOKEN"),
+                "{shown}"
+            );
+        }
+    }
 
     #[test]
     fn shorten_cuts_on_character_boundaries() {

@@ -114,6 +114,25 @@ pub trait ModuleSink: Send {
     /// # Errors
     /// Any I/O error (disk full, permissions, a size limit of the sink).
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()>;
+
+    /// Told, as soon as the fetcher knows, how many module bytes will come in
+    /// all (a `Content-Length` or a layer size of an unboxed
+    /// module). Advisory only: for progress displays, never for limits or
+    /// checks. Wrapping sinks forward it. The default ignores it.
+    fn size_hint(&mut self, len: u64) {
+        let _ = len;
+    }
+
+    /// Offers the sink the check that the sha256 of everything written equals
+    /// `digest` (a fetcher whose source names the module's own digest, such as
+    /// an OCI raw Wasm layer, asks this before writing). Returns `true` when the
+    /// sink's owner takes it on: it then refuses the module unless the digest
+    /// matches, and the fetcher need not hash the bytes itself (one SHA-256
+    /// pass per byte). The default, `false`, leaves the check to the fetcher.
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        let _ = digest;
+        false
+    }
 }
 
 impl ModuleSink for Vec<u8> {
@@ -126,6 +145,58 @@ impl ModuleSink for Vec<u8> {
 impl<S: ModuleSink + ?Sized> ModuleSink for &mut S {
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         (**self).write(chunk)
+    }
+    fn size_hint(&mut self, len: u64) {
+        (**self).size_hint(len);
+    }
+
+    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
+        (**self).verify_sha256(digest)
+    }
+}
+
+/// A [`ModuleSink`] over any [`std::io::Write`] (a file, a socket, a hasher):
+/// each chunk is written whole. Memory stays bounded by the writer's own
+/// buffering.
+///
+/// ```
+/// use wasm_cache_core::{IoSink, ModuleSink};
+///
+/// let mut sink = IoSink::new(Vec::new());
+/// sink.write(b"\0asm")?;
+/// sink.write(b"\x01\0\0\0")?;
+/// assert_eq!(sink.written(), 8);
+/// assert_eq!(sink.into_inner(), b"\0asm\x01\0\0\0");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct IoSink<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W> IoSink<W> {
+    /// A sink writing into `inner`.
+    pub fn new(inner: W) -> Self {
+        Self { inner, written: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The writer back (not flushed: flush it if it buffers).
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: std::io::Write + Send> ModuleSink for IoSink<W> {
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(chunk)?;
+        self.written += chunk.len() as u64;
+        Ok(())
     }
 }
 
@@ -170,6 +241,57 @@ impl Fetched {
 ///
 /// The `wasm-cache-conformance` crate has a check for each rule; every backend
 /// runs them, and a third-party fetcher can too.
+///
+/// # Implementing it
+/// The trait's methods are `async fn`s through the
+/// [`async_trait`](https://docs.rs/async-trait) attribute (it keeps the trait
+/// object-safe for `Arc<dyn Fetcher>`): put `#[async_trait]` on your `impl`
+/// too, or the compiler reports E0195. `wasm_cache::fetcher` re-exports the
+/// attribute with everything else an implementation needs. A fetcher for
+/// `file://` URLs:
+///
+/// ```
+/// use async_trait::async_trait;
+/// use wasm_cache_core::{
+///     Error, ErrorKind, FetchRequest, Fetched, Fetcher, ModuleSink, Scheme, Sha256Digest,
+/// };
+/// use std::io::Read as _;
+///
+/// #[derive(Debug)]
+/// struct FileFetcher;
+///
+/// #[async_trait]
+/// impl Fetcher for FileFetcher {
+///     async fn resolve(&self, _req: &FetchRequest) -> Result<Option<Sha256Digest>, Error> {
+///         Ok(None) // not content-addressed: the module's own hash is its checksum
+///     }
+///
+///     async fn fetch(&self, req: &FetchRequest, sink: &mut dyn ModuleSink) -> Result<Fetched, Error> {
+///         let url = req.url.as_str();
+///         let path = match req.url.opaque() {
+///             Some(u) if req.url.has_scheme(&Scheme::new("file")?) => u.path().to_owned(),
+///             _ => return Err(Error::unsupported_scheme(req.url.scheme().as_str())),
+///         };
+///         if req.remaining(std::time::Instant::now()).is_zero() {
+///             return Err(Error::timeout(url, std::time::Duration::ZERO));
+///         }
+///         let mut file = std::fs::File::open(&path)
+///             .map_err(|e| Error::backend("file", url, ErrorKind::NotFound, e))?;
+///         let (mut buf, mut size) = (vec![0; 64 * 1024], 0u64);
+///         loop {
+///             let n = file.read(&mut buf).map_err(|e| Error::backend("file", url, ErrorKind::Transport, e))?;
+///             if n == 0 {
+///                 return Ok(Fetched::new(size, None));
+///             }
+///             size += n as u64;
+///             if size > req.max_size {
+///                 return Err(Error::too_large(url, req.max_size));
+///             }
+///             sink.write(&buf[..n]).map_err(|e| Error::sink(url, e))?;
+///         }
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Fetcher: Send + Sync + fmt::Debug + 'static {
     /// The digest that identifies what [`Fetcher::fetch`] would write, if the

@@ -18,9 +18,20 @@ use crate::{ModuleUrl, PullPolicy, Sha256Digest};
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[non_exhaustive]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// The timestamp `ms` milliseconds after the Unix epoch.
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
     /// Converts a wall-clock time (times before the epoch become 0).
     pub fn from_system_time(t: SystemTime) -> Self {
         let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
@@ -44,6 +55,7 @@ impl Timestamp {
 /// `Debug` prints it [redacted](crate::redact_url), and logs must use
 /// [`ModuleKey::redacted_name`].
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ModuleKey {
     /// The module name.
     pub name: String,
@@ -88,6 +100,7 @@ impl fmt::Debug for RedactedUrls<'_> {
 
 /// A snapshot of one module entry. `Debug` redacts the URLs.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct EntryInfo {
     /// The entry's key.
     pub key: ModuleKey,
@@ -117,6 +130,7 @@ impl fmt::Debug for EntryInfo {
 
 /// What the cache remembers about a URL without a pinned checksum.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ChecksumRecord {
     /// The checksum most recently pulled for the URL.
     pub checksum: Sha256Digest,
@@ -138,8 +152,10 @@ struct Entry {
     urls: BTreeSet<String>,
 }
 
-/// One request, as the lookup rules see it.
+/// One request, as the lookup rules see it; make one with
+/// [`LookupRequest::new`].
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct LookupRequest<'a> {
     /// The module URL.
     pub url: &'a ModuleUrl,
@@ -155,6 +171,7 @@ pub struct LookupRequest<'a> {
 
 /// The outcome of [`Index::lookup`]. `Debug` redacts the module name.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Lookup {
     /// The module is cached under `key`; the entry was touched.
     Hit {
@@ -172,6 +189,26 @@ pub enum Lookup {
         /// (the upstream may have moved on since).
         expected: Option<Sha256Digest>,
     },
+}
+
+impl<'a> LookupRequest<'a> {
+    /// A request for `url`, pinned to `checksum` if given, from resource
+    /// `resource_name` at `resource_version`, under `policy`.
+    pub fn new(
+        url: &'a ModuleUrl,
+        checksum: Option<Sha256Digest>,
+        resource_name: &'a str,
+        resource_version: &'a str,
+        policy: PullPolicy,
+    ) -> Self {
+        Self {
+            url,
+            checksum,
+            resource_name,
+            resource_version,
+            policy,
+        }
+    }
 }
 
 impl fmt::Debug for Lookup {
@@ -195,6 +232,7 @@ impl fmt::Debug for Lookup {
 /// per-URL checksum records that went with it, so that [`Index::restore`] can
 /// put both back when deleting its file fails. `Debug` redacts the URLs.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Removed {
     /// The entry as it was.
     pub entry: EntryInfo,

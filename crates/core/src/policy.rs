@@ -7,6 +7,7 @@ use crate::{Error, ModuleUrl, Scheme};
 
 /// When to pull a module whose URL is not pinned to a checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum PullPolicy {
     /// No policy given (0): OCI behaves as `IfNotPresent` unless the tag is
     /// `:latest`; http(s) keeps the reference's "always" semantics.
@@ -25,13 +26,12 @@ impl PullPolicy {
     /// | scheme | Unspecified | IfNotPresent | Always |
     /// |---|---|---|---|
     /// | oci | yes, unless the URL names `:latest` | yes | no |
-    /// | http/https | no | yes (newer Istio) | no |
+    /// | http/https, and any other scheme | no | yes (newer Istio) | no |
     pub fn ignores_resource_version(self, url: &ModuleUrl) -> bool {
-        match (url.scheme(), self) {
-            (_, Self::Always) => false,
-            (_, Self::IfNotPresent) => true,
-            (Scheme::Oci, Self::Unspecified) => !url.is_latest(),
-            (Scheme::Http | Scheme::Https, Self::Unspecified) => false,
+        match self {
+            Self::Always => false,
+            Self::IfNotPresent => true,
+            Self::Unspecified => url.has_scheme(&Scheme::Oci) && !url.is_latest(),
         }
     }
 

@@ -41,6 +41,41 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The same schedule with `n` attempts in all (at least 1 is made).
+    #[must_use]
+    pub fn with_max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// The same schedule with another delay before the second attempt.
+    #[must_use]
+    pub fn with_initial(mut self, initial: Duration) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// The same schedule with another growth factor (at least 1.0 is used).
+    #[must_use]
+    pub fn with_multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// The same schedule with another jitter (clamped to `[0, 1]`).
+    #[must_use]
+    pub fn with_randomization(mut self, randomization: f64) -> Self {
+        self.randomization = randomization;
+        self
+    }
+
+    /// The same schedule with another cap on one delay.
+    #[must_use]
+    pub fn with_max_interval(mut self, max_interval: Duration) -> Self {
+        self.max_interval = max_interval;
+        self
+    }
+
     /// The delay after failed attempt number `attempt` (1-based), given a
     /// uniform random number `unit` in `[0, 1)`.
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {

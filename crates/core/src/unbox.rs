@@ -149,6 +149,9 @@ pub struct Unboxer<S: ModuleSink> {
     input_limit: u64,
     archive_limit: u64,
     failed: bool,
+    /// The raw length announced by the fetcher, passed on as the inner
+    /// sink's [`ModuleSink::size_hint`] once the body turns out to be plain Wasm.
+    announced: Option<u64>,
 }
 
 impl<S: ModuleSink> fmt::Debug for Unboxer<S> {
@@ -181,7 +184,16 @@ impl<S: ModuleSink> Unboxer<S> {
             input_limit: boxed_limit(max_size),
             archive_limit: max_size.saturating_add(ARCHIVE_OVERHEAD),
             failed: false,
+            announced: None,
         }
+    }
+
+    /// The body's length, when the fetcher knows it (`Content-Length`, a
+    /// layer's size). If the body is plain Wasm (nothing to unbox) it is the
+    /// module's length, and the inner sink gets it as a
+    /// [`ModuleSink::size_hint`]; a boxed body's module length is unknown.
+    pub fn announce_len(&mut self, len: Option<u64>) {
+        self.announced = len;
     }
 
     /// Feeds the next raw (possibly boxed) bytes of the body.
@@ -206,6 +218,12 @@ impl<S: ModuleSink> Unboxer<S> {
             };
             self.stage.push(chunk, &mut ctx)
         };
+        if self.announced.is_some() && !matches!(self.stage, Stage::Detect { .. }) {
+            if let (Stage::Pass, Some(len)) = (&self.stage, self.announced) {
+                self.out.inner.size_hint(len);
+            }
+            self.announced = None;
+        }
         self.failed = result.is_err();
         result
     }
@@ -1428,6 +1446,31 @@ mod tests {
         assert!(c.0 <= MAX_OUTPUT_CHUNK);
         assert_eq!(c.1, n);
         assert_eq!(n, m.len() as u64);
+    }
+
+    #[test]
+    fn announced_length_reaches_the_sink_only_for_plain_wasm() {
+        struct Hinted(Option<u64>);
+        impl ModuleSink for Hinted {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+                Ok(())
+            }
+            fn size_hint(&mut self, len: u64) {
+                self.0 = Some(len);
+            }
+        }
+        let m = module(5000, 11);
+        let mut u = Unboxer::new(Hinted(None), 1 << 30, ANY);
+        u.announce_len(Some(m.len() as u64));
+        u.push(&m[..3]).unwrap();
+        u.push(&m[3..]).unwrap();
+        assert_eq!(u.finish().unwrap().0.0, Some(5000));
+        // gzip: the body's length is not the module's.
+        let z = gzip(&m);
+        let mut u = Unboxer::new(Hinted(None), 1 << 30, ANY);
+        u.announce_len(Some(z.len() as u64));
+        u.push(&z).unwrap();
+        assert_eq!(u.finish().unwrap().0.0, None);
     }
 
     #[test]

@@ -1,6 +1,16 @@
-//! The module URL model: `http`, `https` and `oci://` references.
+//! The module URL model: `http`, `https` and `oci://` references, and opaque
+//! URLs of any other scheme, for fetchers other projects plug in.
+//!
+//! Rules for a scheme other than http, https and oci (`file://`, `s3://`,
+//! `gs://`, ...): the URL must parse as a URL (RFC 3986, via the `url` crate);
+//! it is routed by its [`Scheme`] to the fetcher registered for it (a cache
+//! without one answers `unsupported Wasm module downloading URL scheme`); the
+//! module name is the whole URL, its checksum is the sha256 of the module
+//! bytes, and pull policies apply as for http(s) (REFERENCE §3: `Unspecified`
+//! and `Always` pull again on a new resource version, `IfNotPresent` does not).
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::{Error, Sha256Digest};
 
@@ -10,8 +20,10 @@ pub const OCI_PREFIX: &str = "oci://";
 pub const DOCKER_HUB_REGISTRY: &str = "index.docker.io";
 const DEFAULT_TAG: &str = "latest";
 
-/// The scheme of a module URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The scheme of a module URL: the three the project fetches itself, or any
+/// other (lower-case) scheme a plugged-in fetcher serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Scheme {
     /// `http://`
     Http,
@@ -19,16 +31,46 @@ pub enum Scheme {
     Https,
     /// `oci://`
     Oci,
+    /// Any other scheme, lower-case (`file`, `s3`, ...); make one with
+    /// [`Scheme::new`], which maps the three above to their own variants.
+    Other(Arc<str>),
 }
 
 impl Scheme {
-    /// The scheme as written in a URL.
-    pub fn as_str(self) -> &'static str {
+    /// The scheme named `name` (case-insensitive): [`Scheme::Http`],
+    /// [`Scheme::Https`], [`Scheme::Oci`] or [`Scheme::Other`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] when `name` is not a URL scheme (RFC 3986: a
+    /// letter, then letters, digits, `+`, `-` or `.`).
+    pub fn new(name: &str) -> Result<Self, Error> {
+        if !is_scheme(name) {
+            return Err(Error::InvalidUrl {
+                url: crate::shorten(name, 64),
+                reason: "malformed scheme".to_owned(),
+            });
+        }
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "http" => Self::Http,
+            "https" => Self::Https,
+            "oci" => Self::Oci,
+            other => Self::Other(other.into()),
+        })
+    }
+
+    /// The scheme as written in a URL, lower-case.
+    pub fn as_str(&self) -> &str {
         match self {
             Self::Http => "http",
             Self::Https => "https",
             Self::Oci => "oci",
+            Self::Other(s) => s,
         }
+    }
+
+    /// Whether this is `http` or `https`.
+    pub fn is_http(&self) -> bool {
+        matches!(self, Self::Http | Self::Https)
     }
 }
 
@@ -53,6 +95,8 @@ pub struct ModuleUrl {
 enum Kind {
     Http(url::Url),
     Oci(OciReference),
+    /// Any other scheme; the scheme is kept, lower-case, for routing.
+    Opaque(Scheme, url::Url),
 }
 
 /// An OCI reference, `registry[:port]/repository[:tag|@algorithm:hex]`.
@@ -67,8 +111,11 @@ pub struct OciReference {
 impl ModuleUrl {
     /// Parses and validates a module URL.
     ///
+    /// A URL of a scheme other than http, https and oci parses as an opaque
+    /// URL (see the [module docs](self)); whether anything can fetch it is
+    /// decided by the fetcher registered for its [`Scheme`].
+    ///
     /// # Errors
-    /// [`Error::UnsupportedScheme`] for a scheme other than http, https or oci;
     /// [`Error::InvalidUrl`] for anything unparseable.
     pub fn parse(input: &str) -> Result<Self, Error> {
         let invalid = |reason: &str| Error::InvalidUrl {
@@ -79,12 +126,13 @@ impl ModuleUrl {
             return Err(invalid("empty or surrounded by white space"));
         }
         let Some((scheme, rest)) = input.split_once("://") else {
-            // `url` would parse "foo:bar" as scheme "foo"; the reference reports
-            // the scheme when there is one, so do the same for `scheme:` forms.
+            // `url` parses "foo:bar" as scheme "foo": an opaque URL too.
             return match url::Url::parse(input) {
-                Ok(u) => Err(Error::UnsupportedScheme {
-                    scheme: u.scheme().to_owned(),
+                Ok(u) if !matches!(u.scheme(), "http" | "https" | "oci") => Ok(Self {
+                    raw: input.to_owned(),
+                    kind: Kind::Opaque(Scheme::new(u.scheme())?, u),
                 }),
+                Ok(_) => Err(invalid("no authority")),
                 Err(_) => Err(invalid("no scheme")),
             };
         };
@@ -103,9 +151,13 @@ impl ModuleUrl {
                     kind: Kind::Http(u),
                 })
             }
-            other if is_scheme(other) => Err(Error::UnsupportedScheme {
-                scheme: other.to_owned(),
-            }),
+            other if is_scheme(other) => {
+                let u = url::Url::parse(input).map_err(|e| invalid(&e.to_string()))?;
+                Ok(Self {
+                    raw: input.to_owned(),
+                    kind: Kind::Opaque(Scheme::new(other)?, u),
+                })
+            }
             _ => Err(invalid("malformed scheme")),
         }
     }
@@ -126,6 +178,19 @@ impl ModuleUrl {
             Kind::Http(u) if u.scheme() == "https" => Scheme::Https,
             Kind::Http(_) => Scheme::Http,
             Kind::Oci(_) => Scheme::Oci,
+            Kind::Opaque(s, _) => s.clone(),
+        }
+    }
+
+    /// Whether the URL's scheme is `scheme`, without building a [`Scheme`]
+    /// (the cache routes every request by it).
+    pub fn has_scheme(&self, scheme: &Scheme) -> bool {
+        match (&self.kind, scheme) {
+            (Kind::Http(u), Scheme::Https) => u.scheme() == "https",
+            (Kind::Http(u), Scheme::Http) => u.scheme() == "http",
+            (Kind::Oci(_), Scheme::Oci) => true,
+            (Kind::Opaque(s, _), other) => s == other,
+            _ => false,
         }
     }
 
@@ -133,7 +198,16 @@ impl ModuleUrl {
     pub fn http(&self) -> Option<&url::Url> {
         match &self.kind {
             Kind::Http(u) => Some(u),
-            Kind::Oci(_) => None,
+            Kind::Oci(_) | Kind::Opaque(..) => None,
+        }
+    }
+
+    /// The parsed URL of a scheme other than http, https and oci (for a
+    /// plugged-in fetcher), if this is one.
+    pub fn opaque(&self) -> Option<&url::Url> {
+        match &self.kind {
+            Kind::Opaque(_, u) => Some(u),
+            Kind::Http(_) | Kind::Oci(_) => None,
         }
     }
 
@@ -141,7 +215,7 @@ impl ModuleUrl {
     pub fn oci(&self) -> Option<&OciReference> {
         match &self.kind {
             Kind::Oci(r) => Some(r),
-            Kind::Http(_) => None,
+            Kind::Http(_) | Kind::Opaque(..) => None,
         }
     }
 
@@ -151,7 +225,7 @@ impl ModuleUrl {
     pub fn module_name(&self) -> String {
         match &self.kind {
             Kind::Oci(r) => format!("{OCI_PREFIX}{}/{}", r.registry, r.repository),
-            Kind::Http(_) => self.raw.clone(),
+            Kind::Http(_) | Kind::Opaque(..) => self.raw.clone(),
         }
     }
 
@@ -373,13 +447,24 @@ fn validate_repository(repo: &str) -> Result<(), String> {
 
 /// Redacts a URL for logs and errors: user-info becomes `***@` and any query
 /// string or fragment becomes `?***` (signed URLs carry tokens there).
-/// Works on strings that do not parse, too.
+/// Works on strings that do not parse, too: there the user-info is taken to
+/// run up to the *last* `@` (a password may hold an unescaped `/`, `?` or
+/// `#`, which is why it did not parse), so nothing before it is shown.
 pub fn redact_url(raw: &str) -> String {
     let (scheme, rest) = match raw.split_once("://") {
         Some((s, r)) => (Some(s), r),
         None => (None, raw),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority_end = match rest.rfind('@') {
+        // An `@` after the path starts is part of the path, if the URL parses.
+        Some(at) if scheme.is_some() && url::Url::parse(raw).is_err() => {
+            at + 1
+                + rest[at + 1..]
+                    .find(['/', '?', '#'])
+                    .unwrap_or(rest.len() - at - 1)
+        }
+        _ => rest.find(['/', '?', '#']).unwrap_or(rest.len()),
+    };
     let (authority, tail) = rest.split_at(authority_end);
     let authority = match authority.rfind('@') {
         Some(i) => format!("***@{}", &authority[i + 1..]),
@@ -398,6 +483,7 @@ pub fn redact_url(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PullPolicy;
     use proptest::prelude::*;
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -453,13 +539,46 @@ mod tests {
     }
 
     #[test]
+    fn other_schemes_parse_as_opaque_urls_named_by_the_whole_url() {
+        for (raw, scheme) in [
+            ("file:///srv/wasm/filter.wasm", "file"),
+            ("S3://bucket/key/filter.wasm", "s3"),
+            ("gs://bucket/filter.wasm?generation=3", "gs"),
+            ("ftp://x/y", "ftp"),
+            ("urn:wasm:filter", "urn"),
+        ] {
+            let u = ModuleUrl::parse(raw).unwrap();
+            assert_eq!(u.scheme(), Scheme::Other(scheme.into()), "{raw}");
+            assert_eq!(u.scheme().as_str(), scheme);
+            assert!(u.has_scheme(&Scheme::new(scheme).unwrap()));
+            assert!(!u.has_scheme(&Scheme::Https));
+            assert_eq!(u.module_name(), raw);
+            assert!(u.opaque().is_some() && u.http().is_none() && u.oci().is_none());
+            assert!(u.records_checksum() && !u.is_latest() && u.pinned_digest().is_none());
+        }
+        // Pull policies as for http(s).
+        let u = ModuleUrl::parse("s3://bucket/f.wasm").unwrap();
+        assert!(!PullPolicy::Unspecified.ignores_resource_version(&u));
+        assert!(PullPolicy::IfNotPresent.ignores_resource_version(&u));
+        assert!(!PullPolicy::Always.ignores_resource_version(&u));
+        // The three built-in schemes keep their own variants.
+        assert_eq!(Scheme::new("HTTPS").unwrap(), Scheme::Https);
+        assert_eq!(Scheme::new("oci").unwrap(), Scheme::Oci);
+        assert!(Scheme::new("1abc").is_err() && Scheme::new("").is_err());
+        // Redacted like any URL.
+        let u = ModuleUrl::parse("s3://key:SECRET@bucket/f.wasm?sig=X").unwrap();
+        assert_eq!(u.to_string(), "s3://***@bucket/f.wasm?***");
+    }
+
+    #[test]
     fn errors_use_the_reference_wording() {
-        let e = ModuleUrl::parse("ftp://x/y").unwrap_err().to_string();
-        assert_eq!(e, "unsupported Wasm module downloading URL scheme: ftp");
-        let e = ModuleUrl::parse("file:///etc/passwd")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(e, "unsupported Wasm module downloading URL scheme: file");
+        for bad in ["oci:foo", "http:x", "https:"] {
+            let e = ModuleUrl::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("fail to parse Wasm module fetch url:"),
+                "{bad:?}: {e}"
+            );
+        }
         for bad in [
             "",
             "nonsense",
@@ -474,6 +593,33 @@ mod tests {
                 e.starts_with("fail to parse Wasm module fetch url:"),
                 "{bad:?}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn unparseable_urls_hide_everything_up_to_the_last_at() {
+        for (raw, want) in [
+            (
+                "https://admin:HUNTER/SECRET@127.0.0.1:1/m.wasm",
+                "https://***@127.0.0.1:1/m.wasm",
+            ),
+            (
+                "https://admin:HUNTER?SECRET@127.0.0.1:1/m.wasm",
+                "https://***@127.0.0.1:1/m.wasm",
+            ),
+            (
+                "https://admin:HUNTER#SECRET@127.0.0.1:1/m.wasm?sig=X",
+                "https://***@127.0.0.1:1/m.wasm?***",
+            ),
+            ("https://:HUNTER2SECRET@/m.wasm", "https://***@/m.wasm"),
+            // A URL that parses keeps an `@` in its path.
+            (
+                "https://h.example/a@b/m.wasm",
+                "https://h.example/a@b/m.wasm",
+            ),
+            ("https://u:p@h.example/a@b", "https://***@h.example/a@b"),
+        ] {
+            assert_eq!(redact_url(raw), want, "{raw}");
         }
     }
 

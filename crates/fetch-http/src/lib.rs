@@ -28,38 +28,19 @@
 //!   it is [`Error::TooLarge`], never a truncation. A `Content-Length` that is
 //!   already too large fails before the body is read; a missing or lying one is
 //!   caught by counting.
-//! - **Redirects**: followed up to [`DEFAULT_MAX_REDIRECTS`]; never from https
-//!   down to http ([`Error::Blocked`]).
-//! - **SSRF guard**: the connector resolves every hop's host itself, checks
-//!   every resolved address and connects to exactly those addresses, so DNS
-//!   rebinding between check and connect is impossible. Always refused:
-//!   link-local and cloud metadata addresses (`169.254.0.0/16`, `fe80::/10`,
-//!   `100.100.100.200`, `fd00:ec2::/32`, and their IPv4-mapped IPv6 forms);
-//!   also refused: operator-configured CIDRs, and loopback or private ranges
-//!   when switched off (both allowed by default). A host with any refused
-//!   address is refused as a whole.
-//! - **TLS**: webpki (Mozilla) roots plus the system's roots, plus optional
-//!   extra CA bundles (PEM). Certificate verification is skipped only for hosts
-//!   on the insecure list (`host:port`, a bare `host` for any port, or `*`),
-//!   which use a separate client and connection pool. The rustls configuration
-//!   is built with `rustls::crypto::ring::default_provider()` explicitly; the
-//!   process-wide default provider is neither needed nor used.
+//! - **Transport**: every request goes through [`wasm_fetch_transport`], the
+//!   one guarded transport of wasm-cache: the address guard in the connector
+//!   (every connection's resolved address is checked; link-local and
+//!   metadata addresses in every IPv6 form are refused, operator CIDRs too),
+//!   redirects (at most [`DEFAULT_MAX_REDIRECTS`], each hop guarded, never
+//!   https to http, `Authorization` only to the original origin), TLS on
+//!   ring with webpki + system roots + extra CA bundles, the insecure-host
+//!   list (`host:port`, `host` for any port, or `*`; the same meaning as for
+//!   OCI registries), and `HTTP_PROXY` / `HTTPS_PROXY` / `NO_PROXY`.
 //! - **Credentials**: user-info in the URL (`https://user:pass@host/...`) is sent
 //!   as HTTP basic auth, to the URL's own origin only (a redirect to another
 //!   origin does not carry it). URLs in errors and logs are always redacted:
 //!   neither user-info nor query strings (signed URLs) appear.
-//!
-//! ## Proxies
-//!
-//! `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (and lower-case forms) are **not**
-//! supported and are ignored: the fetcher always connects directly. The SSRF
-//! guard works by checking the address it connects to; through a proxy, the
-//! proxy resolves the name and picks the address, so the guard could not be
-//! enforced. hyper-util reads these variables only through its
-//! `client::proxy::Matcher` (feature `client-proxy`), which its legacy client
-//! never calls on its own and this crate does not use; the connector here dials
-//! the checked addresses directly. Explicit proxy support, with the guard's
-//! limits spelt out, can be a future option.
 //!
 //! ## Example
 //!
@@ -92,35 +73,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, LOCATION, USER_AGENT};
-use http::{HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use ipnet::IpNet;
+use http::HeaderValue;
+use http::StatusCode;
+use http::header::AUTHORIZATION;
 use url::Url;
 use wasm_cache_core::retry::Backoff;
 use wasm_cache_core::unbox::{TarEntryRule, Unboxer, boxed_limit};
-use wasm_cache_core::{
-    Error, FetchRequest, Fetched, Fetcher, ModuleSink, Scheme, Sha256Digest, redact_url,
-};
+use wasm_cache_core::{Error, FetchRequest, Fetched, Fetcher, ModuleSink, Scheme, Sha256Digest};
+use wasm_fetch_transport::{ProxyConfig, Request, RetryDriver, Transport, TransportBuilder};
 
-mod guard;
-mod tls;
-
-use crate::guard::{BlockedAddr, Guard, GuardedConnector};
+pub use wasm_fetch_transport::DEFAULT_MAX_REDIRECTS;
 
 /// The default timeout of one attempt (connect, headers and body): 15 s, Istio's.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The default bound on redirects followed in one attempt.
-pub const DEFAULT_MAX_REDIRECTS: usize = 10;
-
-const USER_AGENT_VALUE: &str = concat!("wasm-cache/", env!("CARGO_PKG_VERSION"));
-
-type HttpClient = Client<HttpsConnector<GuardedConnector>, Empty<Bytes>>;
 
 /// The HTTP(S) fetcher. Cheap to clone (clones share connection pools).
 #[derive(Clone)]
@@ -129,15 +94,9 @@ pub struct HttpFetcher {
 }
 
 struct Inner {
-    verified: HttpClient,
-    /// For hosts on the insecure list (a separate pool, so a connection made
-    /// without verification never serves a verified request).
-    unverified: Option<HttpClient>,
-    insecure_hosts: Vec<String>,
+    transport: Transport,
     backoff: Backoff,
     attempt_timeout: Duration,
-    max_redirects: usize,
-    guard: Arc<Guard>,
 }
 
 impl fmt::Debug for HttpFetcher {
@@ -146,11 +105,7 @@ impl fmt::Debug for HttpFetcher {
         f.debug_struct("HttpFetcher")
             .field("backoff", &i.backoff)
             .field("attempt_timeout", &i.attempt_timeout)
-            .field("max_redirects", &i.max_redirects)
-            .field("insecure_hosts", &i.insecure_hosts)
-            .field("blocked_cidrs", &i.guard.blocked)
-            .field("allow_private", &i.guard.allow_private)
-            .field("allow_loopback", &i.guard.allow_loopback)
+            .field("transport", &i.transport)
             .finish_non_exhaustive()
     }
 }
@@ -161,19 +116,7 @@ impl fmt::Debug for HttpFetcher {
 pub struct HttpFetcherBuilder {
     backoff: Backoff,
     attempt_timeout: Duration,
-    max_redirects: usize,
-    insecure_hosts: Vec<String>,
-    ca: Vec<CaSource>,
-    native_roots: bool,
-    blocked_cidrs: Vec<String>,
-    allow_private: bool,
-    allow_loopback: bool,
-}
-
-#[derive(Debug, Clone)]
-enum CaSource {
-    File(std::path::PathBuf),
-    Pem(Vec<u8>),
+    transport: TransportBuilder,
 }
 
 impl Default for HttpFetcherBuilder {
@@ -181,13 +124,7 @@ impl Default for HttpFetcherBuilder {
         Self {
             backoff: Backoff::default(),
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
-            max_redirects: DEFAULT_MAX_REDIRECTS,
-            insecure_hosts: Vec::new(),
-            ca: Vec::new(),
-            native_roots: true,
-            blocked_cidrs: Vec::new(),
-            allow_private: true,
-            allow_loopback: true,
+            transport: Transport::builder(),
         }
     }
 }
@@ -217,40 +154,40 @@ impl HttpFetcherBuilder {
 
     /// How many redirects one attempt follows (default [`DEFAULT_MAX_REDIRECTS`]).
     pub fn max_redirects(mut self, redirects: usize) -> Self {
-        self.max_redirects = redirects;
+        self.transport = self.transport.max_redirects(redirects);
         self
     }
 
     /// Hosts whose TLS certificates are not verified: `host:port` (the port as
     /// the URL implies it, e.g. `example.com:443`), a bare `host` for any port,
-    /// or `*` for every host. Adds to the list.
+    /// or `*` for every host ([`wasm_fetch_transport::InsecureHosts`]). Adds to
+    /// the list.
     pub fn insecure_hosts<I, S>(mut self, hosts: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.insecure_hosts
-            .extend(hosts.into_iter().map(Into::into));
+        self.transport = self.transport.insecure_hosts(hosts);
         self
     }
 
-    /// Also trusts the CA certificates in this PEM file (read by
+    /// Also trusts the CA certificates in this PEM file (read once, by
     /// [`HttpFetcherBuilder::build`]).
     pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
-        self.ca.push(CaSource::File(path.as_ref().to_owned()));
+        self.transport = self.transport.ca_file(path);
         self
     }
 
     /// Also trusts the CA certificates in these PEM bytes.
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.ca.push(CaSource::Pem(pem.into()));
+        self.transport = self.transport.ca_pem(pem);
         self
     }
 
     /// Whether the system's root certificates are trusted besides webpki's
     /// (default true; unreadable system stores are skipped).
     pub fn native_roots(mut self, enabled: bool) -> Self {
-        self.native_roots = enabled;
+        self.transport = self.transport.native_roots(enabled);
         self
     }
 
@@ -262,22 +199,28 @@ impl HttpFetcherBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.blocked_cidrs
-            .extend(cidrs.into_iter().map(|s| s.as_ref().to_owned()));
+        self.transport = self.transport.blocked_cidrs(cidrs);
         self
     }
 
     /// Whether private addresses (RFC 1918, `100.64.0.0/10`, `fc00::/7`) may be
     /// connected to (default true).
     pub fn allow_private(mut self, allow: bool) -> Self {
-        self.allow_private = allow;
+        self.transport = self.transport.allow_private(allow);
         self
     }
 
     /// Whether loopback addresses (`127.0.0.0/8`, `::1`, and the unspecified
     /// address, which reaches the local host) may be connected to (default true).
     pub fn allow_loopback(mut self, allow: bool) -> Self {
-        self.allow_loopback = allow;
+        self.transport = self.transport.allow_loopback(allow);
+        self
+    }
+
+    /// The proxy configuration (default: `HTTP_PROXY`, `HTTPS_PROXY` and
+    /// `NO_PROXY` from the environment).
+    pub fn proxy(mut self, proxy: ProxyConfig) -> Self {
+        self.transport = self.transport.proxy(proxy);
         self
     }
 
@@ -286,7 +229,8 @@ impl HttpFetcherBuilder {
     /// # Errors
     /// [`Error::InvalidConfig`] for zero attempts or timeout, an unreadable or
     /// certificate-less CA file (naming the path), a CIDR that does not parse,
-    /// or an empty insecure-host entry.
+    /// an insecure-host entry that is empty or not `host[:port]`/`*`, or a
+    /// proxy variable that is not a usable proxy URL.
     pub fn build(self) -> Result<HttpFetcher, Error> {
         let invalid = |reason: String| Error::InvalidConfig { reason };
         if self.backoff.max_attempts == 0 {
@@ -295,86 +239,22 @@ impl HttpFetcherBuilder {
         if self.attempt_timeout.is_zero() {
             return Err(invalid("attempt_timeout must be more than zero".to_owned()));
         }
-        if self.insecure_hosts.iter().any(|h| h.trim().is_empty()) {
-            return Err(invalid("an insecure host entry is empty".to_owned()));
-        }
-        let blocked = self
-            .blocked_cidrs
-            .iter()
-            .map(|s| {
-                parse_cidr(s).ok_or_else(|| {
-                    invalid(format!(
-                        "blocked CIDR {s:?} is neither a CIDR nor an IP address"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<IpNet>, Error>>()?;
-        let mut bundles = Vec::new();
-        for source in &self.ca {
-            match source {
-                CaSource::File(path) => {
-                    let bytes = std::fs::read(path).map_err(|e| {
-                        invalid(format!("cannot read CA file {}: {e}", path.display()))
-                    })?;
-                    bundles.push((format!("file {}", path.display()), bytes));
-                }
-                CaSource::Pem(pem) => bundles.push(("given as PEM".to_owned(), pem.clone())),
-            }
-        }
-        let roots = tls::roots(self.native_roots, &bundles)?;
-        let guard = Arc::new(Guard {
-            blocked,
-            allow_private: self.allow_private,
-            allow_loopback: self.allow_loopback,
-        });
-        let connector = GuardedConnector {
-            guard: guard.clone(),
-            connect_timeout: self.attempt_timeout,
-        };
-        let verified = client(tls::verifying(roots)?, connector.clone());
-        let unverified = if self.insecure_hosts.is_empty() {
-            None
-        } else {
-            Some(client(tls::insecure()?, connector))
-        };
+        let transport = self
+            .transport
+            .connect_timeout(self.attempt_timeout)
+            .build()?;
         Ok(HttpFetcher {
             inner: Arc::new(Inner {
-                verified,
-                unverified,
-                insecure_hosts: self.insecure_hosts,
+                transport,
                 backoff: self.backoff,
                 attempt_timeout: self.attempt_timeout,
-                max_redirects: self.max_redirects,
-                guard,
             }),
         })
     }
 }
 
-fn parse_cidr(s: &str) -> Option<IpNet> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
-}
-
-fn client(config: rustls::ClientConfig, connector: GuardedConnector) -> HttpClient {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(https)
-}
-
 impl HttpFetcher {
-    /// A builder with the defaults: 5 attempts on Istio's backoff schedule,
-    /// 15 s per attempt, 10 redirects, webpki and system roots, no insecure
-    /// hosts, loopback and private addresses allowed.
+    /// A builder with the defaults.
     pub fn builder() -> HttpFetcherBuilder {
         HttpFetcherBuilder::default()
     }
@@ -385,27 +265,6 @@ impl HttpFetcher {
     /// As [`HttpFetcherBuilder::build`] (the defaults do not fail).
     pub fn new() -> Result<Self, Error> {
         Self::builder().build()
-    }
-
-    fn is_insecure(&self, url: &Url) -> bool {
-        let Some(host) = url.host_str() else {
-            return false;
-        };
-        let port = url.port_or_known_default().unwrap_or(443);
-        let host_port = format!("{host}:{port}");
-        self.inner.insecure_hosts.iter().any(|entry| {
-            let entry = entry.trim();
-            entry == "*"
-                || entry.eq_ignore_ascii_case(&host_port)
-                || entry.eq_ignore_ascii_case(host)
-        })
-    }
-
-    fn client_for(&self, url: &Url) -> &HttpClient {
-        match &self.inner.unverified {
-            Some(c) if url.scheme() == "https" && self.is_insecure(url) => c,
-            _ => &self.inner.verified,
-        }
     }
 
     /// One attempt bounded by the attempt timeout and the request's deadline.
@@ -431,102 +290,41 @@ impl HttpFetcher {
         }
     }
 
-    /// Requests `url`, follows redirects, and streams the final body.
+    /// Requests `url` (the transport follows redirects) and streams the body.
     async fn exchange(
         &self,
         req: &FetchRequest,
         url: &Url,
         sink: &mut Counting<'_>,
     ) -> Result<u64, Error> {
-        let credentials = basic_auth(url);
-        let mut hop = url.clone();
-        let mut redirects = 0;
-        loop {
-            let shown = redact_url(hop.as_str());
-            let mut request = Request::get(request_uri(&hop, &shown)?)
-                .header(USER_AGENT, USER_AGENT_VALUE)
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| Error::InvalidUrl {
-                    url: shown.clone(),
-                    reason: e.to_string(),
-                })?;
-            // The original URL's credentials go to its own origin only; a hop
-            // may carry its own.
-            let auth = basic_auth(&hop).or_else(|| {
-                (hop.origin() == url.origin())
-                    .then(|| credentials.clone())
-                    .flatten()
-            });
-            if let Some(value) = auth {
-                request.headers_mut().insert(AUTHORIZATION, value);
-            }
-            tracing::debug!(url = %shown, redirects, "wasm module request");
-            let response = self
-                .client_for(&hop)
-                .request(request)
-                .await
-                .map_err(|e| classify(&shown, &e))?;
-            let status = response.status();
-            if matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308) {
-                redirects += 1;
-                if redirects > self.inner.max_redirects {
-                    return Err(Error::Blocked {
-                        url: req.url.redacted(),
-                        reason: format!("more than {} redirects", self.inner.max_redirects),
-                    });
-                }
-                hop = next_hop(&hop, &shown, status, response.headers().get(LOCATION))?;
-                continue;
-            }
-            if status != StatusCode::OK {
-                return Err(Error::Status {
-                    url: shown,
-                    code: status.as_u16(),
-                });
-            }
-            return stream_body(req, &shown, response, sink).await;
+        let mut request = Request::get(url.clone());
+        if let Some(value) = basic_auth(url) {
+            // The transport drops it on a redirect to another origin.
+            request = request.header(AUTHORIZATION, value);
         }
-    }
-}
-
-/// The request target of a hop: the URL without user-info and fragment.
-fn request_uri(hop: &Url, shown: &str) -> Result<Uri, Error> {
-    let mut bare = hop.clone();
-    let _ = bare.set_username("");
-    let _ = bare.set_password(None);
-    bare.set_fragment(None);
-    bare.as_str().parse::<Uri>().map_err(|e| Error::InvalidUrl {
-        url: shown.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-/// Where a redirect leads, if it may be followed.
-fn next_hop(
-    hop: &Url,
-    shown: &str,
-    status: StatusCode,
-    location: Option<&HeaderValue>,
-) -> Result<Url, Error> {
-    let bad_location = || Error::Status {
-        url: shown.to_owned(),
-        code: status.as_u16(),
-    };
-    let location = location
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(bad_location)?;
-    let next = hop.join(location).map_err(|_| bad_location())?;
-    let target = redact_url(next.as_str());
-    match (hop.scheme(), next.scheme()) {
-        ("https", "http") => Err(Error::Blocked {
-            url: shown.to_owned(),
-            reason: format!("redirect from https down to http ({target}) is not allowed"),
-        }),
-        (_, "http" | "https") if next.host_str().is_some_and(|h| !h.is_empty()) => Ok(next),
-        _ => Err(Error::Blocked {
-            url: shown.to_owned(),
-            reason: format!("redirect to {target}, which is not an http(s) URL"),
-        }),
+        let mut response = self.inner.transport.send(request).await?;
+        if response.status != StatusCode::OK {
+            return Err(Error::Status {
+                url: response.label().to_owned(),
+                code: response.status.as_u16(),
+            });
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > boxed_limit(req.max_size))
+        {
+            return Err(Error::TooLarge {
+                url: req.url.redacted(),
+                limit: req.max_size,
+            });
+        }
+        let mut unboxer = Unboxer::new(sink, req.max_size, TarEntryRule::PluginWasmOrFirstWasm);
+        unboxer.announce_len(response.content_length());
+        while let Some(data) = response.chunk().await? {
+            unboxer.push(&data).map_err(|e| e.into_error(&req.url))?;
+        }
+        let (_, size) = unboxer.finish().map_err(|e| e.into_error(&req.url))?;
+        Ok(size)
     }
 }
 
@@ -567,70 +365,6 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// Maps a client error: the SSRF guard's refusal is [`Error::Blocked`],
-/// anything else [`Error::Transport`] with the cause chain as the reason.
-fn classify(shown: &str, e: &hyper_util::client::legacy::Error) -> Error {
-    let mut reasons = Vec::new();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(blocked) = c.downcast_ref::<BlockedAddr>() {
-            return Error::Blocked {
-                url: shown.to_owned(),
-                reason: blocked.to_string(),
-            };
-        }
-        let text = c.to_string();
-        if reasons.last() != Some(&text) {
-            reasons.push(text);
-        }
-        cause = c.source();
-    }
-    Error::Transport {
-        url: shown.to_owned(),
-        reason: reasons.join(": "),
-        source: None,
-    }
-}
-
-async fn stream_body(
-    req: &FetchRequest,
-    shown: &str,
-    response: http::Response<hyper::body::Incoming>,
-    sink: &mut Counting<'_>,
-) -> Result<u64, Error> {
-    let declared = response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > boxed_limit(req.max_size)) {
-        return Err(Error::TooLarge {
-            url: req.url.redacted(),
-            limit: req.max_size,
-        });
-    }
-    let mut unboxer = Unboxer::new(sink, req.max_size, TarEntryRule::PluginWasmOrFirstWasm);
-    let mut body = response.into_body();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            let mut reason = format!("reading the body: {e}");
-            if let Some(s) = std::error::Error::source(&e) {
-                reason.push_str(&format!(": {s}"));
-            }
-            Error::Transport {
-                url: shown.to_owned(),
-                reason,
-                source: None,
-            }
-        })?;
-        if let Ok(data) = frame.into_data() {
-            unboxer.push(&data).map_err(|e| e.into_error(&req.url))?;
-        }
-    }
-    let (_, size) = unboxer.finish().map_err(|e| e.into_error(&req.url))?;
-    Ok(size)
-}
-
 /// Counts what reaches the caller's sink, to know whether a retry is possible.
 struct Counting<'a> {
     inner: &'a mut dyn ModuleSink,
@@ -642,6 +376,9 @@ impl ModuleSink for Counting<'_> {
         self.inner.write(chunk)?;
         self.written += chunk.len() as u64;
         Ok(())
+    }
+    fn size_hint(&mut self, len: u64) {
+        self.inner.size_hint(len);
     }
 }
 
@@ -684,10 +421,9 @@ impl Fetcher for HttpFetcher {
         if allowed.is_zero() {
             return Err(req.timeout_error(Duration::ZERO));
         }
-        let backoff = self.inner.backoff;
-        let mut attempt = 0u32;
+        let mut retry = RetryDriver::new(self.inner.backoff, req.deadline);
         loop {
-            attempt += 1;
+            let attempt = retry.start();
             let mut counting = Counting {
                 inner: &mut *sink,
                 written: 0,
@@ -697,19 +433,16 @@ impl Fetcher for HttpFetcher {
                 Err(e) => e,
             };
             let delivered = counting.written > 0;
-            if matches!(error, Error::Timeout { .. }) || !error.is_retryable() || delivered {
+            if matches!(error, Error::Timeout { .. })
+                || !wasm_fetch_transport::is_retryable(&error)
+                || delivered
+            {
                 return Err(after_attempts(attempt, error));
             }
-            let delay = backoff.delay_within(
-                attempt,
-                rand::random::<f64>(),
-                req.remaining(Instant::now()),
-            );
-            let Some(delay) = delay else {
+            tracing::debug!(url = %req.url, attempt, error = %error, "retrying wasm module download");
+            if !retry.backoff().await {
                 return Err(after_attempts(attempt, error));
-            };
-            tracing::debug!(url = %req.url, attempt, ?delay, error = %error, "retrying wasm module download");
-            tokio::time::sleep(delay).await;
+            }
         }
     }
 }
@@ -730,43 +463,6 @@ mod tests {
     }
 
     #[test]
-    fn request_uri_drops_userinfo_and_fragment() {
-        let url = Url::parse("https://u:p@h.example:8443/a/m.wasm?x=1#frag").unwrap();
-        let uri = request_uri(&url, "shown").unwrap();
-        assert_eq!(uri.to_string(), "https://h.example:8443/a/m.wasm?x=1");
-    }
-
-    #[test]
-    fn redirect_rules() {
-        let hop = Url::parse("https://a.example/m").unwrap();
-        let loc = |s: &str| HeaderValue::from_str(s).unwrap();
-        let next = next_hop(&hop, "x", StatusCode::FOUND, Some(&loc("/n"))).unwrap();
-        assert_eq!(next.as_str(), "https://a.example/n");
-        let e = next_hop(
-            &hop,
-            "x",
-            StatusCode::FOUND,
-            Some(&loc("http://b.example/?t=secret")),
-        )
-        .unwrap_err();
-        assert!(matches!(e, Error::Blocked { .. }));
-        assert!(!e.to_string().contains("secret"), "{e}");
-        let e = next_hop(
-            &hop,
-            "x",
-            StatusCode::FOUND,
-            Some(&loc("file:///etc/passwd")),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("not an http(s) URL"), "{e}");
-        let e = next_hop(&hop, "x", StatusCode::FOUND, None).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "wasm module download request failed: status code 302"
-        );
-    }
-
-    #[test]
     fn builder_validates() {
         let e = HttpFetcher::builder().max_attempts(0).build().unwrap_err();
         assert!(e.to_string().contains("max_attempts"), "{e}");
@@ -782,21 +478,13 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, Error::InvalidConfig { .. }));
         assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
-        let e = HttpFetcher::builder()
-            .ca_pem(b"not a pem".to_vec())
-            .native_roots(false)
-            .build()
-            .unwrap_err();
-        assert!(e.to_string().contains("no PEM certificate"), "{e}");
         let f = HttpFetcher::builder()
             .blocked_cidrs(["192.0.2.1", "2001:db8::/32"])
             .insecure_hosts(["a.example:8443", "b.example"])
             .native_roots(false)
+            .proxy(ProxyConfig::none())
             .build()
             .unwrap();
-        assert!(f.is_insecure(&Url::parse("https://a.example:8443/").unwrap()));
-        assert!(!f.is_insecure(&Url::parse("https://a.example/").unwrap()));
-        assert!(f.is_insecure(&Url::parse("https://b.example:1/").unwrap()));
         assert!(format!("{f:?}").contains("192.0.2.1/32"));
     }
 }

@@ -10,7 +10,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 use wasm_cache_core::{DOCKER_HUB_REGISTRY, Error};
 
@@ -37,16 +36,6 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub(crate) fn to_registry_auth(&self) -> RegistryAuth {
-        match self {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { user, password } => {
-                RegistryAuth::Basic(user.clone(), password.clone())
-            }
-            Credentials::Bearer(t) => RegistryAuth::Bearer(t.clone()),
-        }
-    }
-
     /// A sha256 over the registry and credentials, to key cached clients
     /// without keeping the secret itself as a key.
     pub(crate) fn cache_key(&self, registry: &str) -> [u8; 32] {

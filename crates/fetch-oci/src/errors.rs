@@ -1,183 +1,107 @@
-//! Mapping oci-client and reqwest errors into [`wasm_cache_core::Error`].
+//! Mapping registry answers into [`wasm_cache_core::Error`].
 //!
-//! oci-client's messages embed request URLs; ours name the module URL, redacted,
-//! instead. Registry error bodies are shortened: they are the server's words,
-//! never our credentials.
+//! Errors name the module URL, redacted, never a registry request URL (which
+//! may carry a token in its query). Registry error bodies are shortened: they
+//! are the server's words, never our credentials.
 
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use wasm_cache_core::{BoxError, Error};
+use oci_client::errors::{OciEnvelope, OciErrorCode};
+use wasm_cache_core::Error;
 
-/// The error chain of `e` as one line, `a: b: c`, skipping repeated parts.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        // `io::Error::source` skips the wrapped error itself; look inside.
-        cur = match err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) if inner.to_string() != err.to_string() => Some(inner),
-            _ => err.source(),
-        };
-    }
-    parts.join(": ")
-}
+/// How much of an error body is read to explain a refusal.
+pub(crate) const MAX_ERROR_BODY: u64 = 64 * 1024;
 
-/// Whether a TLS handshake failed (bad certificate, unknown CA, ...): retrying
-/// cannot help.
-pub(crate) fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if let Some(inner) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            && inner.downcast_ref::<rustls::Error>().is_some()
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    // The connector may box the rustls error in a type we cannot name; its
-    // message is stable ("invalid peer certificate: UnknownIssuer", ...).
-    let text = chain(e);
-    text.contains("invalid peer certificate") || text.contains("received fatal alert")
-}
-
-fn shorten(s: &str) -> String {
+pub(crate) fn shorten(s: &str) -> String {
     wasm_cache_core::shorten(s.trim(), 200)
 }
 
-/// A transport error from reqwest, without its URL.
-pub(crate) fn transport(url: &str, what: &str, e: reqwest::Error) -> Error {
-    let e = e.without_url();
-    let reason = format!("{what}: {}", chain(&e));
-    Error::Transport {
-        url: url.to_owned(),
-        reason,
-        source: Some(Box::new(e) as BoxError),
-    }
-}
-
-/// Maps an oci-client error met while working on `url` (redacted).
-pub(crate) fn map_oci(url: &str, e: OciDistributionError) -> Error {
+/// The error for a registry answer `code` with (at most [`MAX_ERROR_BODY`]
+/// bytes of) `body`, met while working on `url` (redacted).
+pub(crate) fn registry_error(url: &str, code: u16, body: &[u8]) -> Error {
     let url = url.to_owned();
-    match e {
-        OciDistributionError::RequestError(e) => transport(&url, "registry request failed", e),
-        OciDistributionError::IoError(e) => Error::Transport {
-            url,
-            reason: format!("registry request failed: {}", chain(&e)),
-            source: Some(Box::new(e)),
-        },
-        OciDistributionError::UnauthorizedError { .. } => Error::Unauthorized {
-            url,
-            reason: "the registry answered 401 Unauthorized".into(),
-        },
-        OciDistributionError::AuthenticationFailure(body) => Error::Unauthorized {
-            url,
-            reason: format!("the token service refused: {}", shorten(&body)),
-        },
-        OciDistributionError::ServerError { code, message, .. } => match code {
-            404 => Error::NotFound { url },
-            401 | 403 => Error::Unauthorized {
-                url,
-                reason: format!("the registry answered {code}: {}", shorten(&message)),
-            },
-            _ => Error::Status { url, code },
-        },
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            let messages: Vec<String> = envelope
-                .errors
-                .iter()
-                .map(|e| shorten(&e.message))
-                .collect();
-            let any = |f: fn(&OciErrorCode) -> bool| codes.iter().any(|c| f(c));
-            if any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NotFound
-                )
-            }) {
-                Error::NotFound { url }
-            } else if any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
-                Error::Unauthorized {
-                    url,
-                    reason: messages.join("; "),
-                }
-            } else if any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
-                Error::Status { url, code: 429 }
-            } else {
-                Error::Manifest {
-                    url,
-                    reason: format!("the registry refused: {}", messages.join("; ")),
-                    source: None,
-                }
-            }
+    if let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(body)
+        && !envelope.errors.is_empty()
+    {
+        let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+        let messages: Vec<String> = envelope
+            .errors
+            .iter()
+            .map(|e| shorten(&e.message))
+            .collect();
+        let any = |f: fn(&OciErrorCode) -> bool| codes.iter().any(|c| f(c));
+        if any(|c| {
+            matches!(
+                c,
+                OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+                    | OciErrorCode::NotFound
+            )
+        }) {
+            return Error::NotFound { url };
         }
-        OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
-            expected,
-            actual,
-        }) => Error::DigestMismatch {
+        if any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+            return Error::Unauthorized {
+                url,
+                reason: messages.join("; "),
+            };
+        }
+        if any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
+            return Error::Status { url, code: 429 };
+        }
+        if code < 500 {
+            return Error::Manifest {
+                url,
+                reason: format!("the registry refused: {}", messages.join("; ")),
+                source: None,
+            };
+        }
+    }
+    match code {
+        404 => Error::NotFound { url },
+        401 | 403 => Error::Unauthorized {
             url,
-            expected,
-            actual,
+            reason: format!(
+                "the registry answered {code}: {}",
+                shorten(&String::from_utf8_lossy(body))
+            ),
         },
-        OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound { url },
-        other => Error::Manifest {
-            url,
-            reason: shorten(&other.to_string()),
-            source: None,
-        },
+        _ => Error::Status { url, code },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasm_cache_core::ErrorKind;
 
     #[test]
-    fn statuses_map_to_kinds() {
+    fn answers_map_to_kinds() {
         let u = "oci://r/a:b";
-        let se = |code| OciDistributionError::ServerError {
-            code,
-            url: "http://r/v2/a/manifests/b?token=SECRET".into(),
-            message: "m".into(),
-        };
-        assert!(matches!(map_oci(u, se(404)), Error::NotFound { .. }));
-        assert!(matches!(map_oci(u, se(403)), Error::Unauthorized { .. }));
-        let e = map_oci(u, se(503));
-        assert!(e.is_retryable(), "{e}");
-        assert!(!map_oci(u, se(501)).is_retryable());
-        for e in [se(404), se(503)] {
-            assert!(!map_oci(u, e).to_string().contains("SECRET"));
-        }
-        let unauth = OciDistributionError::UnauthorizedError {
-            url: "http://r/v2/?x=SECRET".into(),
-        };
-        let e = map_oci(u, unauth);
-        assert!(matches!(e, Error::Unauthorized { .. }) && !e.to_string().contains("SECRET"));
-    }
-
-    #[test]
-    fn chains_read_through_io_errors() {
-        let inner = std::io::Error::other("certificate unknown");
-        let outer = std::io::Error::other(inner);
-        assert!(chain(&outer).contains("certificate unknown"));
-        let tls = std::io::Error::other(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::UnknownIssuer,
+        assert!(matches!(
+            registry_error(u, 404, b""),
+            Error::NotFound { .. }
         ));
-        assert!(is_tls_failure(&tls));
-        assert!(!is_tls_failure(&std::io::Error::other("refused")));
+        assert_eq!(
+            registry_error(u, 403, b"no").kind(),
+            ErrorKind::Unauthorized
+        );
+        let e = registry_error(u, 503, b"busy");
+        assert!(e.is_retryable(), "{e}");
+        assert!(!registry_error(u, 501, b"").is_retryable());
+        let env = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+        assert!(matches!(
+            registry_error(u, 404, env),
+            Error::NotFound { .. }
+        ));
+        let env = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+        let e = registry_error(u, 403, env);
+        assert!(matches!(e, Error::Unauthorized { .. }) && e.to_string().contains("denied"));
+        let env = br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#;
+        assert!(matches!(
+            registry_error(u, 429, env),
+            Error::Status { code: 429, .. }
+        ));
+        let env = br#"{"errors":[{"code":"UNSUPPORTED","message":"nope"}]}"#;
+        assert_eq!(registry_error(u, 400, env).kind(), ErrorKind::Manifest);
     }
 }

@@ -1,4 +1,5 @@
-//! [`OciFetcher`] and its builder.
+//! [`OciFetcher`] and its builder: the distribution pull protocol over the
+//! guarded transport.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,93 +9,125 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::StreamExt as _;
-use oci_client::Reference;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderValue, StatusCode};
+use url::Url;
 use wasm_cache_core::retry::Backoff;
 use wasm_cache_core::unbox::{UnboxError, Unboxer, boxed_limit};
 use wasm_cache_core::{
     Error, FetchRequest, Fetched, Fetcher, ModuleSink, OciReference, Scheme, Sha256Digest,
+    WASM_MAGIC,
+};
+use wasm_fetch_transport::{
+    ProxyConfig, ReadError, Request, Response, RetryDriver, Transport, TransportBuilder,
+    is_retryable,
 };
 
 use crate::auth::{self, Credentials, Source};
-use crate::errors::{chain, is_tls_failure, map_oci, transport};
+use crate::errors::{MAX_ERROR_BODY, registry_error, shorten};
 use crate::layout::{self, LayerChoice, LayoutError, Parsed};
-use crate::realm;
+use crate::realm::{self, Challenge};
 use crate::verify::{BlobVerifier, sha256};
 
-/// The `User-Agent` of every request.
-const USER_AGENT: &str = concat!("wasm-cache/", env!("CARGO_PKG_VERSION"));
-/// The largest manifest accepted (oci-client reads manifests into memory).
+/// The largest manifest accepted; reading stops at this size.
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
-/// How long a registry's probe verdict (scheme, realm check) is reused.
-const PROBE_TTL: Duration = Duration::from_secs(300);
-/// Cached clients kept at most (one per registry, credential set and mode).
-const MAX_CLIENTS: usize = 256;
+/// The largest token-service response accepted; reading stops at this size.
+pub const MAX_TOKEN_RESPONSE: u64 = 1024 * 1024;
+/// How long a registry's scheme (https or, insecure-listed, http) is reused.
+const MODE_TTL: Duration = Duration::from_secs(300);
+/// How long a token is reused when the token service gives no `expires_in`.
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// The longest a token is reused.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(300);
+/// Entries kept at most in each small cache (modes, tokens).
+const MAX_ENTRIES: usize = 256;
+/// Manifest bytes kept for a following fetch (`resolve` then `fetch`).
+const MEMO_BYTES: usize = 8 * 1024 * 1024;
+/// How long a resolved manifest is kept for the fetch that follows.
+const MEMO_TTL: Duration = Duration::from_secs(60);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// How to reach a registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Mode {
-    /// HTTPS, verified against the system roots plus the extra CA bundle.
-    Secure,
-    /// HTTPS without certificate verification (insecure-listed registries only).
-    InsecureTls,
-    /// Plain HTTP (insecure-listed registries only).
-    PlainHttp,
-}
-
-impl Mode {
-    fn scheme(self) -> &'static str {
-        match self {
-            Mode::PlainHttp => "http",
-            Mode::Secure | Mode::InsecureTls => "https",
-        }
-    }
-}
-
 /// Builds an [`OciFetcher`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct OciFetcherBuilder {
-    insecure: Vec<String>,
-    ca_files: Vec<PathBuf>,
-    ca_pems: Vec<Vec<u8>>,
+    transport: TransportBuilder,
     backoff: Backoff,
     allow_private_realms: bool,
     docker_config_dir: Option<Option<PathBuf>>,
 }
 
+impl Default for OciFetcherBuilder {
+    fn default() -> Self {
+        Self {
+            transport: Transport::builder(),
+            backoff: Backoff::default(),
+            allow_private_realms: false,
+            docker_config_dir: None,
+        }
+    }
+}
+
 impl OciFetcherBuilder {
-    /// Registries (`host:port`, as in the URL, or `*` for all) reached over plain
-    /// HTTP or HTTPS without certificate verification. For a listed registry,
-    /// HTTPS (unverified) is tried first and plain HTTP when TLS cannot be set
-    /// up; every other registry gets verified HTTPS only.
+    /// Registries reached over plain HTTP or HTTPS without certificate
+    /// verification, in the transport's one syntax
+    /// ([`InsecureHosts`](wasm_fetch_transport::InsecureHosts)): `host:port`,
+    /// `host` for any port, or `*` for all. For a listed registry, HTTPS
+    /// (unverified) is tried first and plain HTTP when TLS cannot be set up;
+    /// every other registry gets verified HTTPS only.
     #[must_use]
     pub fn insecure_registries<I, S>(mut self, registries: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.insecure.extend(registries.into_iter().map(Into::into));
+        self.transport = self.transport.insecure_hosts(registries);
         self
     }
 
     /// A PEM file of extra CA certificates trusted for registries that are not
-    /// insecure-listed (added to the system roots). Read by [`build`](Self::build).
+    /// insecure-listed (added to the system roots). Read once, by
+    /// [`build`](Self::build).
     #[must_use]
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.ca_files.push(path.into());
+        self.transport = self.transport.ca_file(path.into());
         self
     }
 
     /// Extra CA certificates, PEM, like [`ca_file`](Self::ca_file).
     #[must_use]
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.ca_pems.push(pem.into());
+        self.transport = self.transport.ca_pem(pem);
+        self
+    }
+
+    /// Whether the system's root certificates are trusted (default true).
+    #[must_use]
+    pub fn native_roots(mut self, enabled: bool) -> Self {
+        self.transport = self.transport.native_roots(enabled);
+        self
+    }
+
+    /// Address ranges never to connect to (CIDRs or addresses), for
+    /// registries, blob redirects and token realms alike.
+    #[must_use]
+    pub fn blocked_cidrs<I, S>(mut self, cidrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.transport = self.transport.blocked_cidrs(cidrs);
+        self
+    }
+
+    /// The proxy configuration (default: `HTTP_PROXY`, `HTTPS_PROXY` and
+    /// `NO_PROXY` from the environment).
+    #[must_use]
+    pub fn proxy(mut self, proxy: ProxyConfig) -> Self {
+        self.transport = self.transport.proxy(proxy);
         self
     }
 
@@ -123,91 +156,28 @@ impl OciFetcherBuilder {
         self
     }
 
-    /// Builds the fetcher.
-    ///
-    /// Installs rustls' ring provider as the process default if none is
-    /// installed yet (oci-client takes no TLS config of its own; see the crate docs).
+    /// Builds the fetcher (loads the CA bundles and system roots once).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an unreadable CA file, a bundle with no PEM
-    /// certificate, a malformed insecure-registry entry, or a client that cannot
-    /// be built.
+    /// certificate, a malformed insecure-registry entry or proxy variable.
     pub fn build(self) -> Result<OciFetcher, Error> {
-        install_crypto_provider();
-        let invalid = |reason: String| Error::InvalidConfig { reason };
-        for entry in &self.insecure {
-            let ok = entry == "*"
-                || (!entry.is_empty()
-                    && !entry.contains("://")
-                    && !entry.contains('/')
-                    && !entry.contains(char::is_whitespace));
-            if !ok {
-                return Err(invalid(format!(
-                    "insecure registry {entry:?} must be host[:port] or *"
-                )));
-            }
-        }
-        let mut pems: Vec<(String, Vec<u8>)> = self
-            .ca_pems
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| (format!("CA PEM #{}", i + 1), p))
-            .collect();
-        for path in &self.ca_files {
-            let bytes = std::fs::read(path)
-                .map_err(|e| invalid(format!("reading CA file {}: {e}", path.display())))?;
-            pems.push((format!("CA file {}", path.display()), bytes));
-        }
-        let mut ca_der = Vec::new();
-        for (origin, pem) in &pems {
-            use rustls::pki_types::CertificateDer;
-            use rustls::pki_types::pem::PemObject as _;
-            let before = ca_der.len();
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| invalid(format!("{origin}: bad PEM: {e}")))?;
-                ca_der.push(cert.to_vec());
-            }
-            if ca_der.len() == before {
-                return Err(invalid(format!("{origin} holds no PEM certificate")));
-            }
-        }
+        let transport = self.transport.build()?;
         let docker_config_dir = self
             .docker_config_dir
             .unwrap_or_else(auth::default_docker_config_dir);
-        let inner = Inner {
-            insecure: self
-                .insecure
-                .iter()
-                .map(|s| s.to_ascii_lowercase())
-                .collect(),
-            ca_der,
-            backoff: self.backoff,
-            allow_private_realms: self.allow_private_realms,
-            docker_config_dir,
-            probe_clients: HashMap::new(),
-            clients: Mutex::new(HashMap::new()),
-            probes: Mutex::new(HashMap::new()),
-        };
-        let mut probe_clients = HashMap::new();
-        for mode in [Mode::Secure, Mode::InsecureTls, Mode::PlainHttp] {
-            probe_clients.insert(mode, inner.probe_client(mode)?);
-            // Fail now, not at the first fetch, if oci-client rejects the config.
-            inner.build_client(mode)?;
-        }
         Ok(OciFetcher {
             inner: Arc::new(Inner {
-                probe_clients,
-                ..inner
+                transport,
+                backoff: self.backoff,
+                allow_private_realms: self.allow_private_realms,
+                docker_config_dir,
+                modes: Mutex::new(HashMap::new()),
+                auth: Mutex::new(HashMap::new()),
+                memo: Mutex::new(Memo::default()),
             }),
         })
     }
-}
-
-/// Installs rustls' ring provider as the process-wide default, once. Without a
-/// default, reqwest (built with `rustls-no-provider`) panics when a client is
-/// built. If the application installed another provider first, that one stays.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A [`Fetcher`] for `oci://` URLs. Cheap to clone (shared state).
@@ -216,35 +186,517 @@ pub struct OciFetcher {
     inner: Arc<Inner>,
 }
 
+/// How a registry's requests are authorized, once learnt.
+#[derive(Clone)]
+enum Authz {
+    /// A bearer token from the realm, until `until`.
+    Token(HeaderValue, Instant),
+    /// Basic credentials (the registry asked for them).
+    Basic(HeaderValue),
+}
+
+/// Manifests read by `resolve`, kept briefly for the `fetch` that follows,
+/// keyed by (registry, repository, credentials hash, digest). Content-addressed:
+/// an entry is the bytes that hash to its digest.
+#[derive(Default)]
+struct Memo {
+    entries: Vec<(MemoKey, Bytes, Instant)>,
+}
+
+type MemoKey = (String, String, [u8; 32], Sha256Digest);
+
+impl Memo {
+    fn get(&mut self, key: &MemoKey) -> Option<Bytes> {
+        self.entries.retain(|(_, _, at)| at.elapsed() < MEMO_TTL);
+        self.entries
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, b, _)| b.clone())
+    }
+
+    fn put(&mut self, key: MemoKey, bytes: Bytes) {
+        self.entries.retain(|(k, _, _)| *k != key);
+        self.entries.push((key, bytes, Instant::now()));
+        while self.entries.iter().map(|(_, b, _)| b.len()).sum::<usize>() > MEMO_BYTES {
+            self.entries.remove(0);
+        }
+    }
+}
+
 struct Inner {
-    insecure: Vec<String>,
-    ca_der: Vec<Vec<u8>>,
+    transport: Transport,
     backoff: Backoff,
     allow_private_realms: bool,
     docker_config_dir: Option<PathBuf>,
-    probe_clients: HashMap<Mode, reqwest::Client>,
-    /// Keyed by a hash of (registry, credentials) and the mode; never the secret.
-    clients: Mutex<HashMap<([u8; 32], Mode), oci_client::Client>>,
-    probes: Mutex<HashMap<String, (Mode, Instant)>>,
+    /// Registries found to speak plain HTTP (insecure-listed only), with when.
+    modes: Mutex<HashMap<String, (Mode, Instant)>>,
+    /// Keyed by a hash of (registry, repository, credentials); never the secret.
+    auth: Mutex<HashMap<[u8; 32], Authz>>,
+    memo: Mutex<Memo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Https,
+    Http,
 }
 
 impl fmt::Debug for OciFetcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.inner;
         f.debug_struct("OciFetcher")
-            .field("insecure_registries", &i.insecure)
-            .field("extra_ca_certificates", &i.ca_der.len())
+            .field("transport", &i.transport)
             .field("backoff", &i.backoff)
             .field("allow_private_realms", &i.allow_private_realms)
             .field("docker_config_dir", &i.docker_config_dir)
-            .field("cached_clients", &lock(&i.clients).len())
+            .field("cached_authorizations", &lock(&i.auth).len())
             .finish()
+    }
+}
+
+/// Everything one operation (resolve or fetch) needs to talk to the registry.
+struct Session<'a> {
+    inner: &'a Inner,
+    /// The module URL, redacted: what errors name.
+    url: String,
+    registry: String,
+    repository: String,
+    creds: Credentials,
+    creds_key: [u8; 32],
+    insecure: bool,
+    deadline: Instant,
+}
+
+fn header(value: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(value).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+fn basic_header(user: &str, password: &str) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    header(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    ))
+}
+
+impl Session<'_> {
+    fn auth_key(&self) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&self.creds_key);
+        ctx.update(self.repository.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    fn mode(&self) -> Option<Mode> {
+        lock(&self.inner.modes)
+            .get(&self.registry)
+            .filter(|(_, at)| at.elapsed() < MODE_TTL)
+            .map(|(m, _)| *m)
+    }
+
+    fn remember_mode(&self, mode: Mode) {
+        let mut modes = lock(&self.inner.modes);
+        if modes.len() >= MAX_ENTRIES {
+            modes.clear();
+        }
+        modes.insert(self.registry.clone(), (mode, Instant::now()));
+    }
+
+    /// The `Authorization` to send up front: a registry token from the
+    /// secret, or what this registry asked for before.
+    fn authorization(&self) -> Option<HeaderValue> {
+        if let Credentials::Bearer(t) = &self.creds {
+            return header(&format!("Bearer {t}"));
+        }
+        match lock(&self.inner.auth).get(&self.auth_key())? {
+            Authz::Token(v, until) if Instant::now() < *until => Some(v.clone()),
+            Authz::Token(..) => None,
+            Authz::Basic(v) => Some(v.clone()),
+        }
+    }
+
+    fn remember(&self, authz: Authz) {
+        let mut map = lock(&self.inner.auth);
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(self.auth_key(), authz);
+    }
+
+    fn forget_authorization(&self) {
+        lock(&self.inner.auth).remove(&self.auth_key());
+    }
+
+    fn endpoint(&self, mode: Mode, path: &str) -> Result<Url, Error> {
+        let scheme = match mode {
+            Mode::Https => "https",
+            Mode::Http => "http",
+        };
+        Url::parse(&format!(
+            "{scheme}://{}/v2/{}/{path}",
+            self.registry, self.repository
+        ))
+        .map_err(|e| Error::InvalidUrl {
+            url: self.url.clone(),
+            reason: format!("cannot form a registry URL: {e}"),
+        })
+    }
+
+    /// One request to the registry: over the known scheme (for an
+    /// insecure-listed registry, https first and then http), with the
+    /// authorization known so far; a 401 is answered once (token or basic)
+    /// and the request sent again.
+    async fn get(&self, path: &str, accept: Option<&str>) -> Result<Response, Error> {
+        let mut response = self.send_once(path, accept, self.authorization()).await?;
+        if response.status != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let challenges: Vec<Challenge> = realm::challenges(
+            response
+                .headers
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        drop_body(&mut response).await;
+        let authz = self.answer(&challenges).await?;
+        let Some(authz) = authz else {
+            return Err(self.unauthorized(
+                "the registry answered 401 Unauthorized and no credentials were given for it",
+            ));
+        };
+        let value = match &authz {
+            Authz::Token(v, _) | Authz::Basic(v) => v.clone(),
+        };
+        self.remember(authz);
+        let response = self.send_once(path, accept, Some(value)).await?;
+        if response.status == StatusCode::UNAUTHORIZED {
+            self.forget_authorization();
+        }
+        Ok(response)
+    }
+
+    fn unauthorized(&self, reason: &str) -> Error {
+        Error::Unauthorized {
+            url: self.url.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    async fn send_once(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        authorization: Option<HeaderValue>,
+    ) -> Result<Response, Error> {
+        let request = |mode: Mode| -> Result<Request, Error> {
+            let mut r = Request::get(self.endpoint(mode, path)?).label(self.url.clone());
+            if let Some(a) = accept.and_then(|a| HeaderValue::from_str(a).ok()) {
+                r = r.header(ACCEPT, a);
+            }
+            if let Some(v) = &authorization {
+                r = r.header(AUTHORIZATION, v.clone());
+            }
+            Ok(r)
+        };
+        match self.mode() {
+            Some(mode) => self.inner.transport.send(request(mode)?).await,
+            None if !self.insecure => self.inner.transport.send(request(Mode::Https)?).await,
+            None => match self.inner.transport.send(request(Mode::Https)?).await {
+                Ok(r) => {
+                    self.remember_mode(Mode::Https);
+                    Ok(r)
+                }
+                // TLS cannot be set up with this registry: plain HTTP (listed registries only).
+                Err(e @ Error::Transport { .. }) => {
+                    tracing::debug!(registry = %self.registry, error = %e, "https failed; trying http");
+                    let r = self.inner.transport.send(request(Mode::Http)?).await?;
+                    self.remember_mode(Mode::Http);
+                    Ok(r)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Answers the challenges of a 401: a token from a Bearer realm, or Basic
+    /// credentials; `None` when we have nothing to answer with.
+    async fn answer(&self, challenges: &[Challenge]) -> Result<Option<Authz>, Error> {
+        if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+            return self.token(bearer).await.map(Some);
+        }
+        if challenges.iter().any(|c| c.scheme == "basic")
+            && let Credentials::Basic { user, password } = &self.creds
+        {
+            return Ok(basic_header(user, password).map(Authz::Basic));
+        }
+        Ok(None)
+    }
+
+    fn refused_realm(&self, reason: &str) -> Error {
+        Error::Blocked {
+            url: self.url.clone(),
+            reason: format!(
+                "registry {} names a refused token realm: {reason}",
+                self.registry
+            ),
+        }
+    }
+
+    /// The Bearer token flow: the realm is checked (https unless the registry
+    /// is insecure-listed), then asked through the guarded transport (strict
+    /// unless insecure-listed or private realms are allowed), with our Basic
+    /// credentials if any; its answer is read up to [`MAX_TOKEN_RESPONSE`].
+    async fn token(&self, challenge: &Challenge) -> Result<Authz, Error> {
+        let raw = challenge
+            .param("realm")
+            .ok_or_else(|| self.refused_realm("the Bearer challenge names no realm"))?;
+        let mut url = realm::realm_url(raw, self.insecure).map_err(|r| self.refused_realm(&r))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = challenge.param("service") {
+                q.append_pair("service", service);
+            }
+            let scope = challenge.param("scope").map_or_else(
+                || format!("repository:{}:pull", self.repository),
+                str::to_owned,
+            );
+            q.append_pair("scope", &scope);
+        }
+        let strict = !(self.insecure || self.inner.allow_private_realms);
+        let mut request = Request::get(url).label(self.url.clone()).strict(strict);
+        if let Credentials::Basic { user, password } = &self.creds
+            && let Some(v) = basic_header(user, password)
+        {
+            request = request.header(AUTHORIZATION, v);
+        }
+        let response = self
+            .inner
+            .transport
+            .send(request)
+            .await
+            .map_err(|e| match e {
+                Error::Blocked { reason, .. } => self.refused_realm(&reason),
+                other => other,
+            })?;
+        let status = response.status;
+        let body = match response.bytes_limited(MAX_TOKEN_RESPONSE).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge { limit }) => {
+                return Err(self.unauthorized(&format!(
+                    "the token service's answer exceeds the limit of {limit} bytes"
+                )));
+            }
+            Err(ReadError::Transport(e)) => return Err(e),
+        };
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+            return Err(if status.is_server_error() {
+                Error::Status {
+                    url: self.url.clone(),
+                    code: status.as_u16(),
+                }
+            } else {
+                self.unauthorized(&format!(
+                    "the token service refused ({}): {}",
+                    status.as_u16(),
+                    shorten(&text)
+                ))
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+            #[serde(default)]
+            expires_in: Option<u64>,
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|_| self.unauthorized("the token service's answer is not a JSON token"))?;
+        let token = answer
+            .token
+            .filter(|t| !t.is_empty())
+            .or(answer.access_token.filter(|t| !t.is_empty()))
+            .ok_or_else(|| self.unauthorized("the token service's answer holds no token"))?;
+        let value = header(&format!("Bearer {token}"))
+            .ok_or_else(|| self.unauthorized("the token service's token is not a valid header"))?;
+        let ttl = answer
+            .expires_in
+            .map_or(DEFAULT_TOKEN_TTL, Duration::from_secs)
+            .min(MAX_TOKEN_TTL);
+        // Renew a little early so a token never expires mid-pull.
+        let until = Instant::now() + ttl.saturating_sub(Duration::from_secs(5));
+        Ok(Authz::Token(value, until))
+    }
+
+    /// Runs `op` with retries for transient failures, backoff clamped to the deadline.
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let mut retry = RetryDriver::new(self.inner.backoff, self.deadline);
+        loop {
+            let attempt = retry.start();
+            let e = match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if is_retryable(&e) && retry.backoff().await {
+                tracing::debug!(url = %self.url, attempt, error = %e, "retrying");
+                continue;
+            }
+            return Err(if attempt > 1 {
+                Error::DownloadFailed {
+                    attempts: attempt,
+                    last: Box::new(e),
+                }
+            } else {
+                e
+            });
+        }
+    }
+
+    /// GETs a manifest by tag or digest, reading at most [`MAX_MANIFEST_SIZE`]
+    /// bytes; the digest is computed from the bytes read and checked against
+    /// `Docker-Content-Digest` (when given) and `expected` (when given).
+    async fn manifest_once(
+        &self,
+        reference: &str,
+        expected: Option<Sha256Digest>,
+    ) -> Result<(Bytes, Sha256Digest), Error> {
+        let accept = layout::ACCEPTED_MANIFESTS.join(", ");
+        let mut response = self
+            .get(&format!("manifests/{reference}"), Some(&accept))
+            .await?;
+        if response.status != StatusCode::OK {
+            return Err(self.refusal(&mut response).await);
+        }
+        let reported = response
+            .headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes_limited(MAX_MANIFEST_SIZE as u64)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge { limit } => Error::Manifest {
+                    url: self.url.clone(),
+                    reason: format!("manifest exceeds the limit of {limit} bytes"),
+                    source: None,
+                },
+                ReadError::Transport(e) => e,
+            })?;
+        let actual = sha256(&body);
+        if let Some(reported) = reported.as_deref()
+            && reported.starts_with(wasm_cache_core::digest::SHA256_PREFIX)
+            && reported != actual.to_prefixed()
+        {
+            return Err(Error::DigestMismatch {
+                url: self.url.clone(),
+                expected: format!("{} (Docker-Content-Digest)", shorten(reported)),
+                actual: actual.to_prefixed(),
+            });
+        }
+        if let Some(want) = expected
+            && want != actual
+        {
+            return Err(Error::DigestMismatch {
+                url: self.url.clone(),
+                expected: want.to_prefixed(),
+                actual: actual.to_prefixed(),
+            });
+        }
+        Ok((body, actual))
+    }
+
+    fn memo_key(&self, digest: Sha256Digest) -> MemoKey {
+        (
+            self.registry.clone(),
+            self.repository.clone(),
+            self.creds_key,
+            digest,
+        )
+    }
+
+    /// The manifest `digest` from the memo, or from the registry.
+    async fn manifest_by_digest(&self, digest: Sha256Digest) -> Result<Bytes, Error> {
+        if let Some(b) = lock(&self.inner.memo).get(&self.memo_key(digest)) {
+            return Ok(b);
+        }
+        let reference = digest.to_prefixed();
+        let (body, _) = self
+            .retrying(|| self.manifest_once(&reference, Some(digest)))
+            .await?;
+        Ok(body)
+    }
+
+    /// The manifest a reference names (by tag, or by digest when pinned).
+    async fn manifest(
+        &self,
+        reference: &str,
+        expected: Option<Sha256Digest>,
+    ) -> Result<(Bytes, Sha256Digest), Error> {
+        if let Some(d) = expected {
+            return Ok((self.manifest_by_digest(d).await?, d));
+        }
+        let (body, digest) = self
+            .retrying(|| self.manifest_once(reference, None))
+            .await?;
+        Ok((body, digest))
+    }
+
+    /// The error for a non-success answer (reading at most a little of its body).
+    async fn refusal(&self, response: &mut Response) -> Error {
+        let code = response.status.as_u16();
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 >= MAX_ERROR_BODY {
+                break;
+            }
+        }
+        registry_error(&self.url, code, &body)
+    }
+}
+
+/// Reads and discards what is left of a small body (a 401's), so the
+/// connection can be reused; gives up after a little.
+async fn drop_body(response: &mut Response) {
+    let mut seen = 0usize;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        seen += chunk.len();
+        if seen as u64 > MAX_ERROR_BODY {
+            break;
+        }
+    }
+}
+
+fn layout_error(url: &str, e: LayoutError) -> Error {
+    match e {
+        LayoutError::NoLayout(reasons) => Error::InvalidLayout {
+            url: url.to_owned(),
+            reasons,
+        },
+        other => Error::Manifest {
+            url: url.to_owned(),
+            reason: other.to_string(),
+            source: None,
+        },
     }
 }
 
 impl OciFetcher {
     /// A builder with the defaults: no insecure registries, system roots only,
-    /// the reference's backoff, the default docker config.
+    /// the reference's backoff, the default docker config, proxies from the
+    /// environment.
     pub fn builder() -> OciFetcherBuilder {
         OciFetcherBuilder::default()
     }
@@ -272,94 +724,24 @@ impl OciFetcher {
             Err(_) => Err(req.timeout_error(req.deadline.saturating_duration_since(start))),
         }
     }
-}
 
-/// Whether another attempt could help.
-fn worth_retrying(e: &Error) -> bool {
-    match e {
-        Error::Transport {
-            source: Some(s), ..
-        } => !is_tls_failure(s.as_ref()),
-        other => other.is_retryable(),
-    }
-}
-
-impl Inner {
-    fn is_insecure(&self, registry: &str) -> bool {
-        let registry = registry.to_ascii_lowercase();
-        self.insecure.iter().any(|r| r == "*" || *r == registry)
-    }
-
-    fn reqwest_certs(&self) -> Result<Vec<reqwest::Certificate>, Error> {
-        self.ca_der
-            .iter()
-            .map(|d| {
-                reqwest::Certificate::from_der(d).map_err(|e| Error::InvalidConfig {
-                    reason: format!("extra CA certificate: {}", chain(&e)),
-                })
-            })
-            .collect()
-    }
-
-    fn probe_client(&self, mode: Mode) -> Result<reqwest::Client, Error> {
-        let mut b = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy();
-        match mode {
-            Mode::Secure => b = b.tls_certs_merge(self.reqwest_certs()?),
-            Mode::InsecureTls => b = b.danger_accept_invalid_certs(true),
-            Mode::PlainHttp => {}
-        }
-        b.build().map_err(|e| Error::InvalidConfig {
-            reason: format!("building the registry probe client: {}", chain(&e)),
+    async fn session<'a>(
+        &'a self,
+        req: &FetchRequest,
+        oci: &OciReference,
+    ) -> Result<Session<'a>, Error> {
+        let registry = oci.registry().to_owned();
+        let creds = self.credentials(req, &registry).await?;
+        Ok(Session {
+            inner: &self.inner,
+            url: req.url.redacted(),
+            creds_key: creds.cache_key(&registry),
+            creds,
+            insecure: self.inner.transport.insecure().matches_registry(&registry),
+            repository: oci.repository().to_owned(),
+            registry,
+            deadline: req.deadline,
         })
-    }
-
-    fn build_client(&self, mode: Mode) -> Result<oci_client::Client, Error> {
-        let config = ClientConfig {
-            protocol: match mode {
-                Mode::PlainHttp => ClientProtocol::Http,
-                Mode::Secure | Mode::InsecureTls => ClientProtocol::Https,
-            },
-            accept_invalid_certificates: mode == Mode::InsecureTls,
-            extra_root_certificates: if mode == Mode::Secure {
-                self.ca_der
-                    .iter()
-                    .map(|d| Certificate {
-                        encoding: CertificateEncoding::Der,
-                        data: d.clone(),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            // Indexes are resolved by `layout`, never by oci-client.
-            platform_resolver: None,
-            user_agent: USER_AGENT,
-            ..ClientConfig::default()
-        };
-        oci_client::Client::try_from(config).map_err(|e| Error::InvalidConfig {
-            reason: format!("building the OCI client: {}", chain(&e)),
-        })
-    }
-
-    fn client(
-        &self,
-        registry: &str,
-        creds: &Credentials,
-        mode: Mode,
-    ) -> Result<oci_client::Client, Error> {
-        let key = (creds.cache_key(registry), mode);
-        if let Some(c) = lock(&self.clients).get(&key) {
-            return Ok(c.clone());
-        }
-        let client = self.build_client(mode)?;
-        let mut clients = lock(&self.clients);
-        if clients.len() >= MAX_CLIENTS {
-            clients.clear();
-        }
-        Ok(clients.entry(key).or_insert(client).clone())
     }
 
     /// The credentials for `registry`: the pull secret, else the default docker
@@ -368,7 +750,7 @@ impl Inner {
         if let Some(secret) = req.pull_secret.as_ref().filter(|s| !s.expose().is_empty()) {
             return auth::credentials_for(secret.expose(), registry, Source::PullSecret);
         }
-        let Some(dir) = &self.docker_config_dir else {
+        let Some(dir) = &self.inner.docker_config_dir else {
             return Ok(Credentials::Anonymous);
         };
         let path = dir.join("config.json");
@@ -381,215 +763,29 @@ impl Inner {
         }
     }
 
-    /// Sends an anonymous `GET /v2/`, picks the scheme (for insecure-listed
-    /// registries) and checks every bearer realm; the verdict is cached.
-    async fn probe(&self, url: &str, registry: &str) -> Result<Mode, Error> {
-        if let Some((mode, at)) = lock(&self.probes).get(registry)
-            && at.elapsed() < PROBE_TTL
-        {
-            return Ok(*mode);
-        }
-        let insecure = self.is_insecure(registry);
-        let get = |mode: Mode| {
-            let client = &self.probe_clients[&mode];
-            client
-                .get(format!("{}://{registry}/v2/", mode.scheme()))
-                .send()
-        };
-        let (mode, response) = if insecure {
-            match get(Mode::InsecureTls).await {
-                Ok(r) => (Mode::InsecureTls, r),
-                Err(tls_err) if tls_err.is_connect() || tls_err.is_request() => {
-                    match get(Mode::PlainHttp).await {
-                        Ok(r) => (Mode::PlainHttp, r),
-                        Err(e) => {
-                            return Err(transport(
-                                url,
-                                "registry unreachable over https and http",
-                                e,
-                            ));
-                        }
-                    }
-                }
-                Err(e) => return Err(transport(url, "registry probe failed", e)),
-            }
-        } else {
-            match get(Mode::Secure).await {
-                Ok(r) => (Mode::Secure, r),
-                Err(e) => return Err(transport(url, "registry probe failed", e)),
-            }
-        };
-        let challenges: Vec<String> = response
-            .headers()
-            .get_all(reqwest::header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
-            .collect();
-        drop(response);
-        for realm in realm::bearer_realms(challenges.iter().map(String::as_str)) {
-            realm::check_realm(&realm, insecure || self.allow_private_realms)
-                .await
-                .map_err(|reason| Error::Blocked {
-                    url: url.to_owned(),
-                    reason: format!("registry {registry} names a refused token realm: {reason}"),
-                })?;
-        }
-        lock(&self.probes).insert(registry.to_owned(), (mode, Instant::now()));
-        Ok(mode)
-    }
-
-    /// Runs `op` with retries for transient failures, backoff clamped to the deadline.
-    async fn retrying<T, F, Fut>(&self, req: &FetchRequest, mut op: F) -> Result<T, Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Error>>,
-    {
-        let mut attempt = 1;
-        loop {
-            let e = match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            let delay = worth_retrying(&e)
-                .then(|| {
-                    self.backoff.delay_within(
-                        attempt,
-                        rand::random::<f64>(),
-                        req.remaining(Instant::now()),
-                    )
-                })
-                .flatten();
-            match delay {
-                Some(d) => {
-                    tracing::debug!(url = %req.url, attempt, error = %e, "retrying after {d:?}");
-                    tokio::time::sleep(d).await;
-                    attempt += 1;
-                }
-                None if attempt > 1 => {
-                    return Err(Error::DownloadFailed {
-                        attempts: attempt,
-                        last: Box::new(e),
-                    });
-                }
-                None => return Err(e),
-            }
-        }
-    }
-}
-
-/// A registry session: the client for this registry, credentials and mode.
-struct Session {
-    client: oci_client::Client,
-    auth: RegistryAuth,
-    url: String,
-}
-
-impl Session {
-    /// GETs a manifest; checks its sha256 against `expected` when given.
-    async fn manifest(
-        &self,
-        reference: &Reference,
-        expected: Option<Sha256Digest>,
-    ) -> Result<(bytes::Bytes, Sha256Digest), Error> {
-        let (body, _) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, layout::ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| map_oci(&self.url, e))?;
-        if body.len() > MAX_MANIFEST_SIZE {
-            return Err(Error::Manifest {
-                url: self.url.clone(),
-                reason: format!(
-                    "manifest of {} bytes exceeds the limit of {MAX_MANIFEST_SIZE}",
-                    body.len()
-                ),
-                source: None,
-            });
-        }
-        let actual = sha256(&body);
-        if let Some(want) = expected
-            && want != actual
-        {
-            return Err(Error::DigestMismatch {
-                url: self.url.clone(),
-                expected: want.to_prefixed(),
-                actual: actual.to_prefixed(),
-            });
-        }
-        Ok((body, actual))
-    }
-}
-
-fn layout_error(url: &str, e: LayoutError) -> Error {
-    match e {
-        LayoutError::NoLayout(reasons) => Error::InvalidLayout {
-            url: url.to_owned(),
-            reasons,
-        },
-        other => Error::Manifest {
-            url: url.to_owned(),
-            reason: other.to_string(),
-            source: None,
-        },
-    }
-}
-
-impl OciFetcher {
-    async fn session(&self, req: &FetchRequest, oci: &OciReference) -> Result<Session, Error> {
-        let url = req.url.redacted();
-        let registry = oci.registry();
-        let creds = self.inner.credentials(req, registry).await?;
-        let mode = self
-            .inner
-            .retrying(req, || self.inner.probe(&url, registry))
-            .await?;
-        Ok(Session {
-            client: self.inner.client(registry, &creds, mode)?,
-            auth: creds.to_registry_auth(),
-            url,
-        })
-    }
-
     async fn resolve_inner(
         &self,
         req: &FetchRequest,
         oci: &OciReference,
     ) -> Result<Sha256Digest, Error> {
-        let session = self.session(req, oci).await?;
-        let reference = reference_of(oci, None);
-        let reported = self
-            .inner
-            .retrying(req, || async {
-                session
-                    .client
-                    .fetch_manifest_digest(&reference, &session.auth)
-                    .await
-                    .map_err(|e| map_oci(&session.url, e))
-            })
-            .await?;
-        let digest = match reported.strip_prefix(wasm_cache_core::digest::SHA256_PREFIX) {
-            Some(_) => Sha256Digest::parse(&reported).map_err(|_| Error::Manifest {
-                url: session.url.clone(),
-                reason: "the registry reported a malformed manifest digest".into(),
-                source: None,
-            })?,
-            // Another algorithm: the checksum is still the sha256 of the bytes.
-            None => {
-                self.inner
-                    .retrying(req, || session.manifest(&reference, None))
-                    .await?
-                    .1
-            }
-        };
-        if let Some(pinned) = oci.sha256_digest()
+        let s = self.session(req, oci).await?;
+        let reference = oci
+            .digest()
+            .map_or_else(|| oci.tag().unwrap_or("latest").to_owned(), str::to_owned);
+        let pinned = oci.sha256_digest();
+        // One GET: the bytes are kept for the fetch that follows, so a cold
+        // pull reads the manifest once (no HEAD, then GET).
+        let (body, digest) = s.retrying(|| s.manifest_once(&reference, None)).await?;
+        if let Some(pinned) = pinned
             && pinned != digest
         {
             return Err(Error::DigestMismatch {
-                url: session.url.clone(),
+                url: s.url.clone(),
                 expected: pinned.to_prefixed(),
                 actual: digest.to_prefixed(),
             });
         }
+        lock(&self.inner.memo).put(s.memo_key(digest), body);
         Ok(digest)
     }
 
@@ -599,22 +795,17 @@ impl OciFetcher {
         oci: &OciReference,
         sink: &mut dyn ModuleSink,
     ) -> Result<Fetched, Error> {
-        let session = self.session(req, oci).await?;
-        let url = session.url.clone();
-        let reference = reference_of(oci, req.digest);
+        let s = self.session(req, oci).await?;
+        let url = s.url.clone();
         let expected = req.digest.or_else(|| oci.sha256_digest());
-        let (body, top_digest) = self
-            .inner
-            .retrying(req, || session.manifest(&reference, expected))
-            .await?;
+        let reference = oci
+            .digest()
+            .map_or_else(|| oci.tag().unwrap_or("latest").to_owned(), str::to_owned);
+        let (body, top_digest) = s.manifest(&reference, expected).await?;
         let choice = match layout::parse_manifest(&body).map_err(|e| layout_error(&url, e))? {
             Parsed::Image(choice) => choice,
             Parsed::Index(entry) => {
-                let child = reference.clone_with_digest(entry.digest.to_prefixed());
-                let (child_body, _) = self
-                    .inner
-                    .retrying(req, || session.manifest(&child, Some(entry.digest)))
-                    .await?;
+                let child_body = s.manifest_by_digest(entry.digest).await?;
                 match layout::parse_manifest(&child_body).map_err(|e| layout_error(&url, e))? {
                     Parsed::Image(choice) => choice,
                     Parsed::Index(_) => {
@@ -643,36 +834,32 @@ impl OciFetcher {
                 limit: req.max_size,
             });
         }
-        let written = self
-            .stream_layer(req, &session, &reference, &choice, sink)
-            .await?;
+        let written = self.stream_layer(req, &s, &choice, sink).await?;
         Ok(Fetched::new(written, Some(top_digest)))
     }
 
-    /// Streams the layer: digest/size verification, then unboxing into `sink`.
+    /// Streams the layer: size (and, unless the sink checks it, digest)
+    /// verification, then unboxing into `sink`.
     async fn stream_layer(
         &self,
         req: &FetchRequest,
-        session: &Session,
-        reference: &Reference,
+        s: &Session<'_>,
         choice: &LayerChoice,
         sink: &mut dyn ModuleSink,
     ) -> Result<u64, Error> {
-        let url = &session.url;
+        let url = &s.url;
         let digest = choice.digest.to_prefixed();
-        // The digest alone (no `urls` of the descriptor): only the registry is asked.
-        let mut stream = self
-            .inner
-            .retrying(req, || async {
-                session
-                    .client
-                    .pull_blob_stream(reference, digest.as_str())
-                    .await
-                    .map_err(|e| map_oci(url, e))
+        let path = format!("blobs/{digest}");
+        let mut response = s
+            .retrying(|| async {
+                let mut r = s.get(&path, None).await?;
+                if r.status != StatusCode::OK {
+                    return Err(s.refusal(&mut r).await);
+                }
+                Ok(r)
             })
             .await?;
-        let mut verifier = BlobVerifier::new(choice.digest, choice.size, url.clone());
-        if let Some(len) = stream.content_length
+        if let Some(len) = response.content_length()
             && len > choice.size
         {
             return Err(Error::DigestMismatch {
@@ -681,43 +868,37 @@ impl OciFetcher {
                 actual: format!("a blob announced as {len} bytes"),
             });
         }
-        let mut unboxer = Unboxer::new(sink, req.max_size, choice.rule);
+        let mut verifier = BlobVerifier::new(choice.digest, choice.size, url.clone());
+        let mut unboxer: Option<Unboxer<&mut dyn ModuleSink>> = None;
+        let mut sink = Some(sink);
         let mut unbox_failure: Option<UnboxError> = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(bytes) => {
-                    verifier.update(&bytes)?;
-                    if unbox_failure.is_none()
-                        && let Err(e) = unboxer.push(&bytes)
-                    {
-                        match e {
-                            // Keep reading to verify the digest: a corrupted
-                            // blob is the better explanation of bad content.
-                            UnboxError::Invalid { .. } => unbox_failure = Some(e),
-                            other => return Err(other.into_error(&req.url)),
-                        }
-                    }
+        while let Some(bytes) = response.chunk().await? {
+            verifier.update(&bytes)?;
+            if unboxer.is_none()
+                && let Some(sink) = sink.take()
+            {
+                // A raw Wasm layer goes to the sink byte for byte: its digest
+                // is the module's, so the sink's own hash can verify it.
+                if choice.layout.is_raw()
+                    && bytes.starts_with(&WASM_MAGIC)
+                    && sink.verify_sha256(choice.digest)
+                {
+                    verifier.hand_over();
                 }
-                Err(e) => {
-                    let digest_error = e
-                        .get_ref()
-                        .is_some_and(|i| i.is::<oci_client::errors::DigestError>());
-                    if digest_error {
-                        // oci-client's own check failed at the end of the body; ours
-                        // saw the same bytes and names the actual digest.
-                        verifier.finish()?;
-                        return Err(Error::DigestMismatch {
-                            url: url.clone(),
-                            expected: digest,
-                            actual: "content not matching the registry's Docker-Content-Digest"
-                                .into(),
-                        });
-                    }
-                    return Err(Error::Transport {
-                        url: url.clone(),
-                        reason: format!("reading the layer failed: {}", chain(&e)),
-                        source: Some(Box::new(e)),
-                    });
+                let mut u = Unboxer::new(sink, req.max_size, choice.rule);
+                // The progress display's total, for an unboxed module only.
+                u.announce_len(Some(choice.size));
+                unboxer = Some(u);
+            }
+            if unbox_failure.is_none()
+                && let Some(u) = unboxer.as_mut()
+                && let Err(e) = u.push(&bytes)
+            {
+                match e {
+                    // Keep reading to verify the digest: a corrupted
+                    // blob is the better explanation of bad content.
+                    UnboxError::Invalid { .. } => unbox_failure = Some(e),
+                    other => return Err(other.into_error(&req.url)),
                 }
             }
         }
@@ -725,21 +906,16 @@ impl OciFetcher {
         if let Some(e) = unbox_failure {
             return Err(e.into_error(&req.url));
         }
+        let unboxer = match unboxer {
+            Some(u) => u,
+            None => Unboxer::new(
+                sink.take().expect("the sink is unused when no chunk came"),
+                req.max_size,
+                choice.rule,
+            ),
+        };
         let (_, written) = unboxer.finish().map_err(|e| e.into_error(&req.url))?;
         Ok(written)
-    }
-}
-
-/// The oci-client reference: by `digest` when given, else as the URL names it.
-fn reference_of(oci: &OciReference, digest: Option<Sha256Digest>) -> Reference {
-    let registry = oci.registry().to_owned();
-    let repository = oci.repository().to_owned();
-    match (digest, oci.digest(), oci.tag()) {
-        (Some(d), _, _) => Reference::with_digest(registry, repository, d.to_prefixed()),
-        (None, Some(d), _) => Reference::with_digest(registry, repository, d.to_owned()),
-        (None, None, tag) => {
-            Reference::with_tag(registry, repository, tag.unwrap_or("latest").to_owned())
-        }
     }
 }
 

@@ -1,47 +1,55 @@
 //! # wasm-fetch-oci
 //!
-//! An OCI registry [`Fetcher`](wasm_cache_core::Fetcher) for `oci://` URLs, on
-//! [`oci-client`](oci_client) with rustls and the *ring* crypto provider.
+//! An OCI registry [`Fetcher`](wasm_cache_core::Fetcher) for `oci://` URLs. It
+//! speaks the distribution pull protocol itself, over
+//! [`wasm_fetch_transport`] (the guarded hyper + rustls/ring transport every
+//! fetcher shares); [`oci-client`](oci_client) is used for its data model only
+//! (reference grammar, registry error envelope).
 //!
 //! What it does (REFERENCE.md §4, "OCI"):
-//! - **resolve**: one manifest request (`HEAD`, `GET` as fallback), never a layer.
-//!   The digest is that of the manifest the reference names; for an image index
-//!   it is the index's own digest, so `@sha256:` pins of multi-platform images work.
-//! - **fetch**: the manifest (by `req.digest` when given, its bytes hashed and
-//!   compared), the index entry for a Wasm platform (`wasip1`, `wasip2`, `wasm`)
-//!   or else linux/amd64, then the layer chosen by [`layout::parse_manifest`]
-//!   (Docker image, OCI image, Istio/Solo artifact, CNCF artifact). The layer
-//!   streams through a sha256 + size check against its descriptor, then through
+//! - **resolve**: one `GET` of the manifest the reference names (its digest is
+//!   computed from the bytes read, never taken on trust; a
+//!   `Docker-Content-Digest` that disagrees is an error). For an image index it
+//!   is the index's own digest, so `@sha256:` pins of multi-platform images
+//!   work. The bytes are kept briefly, so the `fetch` that follows does not
+//!   read them again: a cold pull of a tag is two requests (manifest, blob),
+//!   three for an index.
+//! - **fetch**: the manifest (by `req.digest` when given, checked against it),
+//!   the index entry for a Wasm platform (`wasip1`, `wasip2`, `wasm`) or else
+//!   linux/amd64, then the layer chosen by [`layout::parse_manifest`] (Docker
+//!   image, OCI image, Istio/Solo artifact, CNCF artifact). Manifests are read
+//!   up to [`MAX_MANIFEST_SIZE`], never more. The layer streams through a size
+//!   check against its descriptor and through
 //!   [`Unboxer`](wasm_cache_core::unbox::Unboxer) (gzip, tar) into the caller's
 //!   sink: memory stays bounded whatever the module's size.
-//! - **auth**: the request's pull secret (Docker `config.json`, parsed here,
-//!   credential helpers never run), else the default docker config, else anonymous.
-//!   oci-client keeps credentials per client, so clients are cached per hash of
-//!   (registry, credentials): a rotated secret gets a new client.
-//! - **realm guard**: before oci-client talks to a registry, an anonymous
-//!   `GET /v2/` reads its bearer realms and refuses non-http(s), host-less,
-//!   link-local and metadata realms (loopback and private ones unless the registry
-//!   is insecure-listed or [`OciFetcherBuilder::allow_private_realms`] is set).
-//! - **insecure registries**: listed `host:port`s (or `*`) get unverified HTTPS or
-//!   plain HTTP, through separate clients; everyone else verified HTTPS, with an
-//!   optional extra CA bundle.
-//! - **deadline and retries**: every call runs under `req.deadline`
-//!   (`tokio::time::timeout_at`; oci-client has no overall timeout); transient
-//!   failures (transport errors, retryable 5xx) before any module byte reached the
-//!   sink are retried with [`Backoff`](wasm_cache_core::retry::Backoff), clamped
-//!   to the deadline. TLS certificate failures are not retried.
+//! - **one hash pass**: a raw Wasm layer's digest is the module's digest, so
+//!   when the sink offers to verify it
+//!   ([`ModuleSink::verify_sha256`](wasm_cache_core::ModuleSink::verify_sha256),
+//!   as the cache's store does) the fetcher does not hash the bytes again; a
+//!   tar+gzip layer is hashed here (compressed) and by the store (module).
+//! - **auth**: anonymous first; on a 401, the Bearer token flow or Basic. The
+//!   credentials are the request's pull secret (Docker `config.json`, parsed
+//!   here, credential helpers never run), else the default docker config, else
+//!   none. Tokens are kept per registry, repository and credentials (hashed)
+//!   until they expire.
+//! - **token realms**: must be https (http only for insecure-listed
+//!   registries); the realm request goes through the transport's guard, at
+//!   connection time, strict (no loopback or private addresses) unless the
+//!   registry is insecure-listed or [`OciFetcherBuilder::allow_private_realms`]
+//!   is set; its answer is read up to [`MAX_TOKEN_RESPONSE`].
+//! - **insecure registries**: listed registries (`host:port`, `host`, `*`: the
+//!   transport's one meaning) get unverified HTTPS, or plain HTTP when TLS
+//!   cannot be set up; a registry that is not listed and answers HTTPS with
+//!   plain HTTP fails at once: `server gave an HTTP response to an HTTPS
+//!   request; list it with --insecure-registry`.
+//! - **deadline and retries**: every call runs under `req.deadline`;
+//!   transient failures (transport errors, retryable 5xx) before any module
+//!   byte reached the sink are retried with
+//!   [`Backoff`](wasm_cache_core::retry::Backoff), clamped to the deadline. TLS
+//!   failures are not retried.
 //!
-//! ## Design notes
-//! - oci-client takes no rustls configuration, and reqwest (with
-//!   `rustls-no-provider`) needs a process-default crypto provider: building an
-//!   [`OciFetcher`] installs *ring*'s ([`install_crypto_provider`]) unless the
-//!   application installed one first. aws-lc is never compiled in.
-//! - Errors never carry secrets or oci-client's internal URLs: they name the
-//!   module URL, redacted. Registry error bodies are shortened.
-//! - Known limits: oci-client reads a manifest whole before we can check its
-//!   size ([`MAX_MANIFEST_SIZE`] is enforced after; the deadline bounds the rest);
-//!   the realm's host is resolved again by oci-client (DNS rebinding is not
-//!   caught); `identitytoken` credentials and credential helpers are not supported.
+//! Errors never carry secrets or registry request URLs: they name the module
+//! URL, redacted. Registry error bodies are shortened.
 //!
 //! ```no_run
 //! use std::time::{Duration, Instant};
@@ -70,9 +78,7 @@ pub mod layout;
 mod realm;
 mod verify;
 
-pub use crate::fetcher::{
-    MAX_MANIFEST_SIZE, OciFetcher, OciFetcherBuilder, install_crypto_provider,
-};
+pub use crate::fetcher::{MAX_MANIFEST_SIZE, MAX_TOKEN_RESPONSE, OciFetcher, OciFetcherBuilder};
 
 /// Parses `config` as a pull secret for `registry` exactly as a fetch does,
 /// and says only whether it is usable (the credentials themselves never leave

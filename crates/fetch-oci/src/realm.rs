@@ -1,36 +1,48 @@
-//! The bearer-realm guard: where a registry may send us for tokens.
+//! `WWW-Authenticate` challenges and the token realm rules.
 //!
-//! oci-client performs the token dance itself: it reads `WWW-Authenticate:
-//! Bearer realm="..."` from `GET /v2/` and then calls the realm, with our
-//! credentials. A hostile registry could point the realm at a cloud metadata
-//! service or at something inside the cluster. So before oci-client talks to a
-//! registry, the fetcher sends its own anonymous `GET /v2/` (same TLS settings),
-//! reads every Bearer challenge and checks each realm here:
+//! A registry answers 401 with a challenge: `Basic realm="..."` or
+//! `Bearer realm="https://auth.example/token",service="...",scope="..."`. For
+//! Bearer, the fetcher asks the realm for a token, with our credentials. A
+//! hostile registry could point the realm at a cloud metadata service, at
+//! something inside the cluster, or at plain http to read the password. So:
 //!
-//! - the scheme must be `http` or `https` and there must be a host;
-//! - no address the host resolves to may be link-local (169.254.0.0/16,
-//!   fe80::/10) or a metadata address (100.100.100.200, fd00:ec2::/32);
-//! - loopback, private (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) and
-//!   unspecified addresses are refused unless the registry is insecure-listed or
-//!   `allow_private_realms(true)` was set.
-//!
-//! Known limit: the realm's host is resolved again by oci-client when it calls
-//! it, so a DNS answer that changes in between (rebinding) is not caught.
+//! - the realm must be an `https` URL with a host; `http` is accepted only
+//!   for insecure-listed registries;
+//! - the realm request goes through the same guarded transport as every
+//!   other request: the connector checks the realm host's resolved
+//!   addresses when it connects (link-local and metadata addresses are
+//!   refused in every form), and, unless the registry is insecure-listed or
+//!   `allow_private_realms` is set, loopback and private addresses too;
+//! - the realm is checked on the challenge that is answered, when it is
+//!   answered: there is no earlier probe whose verdict could go stale.
 
-use std::net::IpAddr;
+use url::Url;
 
-use ipnet::IpNet;
+/// One challenge of a `WWW-Authenticate` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Challenge {
+    /// `basic`, `bearer`, ... (lower case).
+    pub(crate) scheme: String,
+    /// The parameters in order (names in lower case).
+    pub(crate) params: Vec<(String, String)>,
+}
 
-/// Extracts the `realm` of every Bearer challenge in `WWW-Authenticate` values.
+impl Challenge {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses every challenge in `WWW-Authenticate` values.
 ///
 /// A small RFC 7235 tokenizer: challenges are `scheme [token68 | param=value, ...]`,
-/// separated by commas; values may be quoted strings with `\` escapes. Every
-/// `realm` parameter of every Bearer challenge is returned, so a duplicate
-/// parameter cannot hide a second realm.
-pub(crate) fn bearer_realms<'a>(headers: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let mut realms = Vec::new();
+/// separated by commas; values may be quoted strings with `\` escapes.
+pub(crate) fn challenges<'a>(headers: impl IntoIterator<Item = &'a str>) -> Vec<Challenge> {
+    let mut out: Vec<Challenge> = Vec::new();
     for header in headers {
-        let mut in_bearer = false;
         let mut rest = header;
         loop {
             rest = rest.trim_start_matches([' ', '\t', ',']);
@@ -50,18 +62,21 @@ pub(crate) fn bearer_realms<'a>(headers: impl IntoIterator<Item = &'a str>) -> V
                 }
                 let value_part = value_part.trim_start_matches([' ', '\t']);
                 let (value, remaining) = read_value(value_part);
-                if in_bearer && token.eq_ignore_ascii_case("realm") {
-                    realms.push(value);
+                if let Some(c) = out.last_mut() {
+                    c.params.push((token.to_ascii_lowercase(), value));
                 }
                 rest = remaining;
             } else {
                 // A new challenge's scheme (or a token68).
-                in_bearer = token.eq_ignore_ascii_case("bearer");
+                out.push(Challenge {
+                    scheme: token.to_ascii_lowercase(),
+                    params: Vec::new(),
+                });
                 rest = after;
             }
         }
     }
-    realms
+    out
 }
 
 fn read_value(s: &str) -> (String, &str) {
@@ -86,94 +101,64 @@ fn read_value(s: &str) -> (String, &str) {
     }
 }
 
-fn nets(list: &[&str]) -> Vec<IpNet> {
-    list.iter()
-        .map(|n| n.parse().expect("static CIDR literals parse"))
-        .collect()
-}
-
-/// Why an address may not serve as a token realm, if it may not.
-pub(crate) fn address_verdict(ip: IpAddr, allow_private: bool) -> Result<(), String> {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    let always_refused = nets(&[
-        "169.254.0.0/16",
-        "fe80::/10",
-        "100.100.100.200/32",
-        "fd00:ec2::/32",
-    ]);
-    if always_refused.iter().any(|n| n.contains(&ip)) {
-        return Err(format!("{ip} is a link-local or cloud metadata address"));
+/// Checks the shape of a realm: an `https` URL with a host (`http` only when
+/// `allow_http`). Returns the URL. The message names the realm's host at
+/// most (a realm URL may carry a query).
+pub(crate) fn realm_url(realm: &str, allow_http: bool) -> Result<Url, String> {
+    // `http:///x` parses with `x` as the host; a realm written without a host is refused.
+    if realm
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.starts_with('/'))
+    {
+        return Err("the realm has no host".into());
     }
-    let private = nets(&[
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "100.64.0.0/10",
-        "fc00::/7",
-    ]);
-    let local = ip.is_loopback() || ip.is_unspecified() || private.iter().any(|n| n.contains(&ip));
-    if local && !allow_private {
-        return Err(format!(
-            "{ip} is a loopback or private address (allowed only for insecure-listed registries or with allow_private_realms)"
-        ));
+    let url = Url::parse(realm).map_err(|_| "the realm is not a URL".to_owned())?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" => {
+            return Err(format!(
+                "the realm http://{}/... is plain http, which would send credentials in clear \
+                 (allowed only for insecure-listed registries)",
+                url.host_str().unwrap_or("")
+            ));
+        }
+        other => return Err(format!("the realm scheme {other} is not http(s)")),
     }
-    Ok(())
-}
-
-/// Checks the shape of a realm URL; returns `(host, port)` to resolve.
-pub(crate) fn realm_target(realm: &str) -> Result<(String, u16), String> {
-    let url = url::Url::parse(realm).map_err(|_| "the realm is not a URL".to_owned())?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("the realm scheme {} is not http(s)", url.scheme()));
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the realm has no host".into());
     }
-    let host = match url.host() {
-        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
-        Some(url::Host::Ipv4(v4)) => v4.to_string(),
-        Some(url::Host::Ipv6(v6)) => v6.to_string(),
-        _ => return Err("the realm has no host".into()),
-    };
-    let port = url
-        .port_or_known_default()
-        .ok_or_else(|| "the realm has no port".to_owned())?;
-    Ok((host, port))
-}
-
-/// Validates one realm: shape, then every address its host resolves to.
-/// The message names the realm's host only (a realm URL may carry a query).
-pub(crate) async fn check_realm(realm: &str, allow_private: bool) -> Result<(), String> {
-    let (host, port) = realm_target(realm)?;
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot resolve the realm host {host}: {e}"))?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    if addrs.is_empty() {
-        return Err(format!("the realm host {host} resolves to no address"));
-    }
-    for ip in addrs {
-        address_verdict(ip, allow_private).map_err(|r| format!("realm host {host}: {r}"))?;
-    }
-    Ok(())
+    Ok(url)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn realms(headers: &[&str]) -> Vec<String> {
+        challenges(headers.iter().copied())
+            .into_iter()
+            .filter(|c| c.scheme == "bearer")
+            .flat_map(|c| {
+                c.params
+                    .into_iter()
+                    .filter(|(k, _)| k == "realm")
+                    .map(|(_, v)| v)
+            })
+            .collect()
+    }
+
     #[test]
     fn challenges_parse() {
-        let r = bearer_realms([
+        let c = challenges([
             r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#,
         ]);
-        assert_eq!(r, vec!["https://auth.example/token"]);
-        assert!(bearer_realms([r#"Basic realm="registry""#]).is_empty());
-        let r = bearer_realms([
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].param("realm"), Some("https://auth.example/token"));
+        assert_eq!(c[0].param("service"), Some("registry.example"));
+        assert_eq!(c[0].param("scope"), Some("repository:a:pull"));
+        assert!(realms(&[r#"Basic realm="registry""#]).is_empty());
+        let r = realms(&[
             r#"Basic realm="x", Bearer realm="http://169.254.169.254/t", realm=http://10.0.0.1/t"#,
             r#"bearer REALM="a\"b""#,
             "Negotiate abc==, Bearer realm=file:///etc",
@@ -192,66 +177,21 @@ mod tests {
     #[test]
     fn realm_shapes() {
         assert!(
-            realm_target("file:///etc/passwd")
+            realm_url("file:///etc/passwd", true)
+                .unwrap_err()
+                .contains("no host")
+        );
+        assert!(
+            realm_url("ftp://h/t", true)
                 .unwrap_err()
                 .contains("not http(s)")
         );
-        assert!(realm_target("ftp://h/t").is_err());
-        assert!(realm_target("not a url").is_err());
-        assert_eq!(
-            realm_target("https://a.example/t?x=1").unwrap(),
-            ("a.example".into(), 443)
-        );
-        assert_eq!(
-            realm_target("http://[::1]:8080/t").unwrap(),
-            ("::1".into(), 8080)
-        );
-    }
-
-    #[test]
-    fn address_rules() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        for bad in [
-            "169.254.169.254",
-            "fe80::1",
-            "100.100.100.200",
-            "fd00:ec2::254",
-            "::ffff:169.254.1.1",
-        ] {
-            assert!(address_verdict(ip(bad), true).is_err(), "{bad}");
-        }
-        for local in [
-            "127.0.0.1",
-            "::1",
-            "10.1.2.3",
-            "192.168.1.1",
-            "172.20.0.1",
-            "0.0.0.0",
-            "fd12::1",
-        ] {
-            assert!(address_verdict(ip(local), false).is_err(), "{local}");
-            assert!(address_verdict(ip(local), true).is_ok(), "{local}");
-        }
-        assert!(address_verdict(ip("8.8.8.8"), false).is_ok());
-    }
-
-    #[tokio::test]
-    async fn realms_are_resolved_and_checked() {
-        assert!(
-            check_realm("http://169.254.169.254/latest", true)
-                .await
-                .is_err()
-        );
-        assert!(
-            check_realm("http://127.0.0.1:1/token", false)
-                .await
-                .is_err()
-        );
-        assert!(check_realm("http://127.0.0.1:1/token", true).await.is_ok());
-        // `localhost` resolves (through /etc/hosts) to loopback only.
-        let e = check_realm("http://localhost:1/token", false)
-            .await
-            .unwrap_err();
-        assert!(e.contains("loopback"), "{e}");
+        assert!(realm_url("not a url", true).is_err());
+        assert!(realm_url("http:///no-host", true).is_err());
+        assert!(realm_url("data:text/plain,x", true).is_err());
+        let e = realm_url("http://auth.example/t?secret=1", false).unwrap_err();
+        assert!(e.contains("plain http") && !e.contains("secret"), "{e}");
+        assert!(realm_url("http://auth.example/t", true).is_ok());
+        assert!(realm_url("https://auth.example/t?x=1", false).is_ok());
     }
 }

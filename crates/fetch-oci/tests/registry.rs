@@ -551,12 +551,9 @@ async fn fake_registry(
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let n = c.read(&mut buf).await.unwrap_or(0);
-                let first = String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-                log.lock().unwrap().push(first);
+                // The whole request head: the test checks what headers were sent.
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lock().unwrap().push(head);
                 let body =
                     r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
                 let resp = format!(
@@ -598,13 +595,121 @@ async fn hostile_bearer_realms_are_refused() {
             assert!(matches!(e, Error::Blocked { .. }), "{realm}: {e}");
             assert!(e.to_string().contains("realm"), "{e}");
         }
-        // Only our probe reached the fake registry: no manifest request, no credentials sent.
-        let lines = seen.lock().unwrap().clone();
-        let http: Vec<_> = lines.iter().filter(|l| l.contains(" HTTP/1.")).collect();
+        // Only anonymous registry requests reached the fake registry: the
+        // credentials were sent nowhere (the realm was refused before any
+        // request to it).
+        let heads = seen.lock().unwrap().clone();
+        let http: Vec<_> = heads.iter().filter(|l| l.contains(" HTTP/1.")).collect();
         assert!(
-            !http.is_empty() && http.iter().all(|l| l.starts_with("GET /v2/ ")),
-            "{realm}: {lines:?}"
+            !http.is_empty()
+                && http.iter().all(|l| l.starts_with("GET /v2/")
+                    && !l.to_ascii_lowercase().contains("\nauthorization:")),
+            "{realm}: {heads:?}"
         );
         task.abort();
+    }
+}
+
+/// The requests a cold pull makes, counted in the registry's access log:
+/// resolve then fetch by the resolved digest, as the cache does.
+async fn cold_pull_requests(registry: &Registry, url: &str, f: &OciFetcher) -> Vec<String> {
+    let before = registry.sync_requests().len();
+    let req = request(url);
+    let d = f.resolve(&req).await.unwrap();
+    fetch(f, &req.clone().with_digest(d)).await.unwrap();
+    registry
+        .sync_requests()
+        .split_off(before)
+        .into_iter()
+        .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cold_pull_is_two_requests_three_for_an_index() {
+    let registry = Registry::start(RegistryKind::Plain);
+    let module = sample_module(30_000, 20);
+    let image = images::push_cncf_artifact(&registry, "n/raw", "v1", &module).await;
+    let boxed = images::push_oci_image(&registry, "n/boxed", "v1", &module).await;
+    let index =
+        images::push_index(&registry, "n/index", "v1", &[(Platform::WASIP1, &module)]).await;
+    for (pushed, want) in [(&image, 2), (&boxed, 2), (&index, 3)] {
+        // A fresh fetcher each time: nothing known about the registry yet.
+        let seen = cold_pull_requests(&registry, &pushed.url, &fetcher_for(&registry)).await;
+        assert_eq!(seen.len(), want, "{}: {seen:?}", pushed.url);
+        assert!(
+            seen.iter()
+                .all(|r| r.starts_with("GET ") && r.ends_with(" 200")),
+            "{seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn token_auth_registry_with_pull_secrets() {
+    let registry = Registry::start(RegistryKind::TokenAuth);
+    let module = sample_module(25_000, 21);
+    let pushed = images::push_oci_image(&registry, "t/private", "v1", &module).await;
+    let f = fetcher_for(&registry);
+    let req = request(&pushed.url);
+    // Anonymous: the token grants nothing, the registry refuses.
+    let e = fetch(&f, &req).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    // With the secret: the token flow, then the pull.
+    let with = req
+        .clone()
+        .with_pull_secret(Some(PullSecret::new(registry.docker_config_json())));
+    assert_eq!(
+        f.resolve(&with).await.unwrap(),
+        Some(digest(&pushed.manifest_digest))
+    );
+    assert!(fetch(&f, &with).await.unwrap().0 == module);
+    let tokens = registry.token_server().unwrap().requests();
+    assert!(
+        tokens.iter().any(|t| t
+            .authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Basic "))
+            && t.query.contains("scope=repository%3At%2Fprivate%3Apull")),
+        "{tokens:?}"
+    );
+    // A wrong password: the token service refuses; no secret in the error.
+    let (user, password) = registry.credentials().unwrap();
+    let wrong = registry::docker_config_json(&registry.host(), user, "not-the-password");
+    let e = fetch(
+        &f,
+        &req.clone().with_pull_secret(Some(PullSecret::new(wrong))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    for shown in [e.to_string(), format!("{e:?}"), format!("{f:?}")] {
+        assert!(
+            !shown.contains(password) && !shown.contains("not-the-password"),
+            "{shown}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_plain_http_registry_that_is_not_listed_fails_at_once() {
+    let registry = Registry::start(RegistryKind::Plain);
+    let pushed = images::push_oci_image(&registry, "h/plain", "v1", &sample_module(9000, 22)).await;
+    let f = OciFetcher::builder()
+        .docker_config_dir(None)
+        .backoff(quick_backoff())
+        .build()
+        .unwrap();
+    for e in [
+        fetch(&f, &request(&pushed.url)).await.unwrap_err(),
+        f.resolve(&request(&pushed.url)).await.unwrap_err(),
+    ] {
+        assert!(
+            e.to_string().ends_with(
+                "server gave an HTTP response to an HTTPS request; list it with --insecure-registry"
+            ),
+            "{e}"
+        );
+        assert!(!matches!(e, Error::DownloadFailed { .. }), "retried: {e}");
     }
 }

@@ -49,17 +49,35 @@ pub const SERVER_CHUNK: usize = 64 * 1024;
 pub struct ServerOptions {
     /// Serve HTTPS with a freshly generated test CA ([`TestServer::ca_pem`]).
     pub tls: bool,
+    /// The address to listen on (default `127.0.0.1`); another address is
+    /// for tests in a network namespace of their own
+    /// ([`crate::netns`]), where they may add any address to `lo`.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl ServerOptions {
     /// Plain HTTP.
     pub fn plain() -> Self {
-        Self { tls: false }
+        Self {
+            tls: false,
+            bind: None,
+        }
     }
 
     /// HTTPS with a test CA.
     pub fn tls() -> Self {
-        Self { tls: true }
+        Self {
+            tls: true,
+            bind: None,
+        }
+    }
+
+    /// Listens on `ip`, port 80 (plain) or 443 (TLS), instead of 127.0.0.1
+    /// on a free port: URLs then need no port, as for a real server.
+    #[must_use]
+    pub fn bind(mut self, ip: std::net::IpAddr) -> Self {
+        self.bind = Some(ip);
+        self
     }
 }
 
@@ -78,6 +96,9 @@ pub enum Route {
         /// The module's seed.
         seed: u64,
     },
+    /// `200 OK` with an endless body (generated module bytes, sent chunked,
+    /// without a `Content-Length`): for clients that must stop reading at a cap.
+    Endless,
     /// This status, with a short text body.
     Status(u16),
     /// The first `statuses.len()` requests get those statuses in order; later
@@ -244,8 +265,12 @@ impl TestServer {
             .then(|| TestCa::new().expect("generating the test CA and server certificate"));
         let acceptor = tls.as_ref().map(|ca| ca.acceptor.clone());
         let routes: Routes = Arc::default();
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("binding 127.0.0.1:0 for the test server");
+        let bind = match options.bind {
+            Some(ip) => SocketAddr::new(ip, if options.tls { 443 } else { 80 }),
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let std_listener = std::net::TcpListener::bind(bind)
+            .unwrap_or_else(|e| panic!("binding {bind} for the test server: {e}"));
         std_listener
             .set_nonblocking(true)
             .expect("setting the test server's socket non-blocking");
@@ -474,6 +499,9 @@ fn build(route: Route, reset: &Arc<AtomicBool>) -> Response<ServerBody> {
         Route::Generated { size, seed } => Response::new(ServerBody {
             kind: BodyKind::Generated(ModuleGen::new(size, seed)),
         }),
+        Route::Endless => Response::new(ServerBody {
+            kind: BodyKind::Endless(ModuleGen::new(u64::MAX, 1)),
+        }),
         Route::Status(code) => status_response(code),
         Route::Redirect { status, location } => {
             let mut r = status_response(status);
@@ -556,6 +584,8 @@ enum BodyKind {
         paused: bool,
     },
     Generated(ModuleGen),
+    /// Never ends; no size hint, so hyper sends it chunked.
+    Endless(ModuleGen),
     Stall(Option<Bytes>),
     Fail {
         prefix: Option<Bytes>,
@@ -603,7 +633,9 @@ impl Body for ServerBody {
                 }
                 None => Poll::Ready(None),
             },
-            BodyKind::Generated(g) => Poll::Ready(g.next_chunk().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Generated(g) | BodyKind::Endless(g) => {
+                Poll::Ready(g.next_chunk().map(|b| Ok(Frame::data(b))))
+            }
             BodyKind::Stall(prefix) => match prefix.take() {
                 Some(p) if !p.is_empty() => Poll::Ready(Some(Ok(Frame::data(p)))),
                 // Never woken: the connection stays open until the client gives up

@@ -10,4 +10,6 @@ mod certs;
 pub mod http;
 pub mod images;
 pub mod modules;
+pub mod netns;
 pub mod registry;
+pub mod token;

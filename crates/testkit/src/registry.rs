@@ -52,6 +52,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+
+use crate::token::TokenServer;
 use oci_client::secrets::RegistryAuth;
 
 /// How long [`Registry::start`] waits for the registry to answer `GET /v2/`.
@@ -77,6 +79,10 @@ pub enum RegistryKind {
     /// Plain HTTP with basic auth: [`TEST_USER`] / [`TEST_PASSWORD`] (or the
     /// credentials of [`RegistryKind::BasicAuthWith`]). Pull and push need them.
     BasicAuth,
+    /// Plain HTTP with token auth (`auth: token`): a [`TokenServer`] on
+    /// 127.0.0.1 issues tokens to [`TEST_USER`] / [`TEST_PASSWORD`]; its realm
+    /// is plain http (the registry must be insecure-listed to use it).
+    TokenAuth,
     /// Like [`RegistryKind::BasicAuth`] with the given user and password.
     BasicAuthWith {
         /// The user name.
@@ -122,6 +128,7 @@ pub struct Registry {
     kind: RegistryKind,
     tls: Option<Tls>,
     credentials: Option<(String, String)>,
+    token_server: Option<TokenServer>,
     log: Arc<Mutex<Vec<String>>>,
     markers: AtomicU64,
     // Dropped last: the storage and config live here.
@@ -210,13 +217,34 @@ impl Registry {
             None
         };
         let credentials = match &kind {
-            RegistryKind::BasicAuth => Some((TEST_USER.to_owned(), TEST_PASSWORD.to_owned())),
+            RegistryKind::BasicAuth | RegistryKind::TokenAuth => {
+                Some((TEST_USER.to_owned(), TEST_PASSWORD.to_owned()))
+            }
             RegistryKind::BasicAuthWith { user, password } => {
                 Some((user.clone(), password.clone()))
             }
             RegistryKind::Plain | RegistryKind::Tls => None,
         };
-        if let Some((user, password)) = &credentials {
+        let token_server = if kind == RegistryKind::TokenAuth {
+            let server = TokenServer::start(
+                "wasm-cache-test-issuer",
+                "wasm-cache-test",
+                TEST_USER,
+                TEST_PASSWORD,
+            );
+            let bundle = dir.path().join("token.pem");
+            std::fs::write(&bundle, server.cert_pem())
+                .map_err(|e| fail(format!("token cert bundle: {e}")))?;
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: wasm-cache-test\n    issuer: wasm-cache-test-issuer\n    rootcertbundle: {}\n",
+                server.realm(),
+                bundle.display()
+            ));
+            Some(server)
+        } else {
+            None
+        };
+        if let Some((user, password)) = credentials.as_ref().filter(|_| token_server.is_none()) {
             let file = dir.path().join("htpasswd");
             write_htpasswd(&file, user, password).map_err(fail)?;
             config.push_str(&format!(
@@ -276,6 +304,7 @@ impl Registry {
             kind,
             tls,
             credentials,
+            token_server,
             log,
             markers: AtomicU64::new(0),
             dir,
@@ -358,6 +387,7 @@ impl Registry {
             RegistryKind::Plain => "plain",
             RegistryKind::Tls => "tls",
             RegistryKind::BasicAuth | RegistryKind::BasicAuthWith { .. } => "basic-auth",
+            RegistryKind::TokenAuth => "token-auth",
         }
     }
 
@@ -394,6 +424,11 @@ impl Registry {
     /// A file holding [`Registry::ca_pem`].
     pub fn ca_file(&self) -> Option<&Path> {
         self.tls.as_ref().map(|t| t.ca_file.as_path())
+    }
+
+    /// The token server of a [`RegistryKind::TokenAuth`] registry.
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        self.token_server.as_ref()
     }
 
     /// The basic-auth user and password, for auth registries.

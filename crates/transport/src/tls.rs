@@ -8,9 +8,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use wasm_cache_core::Error;
 
-fn provider() -> Arc<CryptoProvider> {
-    // Explicitly ring: never the process-wide default, which another crate
-    // could have installed (or left unset).
+/// The crypto provider of every TLS configuration here: ring, passed
+/// explicitly. The process-wide default provider is never installed nor read,
+/// so another crate's choice (or none) cannot change ours.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
