@@ -646,18 +646,18 @@ fn journal_values_from_the_future_or_with_wrong_sizes_are_purged() {
     let modules = untrusted_cache(&server, dir.path(), year_ahead);
     let out = cli(dir.path()).args(["list", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut got: Vec<u64> = doc["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["size"].as_u64().unwrap())
+    // `list --json`: one JSON object per module, one per line.
+    let listed: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let mut got: Vec<u64> = listed.iter().map(|m| m["size"].as_u64().unwrap()).collect();
     let mut want: Vec<u64> = modules.iter().map(|(_, m)| m.len() as u64).collect();
     want.sort_unstable();
     got.sort_unstable();
-    assert_eq!(got, want, "sizes must come from the files: {doc}");
-    for m in doc["modules"].as_array().unwrap() {
+    assert_eq!(got, want, "sizes must come from the files: {listed:?}");
+    for m in &listed {
         assert!(
             m["last_use_unix_ms"].as_u64().unwrap() <= now_ms(),
             "future last use listed: {m}"
