@@ -14,13 +14,14 @@
 //! measurement could not be made. See this crate's README for each row.
 //!
 //! ```text
-//! wasm-cache-bench [--quick] [--runs N] [--out FILE] [--only oci,http,hit,many,flight]
+//! wasm-cache-bench [--quick] [--runs N] [--out FILE] [--only oci,http,hit,many,flight,store]
 //! ```
 
 mod child;
 mod cold;
 mod inproc;
 mod report;
+mod store;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -46,13 +47,13 @@ pub(crate) struct Config {
     pub(crate) work: PathBuf,
 }
 
-const SECTIONS: [&str; 5] = ["oci", "http", "hit", "many", "flight"];
+const SECTIONS: [&str; 6] = ["oci", "http", "hit", "many", "flight", "store"];
 
 const USAGE: &str = "usage: wasm-cache-bench [--quick] [--runs N] [--out FILE] [--only SECTION,...]
   --quick     small sizes (8/32 MiB, 1,000 modules, 1 run): a smoke test; writes no file unless --out
   --runs N    timed repetitions of each cold measurement (default 3)
   --out FILE  where to write the markdown (default docs/BENCHMARKS.md)
-  --only S    sections to run: oci, http, hit, many, flight (default all)
+  --only S    sections to run: oci, http, hit, many, flight, store (default all)
 env: WASM_CACHE_BIN = the wasm-cache command (default target/release/wasm-cache)";
 
 struct Args {
@@ -173,6 +174,7 @@ fn run(args: &Args) -> Result<(), String> {
             "http" => cold::http(&cfg),
             "hit" => inproc::hit_path(&cfg, &rt),
             "many" => inproc::many(&cfg, &rt),
+            "store" => store::store(&cfg, &rt),
             _ => inproc::single_flight(&cfg, &rt),
         };
         match result {

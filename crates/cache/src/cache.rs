@@ -27,6 +27,24 @@ pub(crate) const JOURNAL_FILE: &str = "index.journal";
 /// Stripes of the lock that orders "publish a module" against "delete its file".
 const PUBLISH_STRIPES: usize = 64;
 
+/// A compaction rewrites the journal only once its dead lines outnumber its
+/// live records by more than this (so it stays within twice its live size
+/// plus this slack, and a hit or a short command never rewrites it).
+const COMPACT_SLACK: u64 = 64;
+
+/// How long metadata work (appending to the journal, compacting it) waits
+/// for another process's metadata work at most, when no request deadline
+/// applies: others hold the journal's lock only for an append or a compaction.
+const METADATA_WAIT: Duration = Duration::from_secs(5);
+
+/// How long batched last-use updates wait for the journal's lock: they are
+/// best effort and must never hold a command up.
+const TOUCH_WAIT: Duration = Duration::from_secs(1);
+
+/// Pending last-use updates are appended once this many have gathered (and
+/// at every purge and at shutdown).
+const TOUCH_BATCH: usize = 1024;
+
 /// A verified, content-addressed local cache of Wasm modules.
 ///
 /// Cheap to clone (clones share one cache). Build one with [`Cache::builder`];
@@ -97,10 +115,11 @@ struct Inner {
     store: FsStore,
     index: Index,
     journal: Journal<IndexEvent>,
-    /// Appends hold it shared; a flush holds it exclusively from its snapshot
-    /// of the index to the end of the compaction, so no append made after the
-    /// snapshot can be lost by the file replacement.
-    journal_gate: std::sync::RwLock<()>,
+    /// Serialises reads of other processes' journal appends into the index.
+    sync: Mutex<()>,
+    /// Last-use updates of hits not yet in the journal: appended as one batch
+    /// (best effort) at purge, at shutdown, or when [`TOUCH_BATCH`] gather.
+    touches: DashMap<ModuleKey, Timestamp>,
     fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
     clock: Arc<dyn Clock>,
     opts: Options,
@@ -167,15 +186,17 @@ impl Cache {
         opts: Options,
         background: bool,
     ) -> Result<Self, Error> {
+        let now = Timestamp::from_system_time(clock.now());
         let (store, index, journal, unverified, orphans) =
-            tokio::task::spawn_blocking(move || recover(&dir))
+            tokio::task::spawn_blocking(move || recover(&dir, now))
                 .await
                 .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
         let inner = Arc::new(Inner {
             store,
             index,
             journal,
-            journal_gate: std::sync::RwLock::new(()),
+            sync: Mutex::new(()),
+            touches: DashMap::new(),
             fetchers,
             clock,
             opts,
@@ -345,6 +366,14 @@ impl Cache {
                     led.store(true, Ordering::Relaxed);
                     let inner = Arc::clone(&self.inner);
                     async move {
+                        // One download per module across processes too:
+                        // wait (for this module only, bounded by the
+                        // deadline) for another process fetching it, then
+                        // read what it recorded.
+                        let _key_lock = inner
+                            .lock_flight(url, expected, deadline.into_std())
+                            .await?;
+                        inner.sync_journal();
                         // Checked again inside the flight: a flight that
                         // finished between our lookup and now has indexed and
                         // recorded the module, so this is a hit rather than a
@@ -353,7 +382,14 @@ impl Cache {
                             Hit::Served(p) => Ok(p),
                             Hit::Miss { .. } => {
                                 inner
-                                    .fetch_and_publish(url, name.to_owned(), expected, req, policy)
+                                    .fetch_and_publish(
+                                        url,
+                                        name.to_owned(),
+                                        expected,
+                                        req,
+                                        deadline.into_std(),
+                                        policy,
+                                    )
                                     .await
                             }
                         }
@@ -409,6 +445,14 @@ impl Cache {
         self.inner.index.checksum_record(url)
     }
 
+    /// The lock file a process holds while it downloads `url` (pinned to
+    /// `checksum`, the request's or the one in the URL, if any); another
+    /// process missing the same module waits on it, bounded by its request's
+    /// timeout. For operators wondering what a fetch waits for, and tests.
+    pub fn download_lock_path(&self, url: &str, checksum: Option<Sha256Digest>) -> PathBuf {
+        self.inner.store.key_lock_path(&flight_key(url, checksum))
+    }
+
     /// Where the module file of content `digest` is (or would be).
     pub fn module_path(&self, content: &Sha256Digest) -> PathBuf {
         self.inner.store.path_of(content)
@@ -434,11 +478,12 @@ impl Cache {
     }
 
     /// The reference's `Cleanup`: stops the background purge task (waiting for
-    /// it), refuses further `get`s, and writes the index to the journal.
-    /// Idempotent.
+    /// it), refuses further `get`s, and appends the pending last-use updates
+    /// to the journal (one batch, best effort: a failure, e.g. a full disk, is
+    /// logged as a warning and does not fail the shutdown). Idempotent.
     ///
     /// # Errors
-    /// [`Error::Store`] if the final journal write fails.
+    /// [`Error::Internal`] if the purge task panicked.
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.inner.closed.store(true, Ordering::Release);
         let task = lock(&self.inner.task).take();
@@ -457,9 +502,9 @@ impl Cache {
             }
         }
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.flush())
+        tokio::task::spawn_blocking(move || inner.flush_touches(Instant::now() + TOUCH_WAIT))
             .await
-            .map_err(|e| Error::Internal(format!("flush task failed: {e}")))?
+            .map_err(|e| Error::Internal(format!("flush task failed: {e}")))
     }
 
     /// Whether the background purge task is running.
@@ -497,50 +542,103 @@ type Recovered = (
 );
 
 /// Opens the store and the journal, and rebuilds the index from both: entries
-/// whose file is gone are dropped, files no entry references are orphans.
-fn recover(dir: &Path) -> Result<Recovered, Error> {
+/// whose file is gone are dropped, sizes come from the files, last-use times
+/// in the future are brought back to `now`, files no entry references are
+/// orphans. Writes nothing unless the journal is worth compacting, and then
+/// only best effort: opening (for a hit, `list`, `verify`) works on a full disk.
+fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
     let (store, report) = FsStore::open(dir)?;
     if !report.ignored.is_empty() {
         warn!(count = report.ignored.len(), dir = %dir.display(), "ignored files that are not modules");
     }
     let journal = Journal::open(dir.join(JOURNAL_FILE))?;
     let index = Index::new();
-    let replayed = journal.replay()?;
-    for event in &replayed {
+    for event in &journal.read_new()?.records {
         index.apply(event);
     }
-    let on_disk: HashMap<Sha256Digest, bool> = store
-        .list()
-        .into_iter()
-        .map(|m| (m.digest, m.verified))
-        .collect();
+    let files: HashMap<Sha256Digest, wasm_store_fs::StoredModule> =
+        store.list().into_iter().map(|m| (m.digest, m)).collect();
+    let (unverified, orphans) = reconcile(&index, &files, now);
+    info!(entries = index.len(), orphans = orphans.len(), dir = %dir.display(), "wasm cache opened");
+    if compaction_due(journal.lines(), &index) {
+        match journal.lock_exclusive(Instant::now() + TOUCH_WAIT) {
+            Ok(exclusive) => {
+                // Whatever others appended since our read, then the rewrite.
+                let compacted = exclusive.read_new().and_then(|tail| {
+                    apply_tail(&index, &tail);
+                    exclusive.compact(&index.to_events())
+                });
+                if let Err(e) = compacted {
+                    warn!(error = %e, "compacting the wasm cache journal failed");
+                }
+            }
+            Err(e) => debug!(error = %e, "journal compaction skipped"),
+        }
+    }
+    Ok((store, index, journal, unverified, orphans))
+}
+
+/// Checks replayed journal values against the files on disk and the clock:
+/// entries without a file are dropped, sizes come from the files, future
+/// last-use times become `now`. Returns the content to re-hash before serving
+/// it and the files no entry references.
+fn reconcile(
+    index: &Index,
+    files: &HashMap<Sha256Digest, wasm_store_fs::StoredModule>,
+    now: Timestamp,
+) -> (DashMap<Sha256Digest, ()>, HashSet<Sha256Digest>) {
     for e in index.entries() {
-        if !on_disk.contains_key(&e.content) {
+        if !files.contains_key(&e.content) {
             debug!(module = %e.key.redacted_name(), "dropping an entry whose file is gone");
             index.remove(&e.key);
         }
+    }
+    // One pass (a pass per entry made opening n modules O(n^2)).
+    let wrong_sizes = index.correct_sizes(&|c| files.get(c).map(|m| m.size));
+    // A future last use becomes the time the file was written (or now).
+    let future = index.clamp_future_to(now, &|c| {
+        files
+            .get(c)
+            .map(|m| Timestamp::from_system_time(m.modified))
+    });
+    if wrong_sizes > 0 || future > 0 {
+        warn!(
+            wrong_sizes,
+            future_last_use = future,
+            "corrected journal values that disagree with the files or the clock"
+        );
     }
     // One pass over the entries: `Index::content_in_use` scans them all, and
     // calling it per file made opening a store of n modules O(n^2).
     let in_use: HashSet<Sha256Digest> = index.entries().iter().map(|e| e.content).collect();
     let unverified = DashMap::new();
     let mut orphans = HashSet::new();
-    for (digest, verified) in on_disk {
-        if !in_use.contains(&digest) {
-            orphans.insert(digest);
-        } else if !verified {
-            unverified.insert(digest, ());
+    for (digest, m) in files {
+        if !in_use.contains(digest) {
+            orphans.insert(*digest);
+        } else if !m.verified {
+            unverified.insert(*digest, ());
         }
     }
-    info!(entries = index.len(), orphans = orphans.len(), dir = %dir.display(), "wasm cache opened");
-    // Start the journal afresh from what survived, unless it already says
-    // exactly that (as after a clean shutdown): a rewrite is an fsync and a
-    // rename on every start of a short-lived process like the CLI.
-    let events = index.to_events();
-    if replayed != events {
-        journal.compact(&events)?;
+    (unverified, orphans)
+}
+
+/// Whether the journal's dead lines outweigh its live records enough to
+/// rewrite it.
+fn compaction_due(lines: u64, index: &Index) -> bool {
+    let live = index.event_count() as u64;
+    lines > live.saturating_mul(2).saturating_add(COMPACT_SLACK)
+}
+
+/// Applies records read from the journal; a restarted read (the file was
+/// replaced by someone's compaction) rebuilds the index from it.
+fn apply_tail(index: &Index, tail: &wasm_store_fs::Replay<IndexEvent>) {
+    if tail.restarted {
+        index.clear();
     }
-    Ok((store, index, journal, unverified, orphans))
+    for event in &tail.records {
+        index.apply(event);
+    }
 }
 
 /// How many parsed URLs [`Inner::parse_url`] keeps before starting afresh.
@@ -590,6 +688,7 @@ impl Inner {
                         self.ensure_verified(url, key.checksum, policy, req, deadline)
                             .await?;
                     }
+                    self.note_touch(&key);
                     if let Some(event) = self.index.record_hit(&lookup, &key) {
                         self.journal_append(&event);
                     }
@@ -617,6 +716,120 @@ impl Inner {
 
     fn now(&self) -> Timestamp {
         Timestamp::from_system_time(self.clock.now())
+    }
+
+    /// Remembers that `key` was used now, for the next batch of last-use
+    /// records (the index itself was touched by the lookup).
+    fn note_touch(self: &Arc<Self>, key: &ModuleKey) {
+        let now = self.now();
+        match self.touches.get_mut(key) {
+            Some(mut at) => *at = (*at).max(now),
+            None => {
+                self.touches.insert(key.clone(), now);
+                if self.touches.len() >= TOUCH_BATCH {
+                    let me = Arc::clone(self);
+                    tokio::task::spawn_blocking(move || {
+                        me.flush_touches(Instant::now() + TOUCH_WAIT);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Appends the pending last-use updates as one batch (one `write`, no
+    /// `fsync`: losing them to a power cut only makes modules look older).
+    /// Best effort: a failure is a warning, never an error.
+    fn flush_touches(&self, deadline: Instant) {
+        let keys: Vec<ModuleKey> = self.touches.iter().map(|e| e.key().clone()).collect();
+        let events: Vec<IndexEvent> = keys
+            .iter()
+            .filter_map(|k| self.touches.remove(k))
+            .map(|(key, at)| IndexEvent::Touch { key, at })
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        let appended = self
+            .journal
+            .lock_shared(deadline)
+            .and_then(|shared| shared.append(&events, false));
+        if let Err(e) = appended {
+            // The index in memory has them; a later compaction persists them.
+            warn!(error = %e, records = events.len(), "could not record last use of wasm modules in the journal");
+        }
+    }
+
+    /// Takes the cross-process lock of the download of `url`, waiting (for
+    /// another process fetching the same module) until `deadline` at most,
+    /// and saying so once at info level.
+    async fn lock_flight(
+        self: &Arc<Self>,
+        url: &ModuleUrl,
+        expected: Option<Sha256Digest>,
+        deadline: Instant,
+    ) -> Result<wasm_store_fs::FileLock, Error> {
+        let key = flight_key(url.as_str(), expected);
+        // A little before the request's own deadline, so that the caller
+        // learns what it waited for rather than only that time ran out.
+        let margin = Duration::from_millis(100);
+        let deadline = deadline.checked_sub(margin).unwrap_or(deadline);
+        let store = self.store.clone();
+        let redacted = url.redacted();
+        tokio::task::spawn_blocking(move || {
+            store.lock_key(&key, deadline, &mut |lock: &Path| {
+                info!(url = %redacted, lock = %lock.display(), "waiting for another process downloading this module");
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("lock task failed: {e}")))?
+        .map_err(Error::from)
+    }
+
+    /// Applies what other processes appended to the journal since the last
+    /// read (best effort: a failure leaves the index as it was). Content new
+    /// to this process is re-hashed once before it is served.
+    fn sync_journal(&self) {
+        let _serial = lock(&self.sync);
+        let tail = match self.journal.read_new() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "reading other processes' wasm cache journal records failed");
+                return;
+            }
+        };
+        self.apply_synced(&tail);
+    }
+
+    fn apply_synced(&self, tail: &wasm_store_fs::Replay<IndexEvent>) {
+        if tail.records.is_empty() && !tail.restarted {
+            return;
+        }
+        apply_tail(&self.index, tail);
+        let contents: HashSet<Sha256Digest> = if tail.restarted {
+            self.index.entries().iter().map(|e| e.content).collect()
+        } else {
+            tail.records
+                .iter()
+                .filter_map(|e| match e {
+                    IndexEvent::Insert { content, .. } => Some(*content),
+                    _ => None,
+                })
+                .collect()
+        };
+        for content in contents {
+            let known = self.store.get(&content).filter(|m| m.verified);
+            let file = known.or_else(|| self.store.refresh(&content));
+            // No file: `serve` drops the entry when it is asked for.
+            if let Some(m) = file {
+                self.index.correct_size(&content, m.size);
+                if !m.verified {
+                    self.unverified.insert(content, ());
+                }
+                lock(&self.orphans).remove(&content);
+            }
+        }
+        self.index.clamp_future(self.now());
+        self.meters.entries(self.index.len());
     }
 
     fn publish_lock(&self, content: &Sha256Digest) -> std::sync::MutexGuard<'_, ()> {
@@ -687,10 +900,6 @@ impl Inner {
     }
 
     fn journal_append(&self, event: &IndexEvent) {
-        let _shared = self
-            .journal_gate
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = self.journal.append(event) {
             // The module is served from memory all the same; a restart would
             // treat its file as an orphan.
@@ -723,6 +932,7 @@ impl Inner {
         name: String,
         expected: Option<Sha256Digest>,
         req: &GetRequest,
+        deadline: Instant,
         policy: Option<&Arc<TrustPolicy>>,
     ) -> Result<Published, Error> {
         let scheme = url.scheme();
@@ -731,7 +941,6 @@ impl Inner {
                 scheme: scheme.as_str().to_owned(),
             }
         })?;
-        let deadline = Instant::now() + req.timeout;
         let mut freq = FetchRequest::new(url.clone(), deadline)
             .with_pull_secret(req.pull_secret.clone())
             .with_max_size(self.opts.max_module_size);
@@ -760,6 +969,7 @@ impl Inner {
             if let Some(content) = self.index.touch(&key, self.now())
                 && let Some(path) = self.serve(&key, content).await?
             {
+                self.note_touch(&key);
                 if url.records_checksum() {
                     self.record(url, digest, req);
                 }
@@ -772,6 +982,21 @@ impl Inner {
                 });
             }
             freq = freq.with_digest(Some(digest));
+        }
+        // The pinned module's file may already be on disk without an entry
+        // (its journal record lost, e.g. to a full disk, or written by a
+        // process whose record this one has not read): adopt it after one
+        // re-hash instead of downloading it again.
+        if resolved.is_none()
+            && let Some(want) = expected
+            && let Some(published) = self.adopt(url, &name, want, req).await
+        {
+            // Adopted like a hit: under a trust policy, served only verified.
+            if let Some(policy) = policy {
+                self.ensure_verified(url, want, policy, req, deadline)
+                    .await?;
+            }
+            return Ok(published);
         }
         // Content-addressed sources are checked by digest above; otherwise the
         // store checks the module's own hash.
@@ -823,6 +1048,17 @@ impl Inner {
         let url_s = url.as_str().to_owned();
         let redacted = url.redacted();
         let published = tokio::task::spawn_blocking(move || {
+            // The journal's lock, shared, from before the rename to after the
+            // append: a purge in another process (which holds it exclusively)
+            // sees the file only with its entry. Best effort: a lock held too
+            // long by someone else costs that guarantee, not the module.
+            let shared = me
+                .journal
+                .lock_shared(deadline.max(Instant::now() + Duration::from_millis(200)))
+                .inspect_err(
+                    |e| warn!(error = %e, "publishing a wasm module without the journal's lock"),
+                )
+                .ok();
             // Commit and index under the content's publish lock, so a purge
             // cannot delete the file between the two (a commit that finds the
             // file already in place must not lose it to a purge that saw no
@@ -844,13 +1080,23 @@ impl Inner {
             );
             lock(&me.orphans).remove(&committed.digest);
             me.unverified.remove(&committed.digest);
-            me.journal_append(&IndexEvent::Insert {
+            let insert = IndexEvent::Insert {
                 key: key.clone(),
                 content: committed.digest,
                 size: committed.size,
                 url: Some(url_s),
                 at: now,
-            });
+            };
+            // The module is committed: from here on nothing fails the fetch.
+            let appended = match &shared {
+                Some(shared) => shared.append(std::slice::from_ref(&insert), true),
+                None => me.journal.append(&insert),
+            };
+            if let Err(e) = appended {
+                // Served from memory all the same; the next start finds the
+                // file as an orphan.
+                warn!(error = %e, "appending to the wasm cache journal failed");
+            }
             Ok::<_, wasm_cache_core::Error>(Published {
                 path: committed.path,
                 checksum,
@@ -969,6 +1215,55 @@ impl Inner {
         }
     }
 
+    /// Indexes an orphaned module file already in the store under `want`
+    /// (checked by a full re-hash first); `None` if there is none, it is
+    /// referenced by another entry, or it does not verify.
+    async fn adopt(
+        self: &Arc<Self>,
+        url: &ModuleUrl,
+        name: &str,
+        want: Sha256Digest,
+        req: &GetRequest,
+    ) -> Option<Published> {
+        // Only a file no entry references: a module already cached under
+        // another name is downloaded again for this one, as the reference does.
+        if !self.store.contains(&want) || self.index.content_in_use(&want) {
+            return None;
+        }
+        let me = Arc::clone(self);
+        let verified = tokio::task::spawn_blocking(move || me.store.verify(&want))
+            .await
+            .ok()?;
+        if !matches!(verified, Ok(true)) {
+            return None;
+        }
+        let size = self.store.get(&want)?.size;
+        let key = ModuleKey::new(name, want);
+        let now = self.now();
+        self.index
+            .insert(key.clone(), want, size, Some(url.as_str()), now);
+        lock(&self.orphans).remove(&want);
+        self.unverified.remove(&want);
+        self.journal_append(&IndexEvent::Insert {
+            key: key.clone(),
+            content: want,
+            size,
+            url: Some(url.as_str().to_owned()),
+            at: now,
+        });
+        if url.records_checksum() {
+            self.record(url, want, req);
+        }
+        info!(url = %url.redacted(), checksum = %want, "adopted a module file already in the store");
+        Some(Published {
+            path: self.store.path_of(&want),
+            checksum: want,
+            key,
+            content: want,
+            downloaded: false,
+        })
+    }
+
     /// Runs a purge soon, off this task, unless one is already queued or the
     /// cache is shutting down; [`Cache::shutdown`] waits for it.
     fn queue_budget_purge(self: &Arc<Self>) {
@@ -989,9 +1284,29 @@ impl Inner {
         running.push(handle);
     }
 
-    /// One purge: expiry, then the byte budget, then orphans; then the
-    /// journal is compacted.
+    /// One purge: pending last-use updates are appended; then, holding the
+    /// journal's lock exclusively (metadata work only: reading others'
+    /// appends, unlinking files, appending the removals), expiry, the byte
+    /// budget and orphans; then the journal is compacted if its dead records
+    /// outweigh its live ones. Without the lock (held by someone else too
+    /// long), orphans are kept (they may be another process's module about
+    /// to be recorded) and no compaction happens.
     fn purge(&self) -> PurgeReport {
+        self.flush_touches(Instant::now() + TOUCH_WAIT);
+        let exclusive = self
+            .journal
+            .lock_exclusive(Instant::now() + METADATA_WAIT)
+            .inspect_err(|e| warn!(error = %e, "purging without the journal's lock: orphaned files are kept"))
+            .ok();
+        if let Some(x) = &exclusive {
+            let _serial = lock(&self.sync);
+            match x.read_new() {
+                Ok(tail) => self.apply_synced(&tail),
+                Err(e) => {
+                    warn!(error = %e, "reading other processes' wasm cache journal records failed")
+                }
+            }
+        }
         let now = self.now();
         let mut report = PurgeReport::default();
         let mut removed = Vec::new();
@@ -1009,10 +1324,11 @@ impl Inner {
                 }
             }
         }
+        let mut events = Vec::new();
         for e in removed {
             let content = e.entry.content;
             let _guard = self.publish_lock(&content);
-            self.journal_append(&IndexEvent::Remove {
+            events.push(IndexEvent::Remove {
                 key: e.entry.key.clone(),
             });
             if self.index.content_in_use(&content) {
@@ -1028,24 +1344,40 @@ impl Inner {
                     // REFERENCE §5: a failed removal keeps the entry.
                     warn!(module = %e.entry.key.redacted_name(), error = %err, "failed to purge wasm module");
                     report.failures += 1;
-                    self.restore(&e);
+                    events.extend(self.restore(&e));
                 }
             }
         }
-        self.purge_orphans(now, &mut report);
+        if exclusive.is_some() {
+            self.purge_orphans(now, &mut report);
+        }
         self.meters.entries(self.index.len());
-        if let Err(e) = self.flush() {
+        if !events.is_empty() {
+            let appended = match &exclusive {
+                Some(x) => x.append(&events, true),
+                None => self
+                    .journal
+                    .lock_shared(Instant::now() + METADATA_WAIT)
+                    .and_then(|shared| shared.append(&events, true)),
+            };
+            if let Err(e) = appended {
+                // The files are gone: the next start drops their entries.
+                warn!(error = %e, "appending to the wasm cache journal failed");
+            }
+        }
+        if let Some(x) = &exclusive
+            && compaction_due(x.lines(), &self.index)
+            && let Err(e) = x.compact(&self.index.to_events())
+        {
             warn!(error = %e, "compacting the wasm cache journal failed");
         }
         report
     }
 
     /// Puts back an entry whose file could not be removed, with its URLs and
-    /// checksum records, in the index and the journal.
-    fn restore(&self, removed: &Removed) {
-        for event in self.index.restore(removed) {
-            self.journal_append(&event);
-        }
+    /// checksum records, in the index; returns the journal records saying so.
+    fn restore(&self, removed: &Removed) -> Vec<IndexEvent> {
+        self.index.restore(removed)
     }
 
     fn purge_orphans(&self, now: Timestamp, report: &mut PurgeReport) {
@@ -1100,15 +1432,14 @@ impl Inner {
         }
         Ok(report)
     }
+}
 
-    /// Rewrites the journal from the index (last-use stamps of hits included).
-    fn flush(&self) -> Result<(), Error> {
-        let _exclusive = self
-            .journal_gate
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.journal.compact(&self.index.to_events())?;
-        Ok(())
+/// The name of the cross-process lock of one download: the URL as given and
+/// the checksum it must have.
+pub(crate) fn flight_key(url: &str, expected: Option<Sha256Digest>) -> String {
+    match expected {
+        Some(d) => format!("{url}\n{}", d.to_hex()),
+        None => format!("{url}\n"),
     }
 }
 

@@ -32,6 +32,8 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Fetch(e) => e.kind(),
+            // A wait for another process's download that ran out of time.
+            Self::Store(e) if e.kind() == wasm_store_fs::StoreErrorKind::Busy => ErrorKind::Timeout,
             Self::Store(_) | Self::Internal(_) | Self::ShutDown => ErrorKind::Storage,
         }
     }

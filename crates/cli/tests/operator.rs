@@ -679,34 +679,47 @@ fn completions_and_man_page_mention_every_subcommand() {
 }
 
 #[test]
-fn a_directory_locked_past_the_lock_wait_exits_3() {
-    // Another process holds the directory's lock for longer than the store
-    // waits for it (wasm_store_fs::LOCK_WAIT, 60 s): the command gives up
-    // with status 3, naming the lock.
+fn a_download_locked_past_the_timeout_exits_3_and_readers_never_wait() {
+    // Issue 13: no directory-wide lock. Another process holding the old
+    // directory lock (`.lock`) holds nobody up; another process holding a
+    // module's download lock (`.locks/<sha256 of "URL\n">.lock`, see
+    // `FsStore::lock_key`) makes a fetch of that module give up when its
+    // --timeout is over, with status 3, naming the lock.
+    let s = TestServer::start(ServerOptions::plain());
+    s.route("/m.wasm", Route::bytes(sample_module(4000, 3)));
+    let url = s.url("/m.wasm");
     let dir = tempfile::tempdir().unwrap();
     expect(0, dir.path(), &["list"]);
+    let dir_lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.path().join(".lock"))
+        .unwrap();
+    dir_lock.lock().unwrap();
+    expect(0, dir.path(), &["list"]);
+    std::fs::create_dir_all(dir.path().join(".locks")).unwrap();
+    let key = sha256_hex(format!("{url}\n").as_bytes());
     let lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(dir.path().join(".lock"))
+        .create(true)
+        .truncate(false)
+        .open(dir.path().join(".locks").join(format!("{key}.lock")))
         .unwrap();
     lock.lock().unwrap();
-    let o = expect(3, dir.path(), &["list"]);
+    let o = expect(3, dir.path(), &["fetch", &url, "--timeout", "1s"]);
     let e = stderr(&o);
-    // The wait is announced (a warning, shown by default), then the error.
-    let lines: Vec<&str> = e.lines().collect();
     assert!(
-        lines[0].starts_with("warning: cache directory is locked by another process"),
+        e.lines()
+            .any(|l| l.starts_with("error: ") && l.contains(&format!("{key}.lock"))),
         "{e}"
     );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("error: ") && l.contains(".lock")),
-        "{e}"
-    );
+    assert_eq!(s.hits("/m.wasm"), 0);
     lock.unlock().unwrap();
-    expect(0, dir.path(), &["list"]);
+    expect(0, dir.path(), &["fetch", &url]);
+    dir_lock.unlock().unwrap();
 }
 
 #[test]

@@ -692,7 +692,7 @@ impl Index {
             if total <= budget {
                 break;
             }
-            total -= g.size;
+            total = total.saturating_sub(g.size);
             g.keys.sort();
             out.append(&mut g.keys);
         }
@@ -708,6 +708,81 @@ impl Index {
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
+    }
+
+    /// Brings last-use times later than `now` back to `now` and returns how
+    /// many were. A journal written by a machine whose clock ran ahead (or
+    /// by hand) could otherwise keep an entry from ever expiring or being
+    /// evicted. Call after replaying a journal; `now` is the caller's clock.
+    pub fn clamp_future(&self, now: Timestamp) -> usize {
+        self.clamp_future_to(now, &|_| None)
+    }
+
+    /// [`clamp_future`](Self::clamp_future), bringing a future last use back
+    /// to `fallback(content)` instead (e.g. when the module's file was
+    /// written) when that is known and not itself after `now`.
+    pub fn clamp_future_to(
+        &self,
+        now: Timestamp,
+        fallback: &dyn Fn(&Sha256Digest) -> Option<Timestamp>,
+    ) -> usize {
+        let mut n = 0;
+        for mut e in self.modules.iter_mut() {
+            if e.last_use > now {
+                e.last_use = fallback(&e.content).map_or(now, |t| t.min(now));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sets the size of every entry whose content is `content` to `size` (the
+    /// size of its file, which the caller read from the disk) and returns how
+    /// many entries said otherwise.
+    pub fn correct_size(&self, content: &Sha256Digest, size: u64) -> usize {
+        let mut n = 0;
+        for mut e in self.modules.iter_mut() {
+            if e.content == *content && e.size != size {
+                e.size = size;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// [`correct_size`](Self::correct_size) for every entry in one pass:
+    /// `size_of(content)` is the size of the content's file, if known.
+    /// Returns how many entries said otherwise.
+    pub fn correct_sizes(&self, size_of: &dyn Fn(&Sha256Digest) -> Option<u64>) -> usize {
+        let mut n = 0;
+        for mut e in self.modules.iter_mut() {
+            if let Some(size) = size_of(&e.content)
+                && e.size != size
+            {
+                e.size = size;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Removes every entry and checksum record (before replaying a journal
+    /// that replaced the one the index was built from).
+    pub fn clear(&self) {
+        self.modules.clear();
+        self.checksums.clear();
+    }
+
+    /// Number of journal records [`to_events`](Self::to_events) would write:
+    /// the live records a compaction keeps.
+    pub fn event_count(&self) -> usize {
+        let entries: usize = self.modules.iter().map(|e| 1 + e.value().urls.len()).sum();
+        let records: usize = self
+            .checksums
+            .iter()
+            .map(|r| r.value().resource_versions.len())
+            .sum();
+        entries + records
     }
 
     /// Applies a persisted change.

@@ -65,6 +65,16 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A cross-process lock stayed held by someone else until the deadline.
+    #[error("timed out after {waited:?} waiting for {what} (lock file {} is held by another process)", path.display())]
+    LockTimeout {
+        /// What the lock stands for.
+        what: String,
+        /// The lock file.
+        path: PathBuf,
+        /// How long it was waited for.
+        waited: std::time::Duration,
+    },
     /// The ingest was used after one of its writes had already failed.
     #[error("ingest into {} already failed: {reason}", path.display())]
     IngestFailed {
@@ -96,6 +106,8 @@ pub enum StoreErrorKind {
     Io,
     /// A journal record could not be encoded.
     Encode,
+    /// A lock stayed held by another process until the deadline.
+    Busy,
 }
 
 impl StoreError {
@@ -117,6 +129,7 @@ impl StoreError {
             Self::NotFound { .. } => StoreErrorKind::NotFound,
             Self::Encode { .. } => StoreErrorKind::Encode,
             Self::IngestFailed { .. } => StoreErrorKind::Io,
+            Self::LockTimeout { .. } => StoreErrorKind::Busy,
         }
     }
 
@@ -153,6 +166,7 @@ impl StoreError {
                 let kind = match &other {
                     Self::Io { source, .. } => source.kind(),
                     Self::NotFound { .. } => io::ErrorKind::NotFound,
+                    Self::LockTimeout { .. } => io::ErrorKind::TimedOut,
                     _ => io::ErrorKind::Other,
                 };
                 Error::Sink {

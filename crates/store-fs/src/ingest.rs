@@ -1,6 +1,6 @@
 //! Streaming ingest: chunks in, a checked module at its final name out.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,13 +82,7 @@ impl Ingest {
         expected: Option<Sha256Digest>,
         max_size: u64,
     ) -> Result<Self, StoreError> {
-        let dir = store.dir();
-        let temp = dir.join(names::temp_name());
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .map_err(|e| StoreError::io("creating temporary file in", dir, e))?;
+        let (temp, file) = create_owned_temp(store.dir())?;
         Ok(Self {
             store,
             temp,
@@ -172,8 +166,11 @@ impl Ingest {
             .map_err(|e| StoreError::io("writing temporary file", &self.temp, e.into_error()))?;
         file.sync_all()
             .map_err(|e| StoreError::io("syncing temporary file", &self.temp, e))?;
+        // Still open (and so still locked: see `create_owned_temp`) while it is
+        // renamed, so no other process's recovery can take it for abandoned.
+        let committed = self.store.install(&self.temp, actual, self.size);
         drop(file);
-        let committed = self.store.install(&self.temp, actual, self.size)?;
+        let committed = committed?;
         self.finished = true;
         Ok(committed)
     }
@@ -214,6 +211,45 @@ impl Ingest {
     #[cfg(test)]
     pub(crate) fn replace_output_for_test(&mut self, file: File) {
         self.out = Some(BufWriter::with_capacity(IO_BUFFER, file));
+    }
+}
+
+/// Creates a fresh temporary file in `dir` (`O_CREAT | O_EXCL | O_NOFOLLOW`:
+/// never an existing file, never through a symlink) and takes its exclusive
+/// `flock`, held until the file is renamed into place or deleted. Another
+/// process's [`FsStore::open`](crate::FsStore::open) deletes only temporary
+/// files whose lock is free (their writer died), so deleting or replacing
+/// `.lock` files cannot make it delete a live ingest's file.
+///
+/// Between the create and the lock a recovery could see the file unlocked and
+/// delete it; the name is therefore checked to still be this inode once the
+/// lock is held, and a new file created if it is not.
+fn create_owned_temp(dir: &Path) -> Result<(PathBuf, File), StoreError> {
+    use rustix::fs::{Mode, OFlags};
+    let dir_fd = crate::locks::open_dir(dir)
+        .map_err(|e| StoreError::io("creating temporary file in", dir, e))?;
+    loop {
+        let name = names::temp_name();
+        let fd = rustix::fs::openat(
+            &dir_fd,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| StoreError::io("creating temporary file in", dir, e.into()))?;
+        let temp = dir.join(&name);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let locked =
+            crate::locks::flock_until(&fd, crate::locks::LockMode::Exclusive, deadline, &mut || {})
+                .map_err(|e| StoreError::io("locking temporary file", &temp, e))?;
+        if locked && crate::locks::same_inode(&dir_fd, &name, &fd) {
+            return Ok((temp, File::from(fd)));
+        }
+        // Deleted by a recovery between our create and our lock (or, absurdly,
+        // locked by someone else for 10 s): try a new name.
+        if crate::locks::same_inode(&dir_fd, &name, &fd) {
+            let _ = rustix::fs::unlinkat(&dir_fd, name.as_str(), rustix::fs::AtFlags::empty());
+        }
     }
 }
 

@@ -1,19 +1,31 @@
-//! A crash-safe, append-only journal of small records.
+//! A crash-safe, append-only journal of small records, shared by processes.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::StoreError;
-use crate::store::sync_dir;
+use crate::locks::{FileLock, LockMode, open_dir, open_or_create_nofollow, same_inode};
 
-/// Suffix of the temporary file [`Journal::compact`] writes.
+/// Suffix of the temporary file a compaction writes.
 const COMPACT_SUFFIX: &str = ".compact-tmp";
+/// Suffix of the journal's lock file.
+const LOCK_SUFFIX: &str = ".lock";
+
+/// How long [`Journal::append`] and [`Journal::compact`] wait for the
+/// journal's lock (held only for metadata work by others: an append or a
+/// compaction).
+pub const JOURNAL_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// An append-only journal of records of type `T`, one line per record:
 ///
@@ -21,29 +33,57 @@ const COMPACT_SUFFIX: &str = ".compact-tmp";
 /// <crc32 of the JSON, 8 lowercase hex> <JSON>\n
 /// ```
 ///
-/// [`append`](Self::append) writes one whole line with a single `write` on an
-/// `O_APPEND` descriptor, then `fdatasync`s. [`replay`](Self::replay) reads the
-/// lines back, skipping any whose checksum or JSON is wrong and a final line
-/// without its newline (a torn write), so a crash at any byte of an append
-/// loses at most that record. [`compact`](Self::compact) replaces the whole
-/// journal atomically.
+/// Several processes may use one journal at once:
 ///
-/// `Journal` is `Send + Sync` whatever `T` is; appends and compactions are
-/// serialised by an internal lock.
+/// - Appends hold the journal's lock file (`<journal>.lock`, `flock`) shared
+///   and write whole lines with one `write` on an `O_APPEND` descriptor;
+///   they are preceded by `#\n` if the file does not end with a newline (the
+///   torn tail of a crashed or failed writer becomes a corrupt line that
+///   replay skips, instead of swallowing the next record).
+/// - [`JournalLock::compact`] holds the lock exclusively: it first reads what
+///   others appended, then writes `<journal>.compact-tmp` (`O_CREAT | O_EXCL |
+///   O_NOFOLLOW`), `fsync`s it, renames it over the journal and `fsync`s the
+///   directory. A crash at any point leaves the old journal or the new one.
+/// - Whoever takes the lock, and every [`read_new`](Self::read_new), first
+///   checks that its descriptor is still the file at the journal's name; if a
+///   compaction replaced it, the new file is opened and read from its start
+///   ([`Replay::restarted`]). No append can go to a replaced file.
+/// - [`read_new`](Self::read_new) returns the records appended (by anyone)
+///   since the last call: a long-running process picks up other processes'
+///   appends with it.
+///
+/// No file is opened through a symlink: a symlink at the journal's, its
+/// lock's or its temporary file's name is removed and replaced by a fresh
+/// file, never written through.
+///
+/// `Journal` is `Send + Sync` whatever `T` is.
 pub struct Journal<T> {
     path: PathBuf,
+    dir: PathBuf,
+    name: String,
     state: Mutex<State>,
+    /// In-process order between this journal's lock holders: `flock` itself
+    /// is unfair, and a stream of shared holders (appends from many tasks)
+    /// could starve a compaction for ever. Exclusive takers announce
+    /// themselves in `writers_waiting` and new shared takers let them pass.
+    gate: std::sync::RwLock<()>,
+    writers_waiting: std::sync::atomic::AtomicUsize,
     _records: PhantomData<fn() -> T>,
 }
 
 #[derive(Debug)]
 struct State {
     file: File,
-    /// Length of the valid prefix: the file is truncated back to it when an
-    /// append fails half-way.
-    len: u64,
-    /// An earlier failed append may have left a partial line after `len`.
-    dirty_tail: bool,
+    /// End of the last complete line read (or appended by us with nothing
+    /// in between): where [`Journal::read_new`] continues.
+    offset: u64,
+    /// Lines in the file before `offset` (records, corrupt and blank lines).
+    lines: u64,
+    /// The file was replaced since the last read (or never read): the next
+    /// read starts over.
+    restarted: bool,
+    #[cfg(test)]
+    pinned_for_test: bool,
 }
 
 impl<T> std::fmt::Debug for Journal<T> {
@@ -52,7 +92,7 @@ impl<T> std::fmt::Debug for Journal<T> {
     }
 }
 
-/// What [`Journal::replay_report`] read.
+/// What [`Journal::replay_report`] or [`Journal::read_new`] read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Replay<T> {
@@ -62,6 +102,10 @@ pub struct Replay<T> {
     pub corrupt: usize,
     /// Whether the file ended in a partial line (a torn append), which was ignored.
     pub torn_tail: bool,
+    /// For [`Journal::read_new`]: the journal was replaced (compacted by
+    /// someone) since the previous read, so `records` are the whole new
+    /// journal, not a tail to add to what was read before.
+    pub restarted: bool,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -95,86 +139,114 @@ fn decode<T: DeserializeOwned>(line: &[u8]) -> Option<T> {
     serde_json::from_slice(json).ok()
 }
 
-/// The length of the longest prefix of `file` that ends with a newline (or 0).
-fn complete_prefix_len(file: &mut File, len: u64) -> io::Result<u64> {
-    let mut end = len;
-    let mut buf = vec![0u8; 64 * 1024];
-    while end > 0 {
-        let start = end.saturating_sub(buf.len() as u64);
-        let n = usize::try_from(end - start).unwrap_or(buf.len());
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut buf[..n])?;
-        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
-            return Ok(start + i as u64 + 1);
+/// Opens the journal file for reading and appending, never through a
+/// symlink (one at its name is replaced by a fresh file).
+fn open_journal_file(dir: &OwnedFd, dir_path: &Path, name: &str) -> Result<File, StoreError> {
+    let file = open_or_create_nofollow(dir, dir_path, name, "opening journal")?;
+    // `open_or_create_nofollow` opens read-write; appends need O_APPEND.
+    let fl = rfs::fcntl_getfl(&file)
+        .map_err(|e| StoreError::io("opening journal", dir_path.join(name), e.into()))?;
+    rfs::fcntl_setfl(&file, (fl | OFlags::APPEND) - OFlags::NONBLOCK)
+        .map_err(|e| StoreError::io("opening journal", dir_path.join(name), e.into()))?;
+    Ok(file)
+}
+
+/// Reads complete lines of `file` from `offset`; returns the replay, the new
+/// offset and the number of lines read.
+fn read_lines<T: DeserializeOwned>(
+    path: &Path,
+    mut file: &File,
+    offset: u64,
+) -> Result<(Replay<T>, u64, u64), StoreError> {
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| StoreError::io("reading journal", path, e))?;
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut replay = Replay {
+        records: Vec::new(),
+        corrupt: 0,
+        torn_tail: false,
+        restarted: false,
+    };
+    let mut line = Vec::new();
+    let mut end = offset;
+    let mut lines = 0;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| StoreError::io("reading journal", path, e))?;
+        if n == 0 {
+            break;
         }
-        end = start;
+        if line.last() != Some(&b'\n') {
+            replay.torn_tail = true;
+            break;
+        }
+        end += n as u64;
+        lines += 1;
+        line.pop();
+        if line.is_empty() {
+            continue;
+        }
+        match decode(&line) {
+            Some(r) => replay.records.push(r),
+            None => replay.corrupt += 1,
+        }
     }
-    Ok(0)
+    if replay.corrupt > 0 {
+        tracing::warn!(path = %path.display(), corrupt = replay.corrupt, "skipped corrupt journal records");
+    }
+    Ok((replay, end, lines))
 }
 
 impl<T: Serialize + DeserializeOwned> Journal<T> {
-    /// Opens the journal at `path`, creating it (and fsyncing its directory) if
-    /// it does not exist. A leftover temporary file of an interrupted
-    /// [`compact`](Self::compact) is deleted, and a torn final line (no newline)
-    /// is truncated away so the next append starts on a fresh line; the complete
-    /// records before it are untouched.
+    /// Opens the journal at `path`, creating it if it does not exist (never
+    /// through a symlink). Nothing is read yet: [`read_new`](Self::read_new)
+    /// reads from the start the first time. A leftover temporary file of an
+    /// interrupted compaction is deleted if no other process is compacting.
     ///
     /// # Errors
-    /// [`StoreError::Io`] naming the journal if it cannot be created, read or
-    /// truncated.
+    /// [`StoreError::Io`] naming the journal if it cannot be created or opened.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let leftover = compact_temp_path(&path);
-        match fs::remove_file(&leftover) {
-            Ok(()) => {
-                tracing::info!(path = %leftover.display(), "removed temporary file of an interrupted journal compaction")
-            }
-            // A missing parent directory is reported below, by the open.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) => {}
-            Err(e) => {
-                return Err(StoreError::io(
-                    "removing journal temporary file",
-                    &leftover,
-                    e,
-                ));
-            }
-        }
-        let existed = path.exists();
-        let mut file = owner_only(OpenOptions::new().read(true).append(true).create(true))
-            .open(&path)
-            .map_err(|e| StoreError::io("opening journal", &path, e))?;
-        if !existed {
-            sync_dir(&dir)?;
-        }
-        let len = file
-            .metadata()
-            .map_err(|e| StoreError::io("reading journal metadata", &path, e))?
-            .len();
-        let valid = complete_prefix_len(&mut file, len)
-            .map_err(|e| StoreError::io("reading journal", &path, e))?;
-        if valid < len {
-            tracing::warn!(path = %path.display(), bytes = len - valid, "truncating a torn record at the end of the journal");
-            file.set_len(valid)
-                .and_then(|()| file.sync_data())
-                .map_err(|e| StoreError::io("truncating torn record in journal", &path, e))?;
-        }
-        Ok(Self {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                StoreError::io(
+                    "opening journal",
+                    &path,
+                    io::Error::new(io::ErrorKind::InvalidInput, "not a UTF-8 file name"),
+                )
+            })?
+            .to_owned();
+        let dir_fd = open_dir(&dir).map_err(|e| StoreError::io("opening journal", &path, e))?;
+        let file = open_journal_file(&dir_fd, &dir, &name)?;
+        let journal = Self {
             path,
+            dir,
+            name,
             state: Mutex::new(State {
                 file,
-                len: valid,
-                dirty_tail: false,
+                offset: 0,
+                lines: 0,
+                restarted: true,
+                #[cfg(test)]
+                pinned_for_test: false,
             }),
+            gate: std::sync::RwLock::new(()),
+            writers_waiting: std::sync::atomic::AtomicUsize::new(0),
             _records: PhantomData,
-        })
+        };
+        // Tidy only if nobody compacts right now (a compaction in progress owns it).
+        if let Ok(Some(_exclusive)) = journal.try_lock(LockMode::Exclusive, Instant::now()) {
+            journal.remove_compact_temp(&dir_fd);
+        }
+        Ok(journal)
     }
 
     /// The journal file.
@@ -182,39 +254,164 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         &self.path
     }
 
-    /// Appends one record and `fdatasync`s: when this returns `Ok`, the record
-    /// survives a crash or power loss.
+    /// Lines in the journal file as far as it has been read (records, corrupt
+    /// and blank lines): with the number of live records, what decides
+    /// whether a compaction is worth it.
+    pub fn lines(&self) -> u64 {
+        lock(&self.state).lines
+    }
+
+    fn dir_fd(&self) -> Result<OwnedFd, StoreError> {
+        open_dir(&self.dir).map_err(|e| StoreError::io("opening journal directory", &self.dir, e))
+    }
+
+    fn lock_name(&self) -> String {
+        format!("{}{LOCK_SUFFIX}", self.name)
+    }
+
+    /// Makes `st.file` the file at the journal's name again if a compaction
+    /// (by anyone) replaced it.
+    fn revalidate(&self, st: &mut State, dir: &OwnedFd) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if st.pinned_for_test {
+            return Ok(());
+        }
+        if same_inode(dir, &self.name, &st.file) {
+            return Ok(());
+        }
+        st.file = open_journal_file(dir, &self.dir, &self.name)?;
+        st.offset = 0;
+        st.lines = 0;
+        st.restarted = true;
+        Ok(())
+    }
+
+    fn try_lock(
+        &self,
+        mode: LockMode,
+        deadline: Instant,
+    ) -> Result<Option<JournalLock<'_, T>>, StoreError> {
+        let Some(gate) = self.enter_gate(mode, deadline) else {
+            return Ok(None);
+        };
+        let dir = self.dir_fd()?;
+        let path = self.dir.join(self.lock_name());
+        let mut on_wait = || {
+            tracing::info!(lock = %path.display(), "waiting for another process's journal compaction or append");
+        };
+        let Some(file_lock) = FileLock::acquire(
+            dir,
+            &self.dir,
+            &self.lock_name(),
+            mode,
+            deadline,
+            false,
+            &mut on_wait,
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(JournalLock {
+            journal: self,
+            _lock: file_lock,
+            _gate: gate,
+            mode,
+        }))
+    }
+
+    /// The in-process side of the lock, polled until `deadline` (never a
+    /// blocking wait: a holder may wait for something this caller holds).
+    fn enter_gate(&self, mode: LockMode, deadline: Instant) -> Option<Gate<'_>> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if mode == LockMode::Exclusive {
+            self.writers_waiting.fetch_add(1, AcqRel);
+        }
+        let mut pause = Duration::from_micros(200);
+        let gate = loop {
+            let got = match mode {
+                LockMode::Exclusive => self.gate.try_write().ok().map(Gate::Exclusive),
+                LockMode::Shared if self.writers_waiting.load(Acquire) == 0 => {
+                    self.gate.try_read().ok().map(Gate::Shared)
+                }
+                LockMode::Shared => None,
+            };
+            if got.is_some() {
+                break got;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        };
+        if mode == LockMode::Exclusive {
+            self.writers_waiting.fetch_sub(1, AcqRel);
+        }
+        gate
+    }
+
+    fn lock_mode(
+        &self,
+        mode: LockMode,
+        deadline: Instant,
+    ) -> Result<JournalLock<'_, T>, StoreError> {
+        let started = Instant::now();
+        self.try_lock(mode, deadline)?
+            .ok_or_else(|| StoreError::LockTimeout {
+                what: "the journal's lock".into(),
+                path: self.dir.join(self.lock_name()),
+                waited: started.elapsed(),
+            })
+    }
+
+    /// Takes the journal's lock shared (appends), waiting until `deadline`.
+    ///
+    /// # Errors
+    /// [`StoreError::LockTimeout`] if someone holds it exclusively until then;
+    /// [`StoreError::Io`] if the lock file cannot be opened.
+    pub fn lock_shared(&self, deadline: Instant) -> Result<JournalLock<'_, T>, StoreError> {
+        self.lock_mode(LockMode::Shared, deadline)
+    }
+
+    /// Takes the journal's lock exclusively (compaction, or anything that
+    /// must see every append of every process), waiting until `deadline`.
+    ///
+    /// # Errors
+    /// As [`lock_shared`](Self::lock_shared).
+    pub fn lock_exclusive(&self, deadline: Instant) -> Result<JournalLock<'_, T>, StoreError> {
+        self.lock_mode(LockMode::Exclusive, deadline)
+    }
+
+    /// Appends one record durably (`fdatasync`), under the shared lock
+    /// (waiting up to [`JOURNAL_LOCK_WAIT`]): when this returns `Ok`, the
+    /// record survives a crash or power loss.
     ///
     /// # Errors
     /// [`StoreError::Encode`] if `record` cannot be serialised;
-    /// [`StoreError::Io`] if the write or sync fails (disk full, ...), in which
-    /// case the journal is truncated back to its previous length so no partial
-    /// line is left before the next record.
+    /// [`StoreError::Io`] if the write or sync fails (disk full, ...): a
+    /// partial line may be left, which replay skips and the next append
+    /// starts after; [`StoreError::LockTimeout`].
     pub fn append(&self, record: &T) -> Result<(), StoreError> {
-        let mut line = Vec::with_capacity(128);
-        encode(&self.path, record, &mut line)?;
+        self.lock_shared(Instant::now() + JOURNAL_LOCK_WAIT)?
+            .append(std::slice::from_ref(record), true)
+    }
+
+    /// Records appended since the previous call (by this process or any
+    /// other), or the whole journal the first time and after a compaction
+    /// replaced the file ([`Replay::restarted`]). Takes no cross-process lock.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the journal cannot be read.
+    pub fn read_new(&self) -> Result<Replay<T>, StoreError> {
+        let dir = self.dir_fd()?;
         let mut st = lock(&self.state);
-        if st.dirty_tail {
-            let len = st.len;
-            st.file.set_len(len).map_err(|e| {
-                StoreError::io("truncating failed append in journal", &self.path, e)
-            })?;
-            st.dirty_tail = false;
-        }
-        let written = st.file.write_all(&line).and_then(|()| st.file.sync_data());
-        match written {
-            Ok(()) => {
-                st.len += line.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                let len = st.len;
-                if st.file.set_len(len).is_err() {
-                    st.dirty_tail = true;
-                }
-                Err(StoreError::io("appending to journal", &self.path, e))
-            }
-        }
+        self.revalidate(&mut st, &dir)?;
+        let (mut replay, end, lines) = read_lines(&self.path, &st.file, st.offset)?;
+        replay.restarted = std::mem::take(&mut st.restarted);
+        st.offset = end;
+        st.lines += lines;
+        Ok(replay)
     }
 
     /// Every intact record, in order (see [`replay_report`](Self::replay_report)).
@@ -225,139 +422,252 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         Ok(self.replay_report()?.records)
     }
 
-    /// Reads the journal: every line with a valid checksum and JSON becomes a
-    /// record; corrupt lines are skipped and counted; a partial last line is a
-    /// torn append and is ignored. Older records are never lost to a bad newer one.
+    /// Reads the whole journal from its start: every line with a valid
+    /// checksum and JSON becomes a record; corrupt lines are skipped and
+    /// counted; a partial last line is a torn append and is ignored. Older
+    /// records are never lost to a bad newer one. Does not move where
+    /// [`read_new`](Self::read_new) continues.
     ///
     /// # Errors
     /// [`StoreError::Io`] if the journal cannot be read.
     pub fn replay_report(&self) -> Result<Replay<T>, StoreError> {
-        // Hold the lock so a concurrent append is either wholly seen or not at all.
-        let _st = lock(&self.state);
-        let file =
-            File::open(&self.path).map_err(|e| StoreError::io("opening journal", &self.path, e))?;
-        let mut reader = BufReader::new(file);
-        let mut replay = Replay {
-            records: Vec::new(),
-            corrupt: 0,
-            torn_tail: false,
-        };
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| StoreError::io("reading journal", &self.path, e))?;
-            if n == 0 {
-                break;
-            }
-            if line.last() != Some(&b'\n') {
-                replay.torn_tail = true;
-                break;
-            }
-            line.pop();
-            if line.is_empty() {
-                continue;
-            }
-            match decode(&line) {
-                Some(r) => replay.records.push(r),
-                None => replay.corrupt += 1,
-            }
-        }
-        if replay.corrupt > 0 {
-            tracing::warn!(path = %self.path.display(), corrupt = replay.corrupt, "skipped corrupt journal records");
-        }
-        Ok(replay)
+        let dir = self.dir_fd()?;
+        let fd = rfs::openat(
+            &dir,
+            self.name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::io("opening journal", &self.path, e.into()))?;
+        Ok(read_lines(&self.path, &File::from(fd), 0)?.0)
     }
 
-    /// Atomically replaces the journal's content with `records`: they are
-    /// written to `<journal>.compact-tmp`, fsynced, renamed over the journal,
-    /// and the directory is fsynced. A crash at any point leaves either the old
+    /// Atomically replaces the journal's content with `records`, under the
+    /// exclusive lock (waiting up to [`JOURNAL_LOCK_WAIT`]); see
+    /// [`JournalLock::compact`]. Records others appended since this journal
+    /// last read are dropped: callers that share the file use
+    /// [`lock_exclusive`](Self::lock_exclusive), [`JournalLock::read_new`]
+    /// and then compact.
+    ///
+    /// # Errors
+    /// [`StoreError::Encode`], [`StoreError::Io`] or
+    /// [`StoreError::LockTimeout`]; the old journal is then intact.
+    pub fn compact(&self, records: &[T]) -> Result<(), StoreError> {
+        self.lock_exclusive(Instant::now() + JOURNAL_LOCK_WAIT)?
+            .compact(records)
+    }
+
+    fn remove_compact_temp(&self, dir: &OwnedFd) {
+        let temp = format!("{}{COMPACT_SUFFIX}", self.name);
+        match rfs::unlinkat(dir, temp.as_str(), AtFlags::empty()) {
+            Ok(()) => {
+                tracing::info!(path = %self.dir.join(&temp).display(), "removed temporary file of an interrupted journal compaction");
+            }
+            Err(Errno::NOENT) => {}
+            Err(e) => {
+                tracing::warn!(path = %self.dir.join(&temp).display(), error = %e, "could not remove temporary file of a journal compaction");
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn replace_file_for_test(&self, file: File) {
+        let mut st = lock(&self.state);
+        st.file = file;
+        st.pinned_for_test = true;
+    }
+}
+
+/// The journal's cross-process lock, held: shared for appends, exclusive for
+/// compaction. Released when dropped. Hold it only for metadata work (never
+/// across network I/O).
+pub struct JournalLock<'a, T> {
+    journal: &'a Journal<T>,
+    // Dropped in this order: the `flock` first, then the in-process gate.
+    _lock: FileLock,
+    _gate: Gate<'a>,
+    mode: LockMode,
+}
+
+/// The in-process side of a [`JournalLock`] (held only to be released).
+#[allow(dead_code)] // reason: the guards are held for their drop, never read
+enum Gate<'a> {
+    Shared(std::sync::RwLockReadGuard<'a, ()>),
+    Exclusive(std::sync::RwLockWriteGuard<'a, ()>),
+}
+
+impl<T> std::fmt::Debug for JournalLock<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalLock")
+            .field("path", &self.journal.path)
+            .field("exclusive", &(self.mode == LockMode::Exclusive))
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JournalLock<'_, T> {
+    /// [`Journal::read_new`], under the lock: held exclusively, nobody else
+    /// can append meanwhile, so this is everything.
+    ///
+    /// # Errors
+    /// As [`Journal::read_new`].
+    pub fn read_new(&self) -> Result<Replay<T>, StoreError> {
+        self.journal.read_new()
+    }
+
+    /// Lines in the journal file as far as it has been read ([`Journal::lines`]).
+    pub fn lines(&self) -> u64 {
+        self.journal.lines()
+    }
+
+    /// Appends `records` with one `write` (preceded by a newline if the file
+    /// does not end with one); `durable` adds an `fdatasync`.
+    ///
+    /// # Errors
+    /// [`StoreError::Encode`] if a record cannot be serialised (nothing is
+    /// written then); [`StoreError::Io`] if the write or sync fails.
+    pub fn append(&self, records: &[T], durable: bool) -> Result<(), StoreError> {
+        let j = self.journal;
+        let mut buf = Vec::with_capacity(128 * records.len().max(1));
+        for r in records {
+            encode(&j.path, r, &mut buf)?;
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let dir = j.dir_fd()?;
+        let mut st = lock(&j.state);
+        j.revalidate(&mut st, &dir)?;
+        let before = st
+            .file
+            .metadata()
+            .map_err(|e| StoreError::io("appending to journal", &j.path, e))?
+            .len();
+        if before > 0 {
+            let mut last = [0u8; 1];
+            let torn = match st.file.read_at(&mut last, before - 1) {
+                Ok(1) => last[0] != b'\n',
+                _ => true,
+            };
+            if torn {
+                // Ends the torn line with a byte its checksum cannot cover,
+                // so it stays corrupt even if only its newline was missing
+                // (its writer was told the append failed).
+                buf.splice(0..0, *b"#\n");
+            }
+        }
+        let written = st
+            .file
+            .write_all(&buf)
+            .and_then(|()| if durable { st.file.sync_data() } else { Ok(()) });
+        written.map_err(|e| StoreError::io("appending to journal", &j.path, e))?;
+        // Skip our own lines on the next read when nobody wrote around them.
+        if before == st.offset
+            && st
+                .file
+                .metadata()
+                .is_ok_and(|m| m.len() == before + buf.len() as u64)
+        {
+            st.offset += buf.len() as u64;
+            st.lines += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        Ok(())
+    }
+
+    /// Atomically replaces the journal's content with `records` (the lock
+    /// must be held exclusively): they are written to `<journal>.compact-tmp`
+    /// (created with `O_EXCL | O_NOFOLLOW` after removing any leftover or
+    /// symlink at that name), `fsync`ed, renamed over the journal, and the
+    /// directory is `fsync`ed. A crash at any point leaves either the old
     /// journal or the new one, never a mix.
     ///
     /// # Errors
     /// [`StoreError::Encode`] or [`StoreError::Io`]; the old journal is then intact.
     pub fn compact(&self, records: &[T]) -> Result<(), StoreError> {
-        let mut st = lock(&self.state);
-        let temp = compact_temp_path(&self.path);
-        let result = self.write_compacted(&temp, records);
+        let j = self.journal;
+        if self.mode != LockMode::Exclusive {
+            return Err(StoreError::io(
+                "compacting journal",
+                &j.path,
+                io::Error::other("the journal's lock is held shared, not exclusively"),
+            ));
+        }
+        let dir = j.dir_fd()?;
+        let mut st = lock(&j.state);
+        let temp_name = format!("{}{COMPACT_SUFFIX}", j.name);
+        let temp = j.dir.join(&temp_name);
+        j.remove_compact_temp(&dir);
+        let result = write_compacted(&j.path, &dir, &temp_name, &temp, records);
         let len = match result {
             Ok(len) => len,
             Err(e) => {
-                let _ = fs::remove_file(&temp);
+                j.remove_compact_temp(&dir);
                 return Err(e);
             }
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| StoreError::io("reopening journal", &self.path, e))?;
-        *st = State {
-            file,
-            len,
-            dirty_tail: false,
-        };
+        rfs::renameat(&dir, temp_name.as_str(), &dir, j.name.as_str()).map_err(|e| {
+            j.remove_compact_temp(&dir);
+            StoreError::io("renaming compacted journal into", &j.path, e.into())
+        })?;
+        st.file = open_journal_file(&dir, &j.dir, &j.name)?;
+        st.offset = len;
+        st.lines = records.len() as u64;
+        st.restarted = false;
+        #[cfg(test)]
+        {
+            st.pinned_for_test = false;
+        }
+        drop(st);
+        rfs::fsync(&dir).map_err(|e| StoreError::io("syncing directory", &j.dir, e.into()))?;
         Ok(())
     }
+}
 
-    fn write_compacted(&self, temp: &Path, records: &[T]) -> Result<u64, StoreError> {
-        let mut out = owner_only(OpenOptions::new().write(true).create(true).truncate(true))
-            .open(temp)
-            .map_err(|e| StoreError::io("creating journal temporary file", temp, e))?;
-        let mut buf = Vec::with_capacity(64 * 1024);
-        let mut len = 0u64;
-        for r in records {
-            encode(&self.path, r, &mut buf)?;
-            if buf.len() >= 64 * 1024 {
-                out.write_all(&buf)
-                    .map_err(|e| StoreError::io("writing journal temporary file", temp, e))?;
-                len += buf.len() as u64;
-                buf.clear();
-            }
+fn write_compacted<T: Serialize>(
+    path: &Path,
+    dir: &OwnedFd,
+    temp_name: &str,
+    temp: &Path,
+    records: &[T],
+) -> Result<u64, StoreError> {
+    let fd = rfs::openat(
+        dir,
+        temp_name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        // Records may hold URLs as given, with credentials: owner only.
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| StoreError::io("creating journal temporary file", temp, e.into()))?;
+    let mut out = File::from(fd);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut len = 0u64;
+    for r in records {
+        encode(path, r, &mut buf)?;
+        if buf.len() >= 64 * 1024 {
+            out.write_all(&buf)
+                .map_err(|e| StoreError::io("writing journal temporary file", temp, e))?;
+            len += buf.len() as u64;
+            buf.clear();
         }
-        out.write_all(&buf)
-            .and_then(|()| out.sync_all())
-            .map_err(|e| StoreError::io("writing journal temporary file", temp, e))?;
-        len += buf.len() as u64;
-        drop(out);
-        fs::rename(temp, &self.path)
-            .map_err(|e| StoreError::io("renaming compacted journal into", &self.path, e))?;
-        let dir = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        sync_dir(dir)?;
-        Ok(len)
     }
-
-    #[cfg(test)]
-    fn replace_file_for_test(&self, file: File) {
-        lock(&self.state).file = file;
-    }
-}
-
-/// Files the journal creates are readable by their owner only: records may
-/// hold URLs as given, with credentials in their user-info or query.
-fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
-    options
-}
-
-fn compact_temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(COMPACT_SUFFIX);
-    path.with_file_name(name)
+    out.write_all(&buf)
+        .and_then(|()| out.sync_all())
+        .map_err(|e| StoreError::io("writing journal temporary file", temp, e))?;
+    len += buf.len() as u64;
+    Ok(len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Deserialize;
+    use std::fs::{self, OpenOptions};
+
+    fn compact_temp_path(path: &Path) -> PathBuf {
+        let mut name = path.file_name().unwrap().to_os_string();
+        name.push(COMPACT_SUFFIX);
+        path.with_file_name(name)
+    }
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     struct Rec {

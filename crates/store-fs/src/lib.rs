@@ -41,7 +41,8 @@
 //! ## Crash-safety protocol of an ingest
 //!
 //! 1. [`FsStore::ingest`] creates `.tmp-<random>-<n>.wasm.partial` in the store
-//!    directory with `O_CREAT|O_EXCL`. Temporary names start with `.` and end in
+//!    directory with `O_CREAT|O_EXCL|O_NOFOLLOW` and holds its `flock` until
+//!    it is renamed into place or deleted. Temporary names start with `.` and end in
 //!    `.partial`; final names are 64 hex digits plus `.wasm`, so the two patterns
 //!    can never match the same name.
 //! 2. Each chunk is checked against the size limit (the chunk that crosses it
@@ -59,7 +60,8 @@
 //! 5. Any failure before the rename, and dropping an [`Ingest`] without
 //!    committing, deletes the temporary file. A crash (even `SIGKILL` or power
 //!    loss) leaves at most a temporary file, which the next [`FsStore::open`]
-//!    deletes. A file at a final name was therefore complete and checked when
+//!    (in any process) deletes once its lock is free: a live writer's
+//!    temporary file is never deleted, whatever happened to other lock files. A file at a final name was therefore complete and checked when
 //!    it got there.
 //!
 //! Disk full (`ENOSPC`) or permission errors surface as [`StoreError::Io`]
@@ -105,32 +107,39 @@
 //! file or a file deleted between the check and the rename. Deciding which
 //! order is wanted is the cache's job (it serialises `get` and eviction per key).
 //!
-//! A directory must be opened by one [`FsStore`] at a time (one process): the
-//! locks are in memory and opening deletes temporary files.
+//! Across processes, the final rename is atomic and content-addressed (two
+//! processes installing one digest install the same bytes). A second
+//! [`FsStore::open`] of one directory in one process (same device and inode)
+//! shares the first store's state. [`FsStore::lock_key`] is the cross-process
+//! lock of one in-flight download (`<dir>/.locks/<sha256 of key>.lock`), with
+//! a deadline; no lock covers the whole directory.
 //!
 //! ## Journal format
 //!
 //! [`Journal<T>`] stores records of any `T: Serialize + DeserializeOwned`, one
 //! per line: `<crc32 of the JSON as 8 lowercase hex> <compact JSON>\n`.
-//! [`Journal::append`] writes the whole line with one `write` on an `O_APPEND`
-//! descriptor and `fdatasync`s. [`Journal::replay`] skips lines whose checksum
-//! or JSON is wrong and ignores a final line without newline (a torn append);
-//! [`Journal::open`] truncates such a tail so the next append starts on a fresh
-//! line. [`Journal::compact`] writes a new journal to `<journal>.compact-tmp`,
-//! `fsync`s, renames it over the old one and `fsync`s the directory. A journal
-//! may live inside the store directory: names not ending in `.wasm` are
-//! ignored by recovery.
+//! Several processes may share one: appends hold `<journal>.lock` shared and
+//! write whole lines with one `write` on an `O_APPEND` descriptor (after
+//! `#\n` if a torn line ends the file); [`JournalLock::compact`] holds it
+//! exclusively and replaces the file atomically (`<journal>.compact-tmp`,
+//! created `O_EXCL|O_NOFOLLOW`, `fsync`, rename, directory `fsync`);
+//! [`Journal::read_new`] returns what anyone appended since the last read.
+//! Replay skips lines whose checksum or JSON is wrong and ignores a final
+//! line without newline (a torn append). No journal, lock or temporary file
+//! is ever opened through a symlink. A journal may live inside the store
+//! directory: names not ending in `.wasm` are ignored by recovery.
 
 mod error;
 mod ingest;
 mod journal;
+mod locks;
 mod names;
 mod store;
 
 pub use crate::error::{StoreError, StoreErrorKind};
 pub use crate::ingest::{Committed, Ingest};
-pub use crate::journal::{Journal, Replay};
+pub use crate::journal::{JOURNAL_LOCK_WAIT, Journal, JournalLock, Replay};
+pub use crate::locks::FileLock;
 pub use crate::store::{
-    FsStore, IgnoredFile, LOCK_FILE, LOCK_WAIT, Mismatch, RecoveryReport, StoredModule,
-    VerifyReport,
+    FsStore, IgnoredFile, KEY_LOCK_DIR, Mismatch, RecoveryReport, StoredModule, VerifyReport,
 };

@@ -23,10 +23,10 @@ pub(crate) const IO_BUFFER: usize = 64 * 1024;
 /// A crash-safe, content-addressed directory of Wasm modules.
 ///
 /// Cloning is cheap (an [`Arc`] inside) and every method takes `&self`, so one
-/// store can be shared by every task of the cache. One directory must be owned
-/// by one `FsStore` (and its clones) at a time: opening removes temporary files,
-/// and the per-digest locks that make [`remove`](Self::remove) safe against a
-/// concurrent [`ingest`](Self::ingest) live in memory.
+/// store can be shared by every task of the cache. Opening one directory
+/// twice in a process shares one store (the per-digest locks that make
+/// [`remove`](Self::remove) safe against a concurrent [`ingest`](Self::ingest)
+/// live in memory); other processes may use the directory at the same time.
 #[derive(Clone, Debug)]
 pub struct FsStore {
     inner: Arc<Inner>,
@@ -38,10 +38,6 @@ pub(crate) struct Inner {
     stripes: Box<[Mutex<()>]>,
     /// The directory, open, for [`FsStore::contains`].
     dir_fd: std::os::fd::OwnedFd,
-    /// The open `.lock` file: holding it holds the directory's exclusive
-    /// advisory lock, released when the last store of this process on the
-    /// directory is dropped.
-    _dir_lock: Arc<File>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -140,69 +136,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The file whose advisory lock guards a store directory.
-pub const LOCK_FILE: &str = ".lock";
+/// The subdirectory holding the per-key lock files of in-flight downloads
+/// ([`FsStore::lock_key`]).
+pub const KEY_LOCK_DIR: &str = ".locks";
 
-/// How long [`FsStore::open`] waits for another process to release the directory.
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Directories whose lock this process holds, to share it between stores.
-static HELD: Mutex<Option<HashMap<PathBuf, std::sync::Weak<File>>>> = Mutex::new(None);
-
-/// Takes the exclusive advisory lock of `dir` (`flock` on `<dir>/.lock`),
-/// waiting up to `wait` for another process (e.g. a second `wasm-cache fetch`
-/// on the same directory) to finish: one directory is owned by one process
-/// at a time, since opening removes temporary files and the per-digest locks
-/// live in memory. Within one process the lock is shared (the rule there is
-/// the documented "one `FsStore` and its clones at a time").
-pub(crate) fn lock_dir(dir: &Path, wait: std::time::Duration) -> Result<Arc<File>, StoreError> {
-    let mut held = lock(&HELD);
-    let held = held.get_or_insert_with(HashMap::new);
-    held.retain(|_, w| w.strong_count() > 0);
-    if let Some(file) = held.get(dir).and_then(std::sync::Weak::upgrade) {
-        return Ok(file);
-    }
-    let file = Arc::new(lock_file(dir, wait)?);
-    held.insert(dir.to_path_buf(), Arc::downgrade(&file));
-    Ok(file)
-}
-
-fn lock_file(dir: &Path, wait: std::time::Duration) -> Result<File, StoreError> {
-    let path = dir.join(LOCK_FILE);
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::io("opening lock file", &path, e))?;
-    let deadline = std::time::Instant::now() + wait;
-    let mut told = false;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                if !told {
-                    told = true;
-                    tracing::warn!(dir = %dir.display(), "cache directory is locked by another process; waiting up to {wait:?}");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::io(
-                    "locking store directory (in use by another process or store)",
-                    &path,
-                    io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        format!("still locked after {wait:?}"),
-                    ),
-                ));
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(StoreError::io("locking store directory", &path, e));
-            }
-        }
-    }
-}
+/// Stores open in this process, by the directory's (device, inode): a second
+/// [`FsStore::open`] of one directory shares the first one's state.
+type OpenStores = Vec<((u64, u64), std::sync::Weak<Inner>)>;
+static OPEN: Mutex<OpenStores> = Mutex::new(Vec::new());
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
@@ -227,7 +168,6 @@ impl FsStore {
             .map_err(|e| StoreError::io("resolving store directory", given, e))?;
         fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io("creating store directory", &dir, e))?;
-        let dir_lock = lock_dir(&dir, LOCK_WAIT)?;
         let dir_fd = rustix::fs::open(
             &dir,
             rustix::fs::OFlags::DIRECTORY
@@ -236,6 +176,28 @@ impl FsStore {
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| StoreError::io("opening store directory", &dir, e.into()))?;
+        let st = rustix::fs::fstat(&dir_fd)
+            .map_err(|e| StoreError::io("opening store directory", &dir, e.into()))?;
+        let id = (st.st_dev, st.st_ino);
+        // Held for the whole open, so two opens of one directory racing in
+        // this process end up sharing one store.
+        let mut open = lock(&OPEN);
+        open.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(inner) = open
+            .iter()
+            .find(|(k, _)| *k == id)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            let index = lock(&inner.index);
+            let report = RecoveryReport {
+                modules: index.len(),
+                bytes: index.values().fold(0u64, |a, m| a.saturating_add(m.size)),
+                ..RecoveryReport::default()
+            };
+            drop(index);
+            tracing::debug!(dir = %dir.display(), "store already open in this process: sharing it");
+            return Ok((Self { inner }, report));
+        }
         let mut report = RecoveryReport::default();
         let mut index = HashMap::new();
         let entries =
@@ -270,13 +232,17 @@ impl FsStore {
                         format!("not a valid module file name: {reason}"),
                     );
                 }
-                NameKind::Temp if file_type.is_file() => match fs::remove_file(&path) {
-                    Ok(()) => report.removed_temp_files.push(path),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        ignore(&mut report, format!("could not remove temporary file: {e}"));
+                // Only if its writer is gone: a live ingest (in this process or
+                // another) holds its temporary file's lock.
+                NameKind::Temp if file_type.is_file() || file_type.is_symlink() => {
+                    match crate::locks::remove_if_abandoned(&dir_fd, &name.to_string_lossy()) {
+                        Ok(true) => report.removed_temp_files.push(path),
+                        Ok(false) => {}
+                        Err(e) => {
+                            ignore(&mut report, format!("could not remove temporary file: {e}"));
+                        }
                     }
-                },
+                }
                 NameKind::Temp => ignore(&mut report, "temporary name but not a file".into()),
                 NameKind::Module(digest) if file_type.is_file() => {
                     let Ok(meta) = entry.metadata() else {
@@ -284,7 +250,7 @@ impl FsStore {
                     };
                     let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                     report.modules += 1;
-                    report.bytes += meta.len();
+                    report.bytes = report.bytes.saturating_add(meta.len());
                     index.insert(
                         digest,
                         Meta {
@@ -313,9 +279,9 @@ impl FsStore {
                 index: Mutex::new(index),
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
                 dir_fd,
-                _dir_lock: dir_lock,
             }),
         };
+        open.push((id, Arc::downgrade(&store.inner)));
         Ok((store, report))
     }
 
@@ -375,6 +341,82 @@ impl FsStore {
             // Not there: check by path too, in case the directory itself was
             // replaced since open (the descriptor still names the old one).
             || fs::symlink_metadata(self.path_of(digest)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Takes the cross-process lock of one in-flight download, named by `key`
+    /// (any string: the cache uses the URL and the expected checksum), so two
+    /// processes missing the same module download it once: the second waits
+    /// here, for that key only, then finds the module. The lock file is
+    /// `<dir>/.locks/<sha256 of key>.lock` ([`key_lock_path`](Self::key_lock_path)),
+    /// created without following symlinks and removed on release.
+    ///
+    /// Waits until `deadline` at most; `on_wait` runs once if the lock is
+    /// held by someone else (the cache logs what it waits for there).
+    ///
+    /// # Errors
+    /// [`StoreError::LockTimeout`] when the deadline passes first;
+    /// [`StoreError::Io`] if the lock file cannot be created.
+    pub fn lock_key(
+        &self,
+        key: &str,
+        deadline: std::time::Instant,
+        on_wait: &mut dyn FnMut(&Path),
+    ) -> Result<crate::FileLock, StoreError> {
+        let started = std::time::Instant::now();
+        let dir_fd = crate::locks::open_dir(&self.inner.dir)
+            .map_err(|e| StoreError::io("opening store directory", &self.inner.dir, e))?;
+        let locks_path = self.inner.dir.join(KEY_LOCK_DIR);
+        let locks = crate::locks::open_subdir(&dir_fd, &self.inner.dir, KEY_LOCK_DIR)?;
+        let name = key_lock_name(key);
+        let path = locks_path.join(&name);
+        let mut report = || on_wait(&path);
+        crate::FileLock::acquire(
+            locks,
+            &locks_path,
+            &name,
+            crate::locks::LockMode::Exclusive,
+            deadline,
+            true,
+            &mut report,
+        )?
+        .ok_or_else(|| StoreError::LockTimeout {
+            what: "another process downloading the same module".into(),
+            path: locks_path.join(&name),
+            waited: started.elapsed(),
+        })
+    }
+
+    /// The lock file [`lock_key`](Self::lock_key) uses for `key`.
+    pub fn key_lock_path(&self, key: &str) -> PathBuf {
+        self.inner.dir.join(KEY_LOCK_DIR).join(key_lock_name(key))
+    }
+
+    /// Looks at the module's file again (an `lstat`): a file another process
+    /// wrote since [`open`](Self::open) is added to the index, unverified;
+    /// a file whose size changed becomes unverified; a missing file (or a
+    /// symlink) is dropped from the index. Returns the entry, if a file is there.
+    pub fn refresh(&self, digest: &Sha256Digest) -> Option<StoredModule> {
+        let _guard = lock(self.inner.stripe(digest));
+        let meta = fs::symlink_metadata(self.path_of(digest))
+            .ok()
+            .filter(fs::Metadata::is_file);
+        let mut index = lock(&self.inner.index);
+        let Some(meta) = meta else {
+            index.remove(digest);
+            return None;
+        };
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let entry = index.entry(*digest).or_insert(Meta {
+            size: meta.len(),
+            modified,
+            verified: false,
+        });
+        if entry.size != meta.len() {
+            entry.size = meta.len();
+            entry.verified = false;
+        }
+        entry.modified = modified;
+        Some(stored(*digest, entry))
     }
 
     /// The index entry of one module, if the store knows it.
@@ -440,6 +482,13 @@ impl FsStore {
         }
         Ok(report)
     }
+}
+
+fn key_lock_name(key: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(d.as_ref());
+    format!("{}.lock", Sha256Digest::from_bytes(bytes).to_hex())
 }
 
 fn stored(digest: Sha256Digest, m: &Meta) -> StoredModule {
@@ -584,7 +633,18 @@ fn size_usize(size: u64) -> usize {
 /// Streams a file through SHA-256 with a fixed buffer; returns the digest, the
 /// size and the first (up to) 8 bytes.
 fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64, [u8; 8])> {
-    let mut file = File::open(path)?;
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC
+            | rustix::fs::OFlags::NONBLOCK,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; IO_BUFFER];
     let mut header = [0u8; 8];

@@ -204,13 +204,24 @@ impl ChildProc {
     }
 
     /// SIGKILL (what `Child::kill` sends on Unix) and reap.
-    fn kill(mut self) {
+    fn kill(self) {
+        let _ = self.kill_and_drain();
+    }
+
+    /// [`kill`](Self::kill), returning the lines the child printed after
+    /// the last one read: it kept working until the signal landed.
+    fn kill_and_drain(mut self) -> Vec<String> {
         self.child.kill().unwrap();
         let status = self.child.wait().unwrap();
         assert!(
             !status.success(),
             "the child must have been killed: {status:?}"
         );
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(LINE_DEADLINE) {
+            rest.push(line);
+        }
+        rest
     }
 }
 
@@ -347,10 +358,14 @@ fn kill_while_ingesting_freely() {
             let line = child.next();
             track(&line, &mut acked);
         }
-        child.kill();
-        // The child may have committed more after its last line we read, and may
-        // have died mid-ingest (one temporary file) or not: both are fine, as
-        // long as recovery removes it and everything acknowledged survived.
+        // The child kept going after the last line read (it may have removed
+        // an acknowledged module since): what it printed counts too.
+        for line in child.kill_and_drain() {
+            track(&line, &mut acked);
+        }
+        // The child may have died mid-ingest (one temporary file) or not:
+        // both are fine, as long as recovery removes it and everything
+        // acknowledged survived.
         let before = temp_files(dir.path()).len();
         assert!(before <= 1, "at most the one in-flight ingest: {before}");
         check_recovered(dir.path(), &acked, before);

@@ -144,6 +144,14 @@ pub enum Route {
     },
     /// `200 OK` with `body` sent chunked, without a `Content-Length`.
     Chunked(Bytes),
+    /// Another route, answered only after `delay` (a slow upstream: the
+    /// request hangs that long before its headers).
+    Delayed {
+        /// How long to wait before answering.
+        delay: std::time::Duration,
+        /// The route that answers then.
+        route: Box<Route>,
+    },
     /// Another route, with extra response headers (e.g. `content-type`,
     /// `content-encoding`).
     WithHeaders {
@@ -173,6 +181,14 @@ impl Route {
         Self::Redirect {
             status: 302,
             location: location.into(),
+        }
+    }
+
+    /// [`Route::Delayed`]: `route`, answered after `delay`.
+    pub fn delayed(delay: std::time::Duration, route: Route) -> Self {
+        Self::Delayed {
+            delay,
+            route: Box::new(route),
         }
     }
 
@@ -435,6 +451,13 @@ fn respond(
     if matches!(route, Route::Hang) {
         return Box::pin(std::future::pending());
     }
+    if let Route::Delayed { delay, route } = route {
+        let reset = Arc::clone(reset);
+        return Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(build(*route, &reset))
+        });
+    }
     let response = build(route, reset);
     Box::pin(async move { Ok(response) })
 }
@@ -449,6 +472,10 @@ fn pick(route: &Route, nth: usize) -> Route {
         Route::WithHeaders { route, headers } => Route::WithHeaders {
             route: Box::new(pick(route, nth)),
             headers: headers.clone(),
+        },
+        Route::Delayed { delay, route } => Route::Delayed {
+            delay: *delay,
+            route: Box::new(pick(route, nth)),
         },
         other => other.clone(),
     }
@@ -534,6 +561,8 @@ fn build(route: Route, reset: &Arc<AtomicBool>) -> Response<ServerBody> {
             }
             r
         }
+        // `respond` waits out a top-level delay; a nested one is not delayed.
+        Route::Delayed { route, .. } => build(*route, reset),
         // `respond` handles Hang and `pick` resolves scripts.
         Route::Hang | Route::Script { .. } => status_response(500),
     }

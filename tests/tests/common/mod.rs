@@ -136,6 +136,11 @@ pub fn assert_no_secret(text: &str, secrets: &[&str], what: &str) {
 pub fn cli_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        // Another build of the command (e.g. an older one, to show that a
+        // test fails there).
+        if let Some(bin) = std::env::var_os("WASM_CACHE_TEST_CLI").filter(|b| !b.is_empty()) {
+            return PathBuf::from(bin);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let out = Command::new(cargo)

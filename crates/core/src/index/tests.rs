@@ -332,6 +332,57 @@ fn shared_checksums_count_once_and_stay_in_use() {
     assert!(idx.content_in_use(&sum(1)));
 }
 
+/// Journal values are not trusted: sizes that would wrap the sum saturate,
+/// a last use in the future is brought back to now (so the entry expires and
+/// is evicted like any other), and a wrong size is corrected from the file.
+#[test]
+fn untrusted_sizes_and_future_times_are_tamed() {
+    let idx = Index::new();
+    let now = Timestamp(10_000_000);
+    let year = 365 * 24 * 3600 * 1000;
+    idx.insert(
+        ModuleKey::new("a", sum(1)),
+        sum(1),
+        u64::MAX,
+        None,
+        Timestamp(now.0 + year),
+    );
+    idx.insert(ModuleKey::new("b", sum(2)), sum(2), 0, None, now);
+    idx.insert(ModuleKey::new("c", sum(3)), sum(3), 5, None, now);
+    assert_eq!(idx.total_bytes(), u64::MAX, "saturates instead of wrapping");
+    // Before clamping, the future entry never expires.
+    assert!(
+        !idx.expired(Timestamp(now.0 + 1), Duration::ZERO)
+            .contains(&ModuleKey::new("a", sum(1)))
+    );
+    let written = Timestamp(now.0 - 5);
+    assert_eq!(
+        idx.clamp_future_to(now, &|c| (*c == sum(1)).then_some(written)),
+        1
+    );
+    assert_eq!(idx.clamp_future(now), 0);
+    assert_eq!(
+        idx.get(&ModuleKey::new("a", sum(1))).unwrap().last_use,
+        written
+    );
+    assert_eq!(idx.expired(Timestamp(now.0 + 1), Duration::ZERO).len(), 3);
+    assert_eq!(idx.correct_size(&sum(1), 100), 1);
+    assert_eq!(idx.correct_size(&sum(2), 200), 1);
+    assert_eq!(idx.correct_size(&sum(3), 5), 0);
+    assert_eq!(idx.total_bytes(), 305);
+    assert_eq!(idx.correct_sizes(&|c| (*c == sum(3)).then_some(7)), 1);
+    assert_eq!(idx.correct_sizes(&|_| None), 0);
+    assert_eq!(idx.total_bytes(), 307);
+    // With a size of u64::MAX still in, a budget of 0 evicts everything
+    // instead of wrapping the running total.
+    idx.insert(ModuleKey::new("d", sum(4)), sum(4), u64::MAX, None, now);
+    let lru = idx.select_lru(Timestamp(now.0 + 1), 0, Duration::ZERO);
+    assert_eq!(lru.len(), 4, "{lru:?}");
+    assert_eq!(idx.event_count(), idx.to_events().len());
+    idx.clear();
+    assert!(idx.is_empty());
+}
+
 #[test]
 fn events_round_trip() {
     let idx = Index::new();

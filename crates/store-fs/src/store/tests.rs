@@ -10,6 +10,7 @@ use wasm_cache_core::{ModuleSink, Sha256Digest};
 
 use super::*;
 use crate::{Ingest, StoreErrorKind};
+use std::os::unix::process::CommandExt as _;
 
 /// A valid Wasm header followed by `size - 8` deterministic bytes.
 fn module(size: usize, seed: u64) -> Vec<u8> {
@@ -39,6 +40,17 @@ fn feed(ingest: &mut Ingest, bytes: &[u8], chunk: usize) {
     for c in bytes.chunks(chunk.max(1)) {
         ingest.write(c).unwrap();
     }
+}
+
+/// What a crash of the writing process leaves: its temporary file, as far
+/// as it got, with nobody holding its lock. (Leaking the ingest would keep
+/// the lock held by this live process, which recovery rightly respects.)
+fn crash(ingest: Ingest) {
+    let temp = ingest.temp_path().to_owned();
+    let copy = temp.with_extension("crash-copy");
+    fs::copy(&temp, &copy).unwrap();
+    drop(ingest);
+    fs::rename(&copy, &temp).unwrap();
 }
 
 fn put(store: &FsStore, bytes: &[u8]) -> Committed {
@@ -224,7 +236,7 @@ fn recovery_lists_removes_temps_ignores_bad_names() {
         // Leave a temporary file behind, as a crash would.
         let mut ing = store.ingest(None, u64::MAX).unwrap();
         ing.write(&good[..10]).unwrap();
-        std::mem::forget(ing);
+        crash(ing);
     }
     // Corrupt one module behind the store's back.
     let mut bytes = corrupt.clone();
@@ -413,7 +425,6 @@ fn permission_and_not_a_directory_errors_name_path_and_operation() {
     // The directory replaced by a file after opening.
     let store_dir = dir.path().join("store");
     let (store, _) = FsStore::open(&store_dir).unwrap();
-    fs::remove_file(store_dir.join(crate::LOCK_FILE)).unwrap();
     fs::remove_dir(&store_dir).unwrap();
     fs::write(&store_dir, b"not a directory").unwrap();
     let err = store.ingest(None, 100).unwrap_err();
@@ -706,7 +717,7 @@ fn run_model(ops: Vec<Op>) {
                 let open = slots.len();
                 for o in slots.drain(..) {
                     if crash {
-                        std::mem::forget(o.ingest);
+                        self::crash(o.ingest);
                     } else {
                         drop(o);
                     }
@@ -742,57 +753,110 @@ proptest! {
     }
 }
 
+/// A second open of one directory in one process shares the first store
+/// (before: it deleted the first one's in-progress temporary file, and the
+/// first commit failed).
 #[test]
-fn one_directory_is_owned_by_one_process_at_a_time() {
+fn a_second_open_shares_the_first_and_spares_its_ingest() {
     let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join(crate::LOCK_FILE);
-    // util-linux flock(1) stands for another process: -n fails at once when locked.
-    let other_process_can_lock = || {
-        std::process::Command::new("flock")
-            .arg("-n")
-            .arg(&lock)
-            .arg("true")
-            .status()
-            .expect("running flock(1) from util-linux")
-            .success()
-    };
     let (first, _) = FsStore::open(dir.path()).unwrap();
-    assert!(
-        !other_process_can_lock(),
-        "the directory must be locked while open"
-    );
-    // Within the process the lock is shared, and held until the last store goes.
+    let bytes = module(5000, 1);
+    let mut ingest = first.ingest(None, 1 << 20).unwrap();
+    feed(&mut ingest, &bytes, 1000);
     let (second, report) = FsStore::open(dir.path()).unwrap();
+    assert!(report.removed_temp_files.is_empty(), "{report:?}");
+    assert!(ingest.temp_path().exists());
+    let committed = ingest.commit().unwrap();
+    assert!(second.contains(&committed.digest));
     assert!(
-        report.ignored.is_empty(),
-        "the lock file is not a module: {report:?}"
+        second.get(&committed.digest).unwrap().verified,
+        "shared state"
     );
-    drop(first);
-    assert!(!other_process_can_lock());
-    drop(second);
-    assert!(
-        other_process_can_lock(),
-        "dropping the stores releases the lock"
-    );
-    // Another process holding it: open waits, then names the lock file.
+    // Through another path to the same directory, too.
+    let link = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(dir.path(), link.path().join("d")).unwrap();
+    let (third, _) = FsStore::open(link.path().join("d")).unwrap();
+    assert!(third.get(&committed.digest).unwrap().verified);
+}
+
+/// Recovery in another process (or after `.lock` files were deleted) removes
+/// only temporary files whose writer is gone: a live ingest holds its
+/// temporary file's `flock`. flock(1) stands for the live writer here.
+#[test]
+fn recovery_removes_only_abandoned_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join(".tmp-0000000000000001-1.wasm.partial");
+    let dead = dir.path().join(".tmp-0000000000000002-2.wasm.partial");
+    fs::write(&live, b"in progress").unwrap();
+    fs::write(&dead, b"abandoned").unwrap();
     let mut holder = std::process::Command::new("flock")
-        .arg(&lock)
-        .args(["sleep", "30"])
+        .arg(&live)
+        .args(["sleep", "600"])
+        .process_group(0)
         .spawn()
-        .unwrap();
+        .expect("running flock(1) from util-linux");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while other_process_can_lock() {
+    while std::process::Command::new("flock")
+        .arg("-n")
+        .arg(&live)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "flock(1) never took the lock"
         );
     }
-    let err = super::lock_file(dir.path(), std::time::Duration::from_millis(100)).unwrap_err();
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    let msg = err.to_string();
+    // A symlink at a temporary name is removed, never followed.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let victim = elsewhere.path().join("victim");
+    fs::write(&victim, b"victim").unwrap();
+    let link = dir.path().join(".tmp-0000000000000003-3.wasm.partial");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let (_store, report) = FsStore::open(dir.path()).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", holder.id())])
+        .status();
+    let _ = holder.wait();
+    assert!(live.exists(), "a live writer's temporary file was deleted");
+    assert!(!dead.exists());
+    assert!(fs::symlink_metadata(&link).is_err());
+    assert_eq!(fs::read(&victim).unwrap(), b"victim");
+    assert_eq!(report.removed_temp_files.len(), 2, "{report:?}");
+}
+
+/// Per-key download locks: a second taker waits until the deadline and
+/// fails naming the lock; released, the lock file is gone; a symlink at the
+/// lock's name is replaced, never followed.
+#[test]
+fn key_locks_exclude_bound_their_wait_and_refuse_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    let soon = || std::time::Instant::now() + std::time::Duration::from_millis(100);
+    let held = store.lock_key("k", soon(), &mut |_| {}).unwrap();
+    let mut waited = 0;
+    let err = store
+        .lock_key("k", soon(), &mut |_| waited += 1)
+        .unwrap_err();
+    assert_eq!(waited, 1, "the wait is reported once");
+    assert_eq!(err.kind(), StoreErrorKind::Busy);
     assert!(
-        msg.contains("locking store directory") && msg.contains(".lock"),
-        "{msg}"
+        err.to_string()
+            .contains(&store.key_lock_path("k").display().to_string()),
+        "{err}"
     );
+    let other = store.lock_key("other key", soon(), &mut |_| {}).unwrap();
+    drop((held, other));
+    assert!(!store.key_lock_path("k").exists());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("created");
+    std::os::unix::fs::symlink(&target, store.key_lock_path("k")).unwrap();
+    let again = store.lock_key("k", soon(), &mut |_| {}).unwrap();
+    assert!(
+        fs::symlink_metadata(&target).is_err(),
+        "created through a dangling symlink"
+    );
+    assert!(fs::symlink_metadata(again.path()).unwrap().is_file());
 }
