@@ -819,13 +819,13 @@ impl OciFetcher {
             let found = match cached {
                 Some(c) => Some(c),
                 None => {
-                    let got = crate::helper::run(
+                    let got = Box::pin(crate::helper::run(
                         helper,
                         &auth::helper_server(registry),
                         self.inner.helper_path.as_deref(),
                         req.deadline,
                         &req.url.redacted(),
-                    )
+                    ))
                     .await?;
                     if let Some(c) = &got {
                         let mut cache = lock(&self.inner.helper_cache);

@@ -123,7 +123,7 @@ async fn read_bounded(
     };
     let mut out = Vec::new();
     let mut seen = 0usize;
-    let mut buf = [0u8; 8192];
+    let mut buf = vec![0u8; 8192];
     loop {
         let n = r.read(&mut buf).await.map_err(Output::Io)?;
         if n == 0 {

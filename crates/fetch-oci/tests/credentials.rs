@@ -129,7 +129,7 @@ async fn per_registry_helper_is_used_once_per_process() {
     op.config(&serde_json::json!({ "credHelpers": { registry.host(): "good" } }));
     let f = op.fetcher(&registry);
     assert_eq!(fetch(&f, &request(&url)).await.unwrap(), module);
-    assert_eq!(f.resolve(&request(&url)).await.unwrap().is_some(), true);
+    assert!(f.resolve(&request(&url)).await.unwrap().is_some());
     // Asked once, about this registry's host; the answer kept in memory.
     assert_eq!(op.runs("good"), vec![registry.host()]);
 }
