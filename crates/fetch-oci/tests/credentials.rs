@@ -451,13 +451,16 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 
 #[tokio::test]
 async fn secrets_appear_in_no_log_at_any_verbosity() {
+    // The process-wide subscriber (a thread-scoped one can miss events when
+    // other test threads register the same callsites first); the other
+    // tests' logs land here too, and must be as clean.
     let captured = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_writer(captured.clone())
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let basic = Registry::start(RegistryKind::BasicAuth);
     let (url, module) = private_image(&basic, "h/logs", 11).await;
