@@ -167,6 +167,22 @@ async fn a_helper_for_another_registry_is_not_run() {
     let registry = Registry::start(RegistryKind::BasicAuth);
     let (url, module) = private_image(&registry, "h/other", 3).await;
     let op = Operator::new();
+    op.answering("other", TEST_USER, "the-other-registrys-password");
+    op.answering("mine", TEST_USER, TEST_PASSWORD);
+    op.config(&serde_json::json!({
+        "credHelpers": { "other.example:5000": "other", registry.host(): "mine" },
+    }));
+    assert_eq!(
+        fetch(&op.fetcher(&registry), &request(&url)).await.unwrap(),
+        module
+    );
+    assert_eq!(op.runs("mine"), vec![registry.host()]);
+    assert!(
+        !op.marker("other").exists(),
+        "the other registry's helper ran"
+    );
+    // Only another registry's helper: not run, the `auths` entry is used.
+    let op = Operator::new();
     op.answering("other", TEST_USER, TEST_PASSWORD);
     op.config(&serde_json::json!({
         "credHelpers": { "other.example:5000": "other" },
