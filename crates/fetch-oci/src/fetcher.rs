@@ -282,6 +282,10 @@ struct Session<'a> {
     repository: String,
     creds: Credentials,
     creds_key: [u8; 32],
+    /// The helper-cache entry the credentials came from, if any: dropped
+    /// when the registry refuses them (a rotated or expired credential), so
+    /// the next operation asks the helper again.
+    helper_key: Option<(String, String)>,
     insecure: bool,
     deadline: Instant,
 }
@@ -346,7 +350,16 @@ impl Session<'_> {
         map.insert(self.auth_key(), authz);
     }
 
+    fn forget_helper_answer(&self) {
+        if let Some(key) = &self.helper_key
+            && lock(&self.inner.helper_cache).remove(key).is_some()
+        {
+            tracing::info!(registry = %self.registry, helper = %format!("docker-credential-{}", key.0), "credentials refused; the helper will be asked again");
+        }
+    }
+
     fn forget_authorization(&self) {
+        self.forget_helper_answer();
         lock(&self.inner.auth).remove(&self.auth_key());
     }
 
@@ -400,6 +413,7 @@ impl Session<'_> {
     }
 
     fn unauthorized(&self, reason: &str) -> Error {
+        self.forget_helper_answer();
         Error::Unauthorized {
             url: self.url.clone(),
             reason: reason.to_owned(),
@@ -767,11 +781,12 @@ impl OciFetcher {
         oci: &OciReference,
     ) -> Result<Session<'a>, Error> {
         let registry = oci.registry().to_owned();
-        let creds = self.credentials(req, &registry).await?;
+        let (creds, helper_key) = self.credentials(req, &registry).await?;
         Ok(Session {
             inner: &self.inner,
             url: req.url.redacted(),
             creds_key: creds.cache_key(&registry),
+            helper_key,
             creds,
             insecure: self.inner.transport.insecure().matches_registry(&registry),
             repository: oci.repository().to_owned(),
@@ -784,7 +799,12 @@ impl OciFetcher {
     /// helpers), else the operator's docker config as docker resolves it
     /// (`credHelpers[registry]`, else `credsStore`, else `auths`), else
     /// anonymous. Logs which source answered, never the credentials.
-    async fn credentials(&self, req: &FetchRequest, registry: &str) -> Result<Credentials, Error> {
+    /// With the credentials comes the helper-cache key they were kept under.
+    async fn credentials(
+        &self,
+        req: &FetchRequest,
+        registry: &str,
+    ) -> Result<(Credentials, Option<(String, String)>), Error> {
         if let Some(secret) = req.pull_secret.as_ref().filter(|s| !s.expose().is_empty()) {
             let creds = auth::credentials_for(secret.expose(), registry, Source::PullSecret)?;
             tracing::info!(
@@ -793,18 +813,18 @@ impl OciFetcher {
                 kind = creds.kind(),
                 "registry credentials"
             );
-            return Ok(creds);
+            return Ok((creds, None));
         }
         let Some(dir) = &self.inner.docker_config_dir else {
             tracing::debug!(registry, "no docker config: anonymous");
-            return Ok(Credentials::Anonymous);
+            return Ok((Credentials::Anonymous, None));
         };
         let path = dir.join("config.json");
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::debug!(registry, config = %path.display(), "no docker config file: anonymous");
-                return Ok(Credentials::Anonymous);
+                return Ok((Credentials::Anonymous, None));
             }
             Err(e) => {
                 return Err(Error::InvalidConfig {
@@ -832,7 +852,7 @@ impl OciFetcher {
                         if cache.len() >= MAX_ENTRIES {
                             cache.clear();
                         }
-                        cache.insert(key, c.clone());
+                        cache.insert(key.clone(), c.clone());
                     }
                     got
                 }
@@ -845,12 +865,12 @@ impl OciFetcher {
                     kind = creds.kind(),
                     "registry credentials"
                 );
-                return Ok(creds);
+                return Ok((creds, Some(key)));
             }
             tracing::info!(registry, helper = %format!("docker-credential-{helper}"), "the credential helper has no credentials for this registry");
         }
         tracing::info!(registry, source = "docker config auths", config = %path.display(), kind = lookup.auths.kind(), "registry credentials");
-        Ok(lookup.auths)
+        Ok((lookup.auths, None))
     }
 
     async fn resolve_inner(

@@ -135,6 +135,26 @@ async fn per_registry_helper_is_used_once_per_process() {
 }
 
 #[tokio::test]
+async fn a_refused_helper_answer_is_not_kept() {
+    // A helper whose credential was rotated (an expired ECR token): the
+    // registry refuses the kept answer, the next fetch asks the helper again.
+    let registry = Registry::start(RegistryKind::BasicAuth);
+    let (url, module) = private_image(&registry, "h/rotate", 13).await;
+    let op = Operator::new();
+    op.answering("rotating", TEST_USER, "an-expired-password");
+    op.config(&serde_json::json!({ "credHelpers": { registry.host(): "rotating" } }));
+    let f = op.fetcher(&registry);
+    let e = fetch(&f, &request(&url)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    op.answering("rotating", TEST_USER, TEST_PASSWORD);
+    assert_eq!(fetch(&f, &request(&url)).await.unwrap(), module);
+    assert_eq!(op.runs("rotating").len(), 2);
+    // Accepted answers are kept: no third run.
+    assert_eq!(fetch(&f, &request(&url)).await.unwrap(), module);
+    assert_eq!(op.runs("rotating").len(), 2);
+}
+
+#[tokio::test]
 async fn creds_store_is_used_and_cred_helpers_beat_it() {
     let registry = Registry::start(RegistryKind::BasicAuth);
     let (url, module) = private_image(&registry, "h/store", 2).await;
