@@ -227,8 +227,15 @@ async fn a_pull_secret_beats_the_operators_helper() {
     op.config(
         &serde_json::json!({ "credHelpers": { registry.host(): "good" }, "credsStore": "good" }),
     );
-    let f = op.fetcher(&registry);
     let with = |json: Vec<u8>| request(&url).with_pull_secret(Some(PullSecret::new(json)));
+    // Control: without a secret, the operator's helper answers.
+    assert_eq!(
+        fetch(&op.fetcher(&registry), &request(&url)).await.unwrap(),
+        module
+    );
+    assert_eq!(op.runs("good"), vec![registry.host()]);
+    std::fs::remove_file(op.marker("good")).unwrap();
+    let f = op.fetcher(&registry);
     assert_eq!(
         fetch(&f, &with(registry.docker_config_json()))
             .await
