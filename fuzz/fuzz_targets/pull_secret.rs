@@ -4,7 +4,7 @@
 //!
 //! Properties: nothing panics, and an error never echoes the known secret.
 //! (Nothing can be executed: the parser is plain serde_json; the suite's
-//! `credential_helpers_named_in_configs_are_never_run` proves it end to end.)
+//! `credential_helpers_run_only_from_the_operators_config_never_from_a_pull_secret` proves it end to end.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

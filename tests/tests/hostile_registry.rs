@@ -186,7 +186,7 @@ fn b64(s: &str) -> String {
 }
 
 #[test]
-fn credential_helpers_named_in_configs_are_never_run() {
+fn credential_helpers_run_only_from_the_operators_config_never_from_a_pull_secret() {
     let registry = Registry::start(RegistryKind::BasicAuth);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pushed = rt.block_on(push_oci_image(
@@ -229,7 +229,7 @@ fn credential_helpers_named_in_configs_are_never_run() {
     let secret = work.path().join("secret.json");
     std::fs::write(&secret, &helpers).unwrap();
     let cache_dir = work.path().join("cache");
-    for with_secret in [false, true] {
+    let fetch = |with_secret: bool| {
         let mut c = cli(&cache_dir);
         c.args([
             "fetch",
@@ -238,22 +238,44 @@ fn credential_helpers_named_in_configs_are_never_run() {
             &host,
             "--timeout",
             "5s",
+            "-vvv",
         ])
         .env("PATH", &path)
         .env("DOCKER_CONFIG", &docker_config);
         if with_secret {
             c.arg("--pull-secret").arg(&secret);
         }
-        let out = c.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // Anonymous, so the registry says no: the helper's credentials were not used.
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("unauthorized"), "{stderr}");
-        assert!(
-            !marker.exists(),
-            "a credential helper was executed (secret: {with_secret})"
-        );
-    }
+        c.output().unwrap()
+    };
+    // The pull secret wins and is data only: anonymous, so the registry says
+    // no; neither its helpers nor the operator's were run.
+    let out = fetch(true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unauthorized"), "{stderr}");
+    assert!(
+        !marker.exists(),
+        "a credential helper was executed for a pull secret"
+    );
+    // Without a secret, the operator's docker config names the helper: it
+    // runs, its credentials pull the module, and `-v` says where they came
+    // from, never what they are.
+    let out = fetch(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        marker.exists(),
+        "the operator's credential helper did not run"
+    );
+    assert!(
+        stderr.contains("docker-credential-wasmcachetest"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(wasm_cache_testkit::registry::TEST_PASSWORD),
+        "the helper's secret was logged"
+    );
+    std::fs::remove_file(&marker).unwrap();
     // Control: the helper is found on that PATH and does leave the marker when run.
     let ran = std::process::Command::new("docker-credential-wasmcachetest")
         .arg("get")

@@ -1,9 +1,10 @@
-//! Credentials from Docker `config.json` bytes: pull secrets and the default docker config.
+//! Credentials from Docker config bytes: pull secrets and the operator's docker config.
 //!
-//! Parsed here with serde_json, never by a tool: `credsStore` and `credHelpers`
-//! entries are ignored, so a pull secret can never make this process run a
-//! program. (The default docker config is parsed the same way; credential
-//! helpers named there are not supported yet and are ignored too.)
+//! Parsed here with serde_json. A pull secret is data only: its `credsStore`
+//! and `credHelpers` entries are ignored, so a pull secret can never make this
+//! process run a program. Only the operator's own docker config (the file
+//! under [`default_docker_config_dir`] or the builder's directory) may name
+//! credential helpers; [`crate::helper`] runs them.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +24,9 @@ pub(crate) enum Credentials {
     },
     /// A registry token (`registrytoken`), sent as `Authorization: Bearer`.
     Bearer(String),
+    /// An OAuth2 refresh token (`identitytoken`, or a helper's answer with
+    /// user `<token>`), exchanged at the Bearer realm for access tokens.
+    IdentityToken(String),
 }
 
 impl fmt::Debug for Credentials {
@@ -31,6 +35,7 @@ impl fmt::Debug for Credentials {
             Credentials::Anonymous => f.write_str("Anonymous"),
             Credentials::Basic { .. } => f.write_str("Basic(<redacted>)"),
             Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Credentials::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
         }
     }
 }
@@ -54,18 +59,36 @@ impl Credentials {
                 ctx.update(b"bearer\0");
                 ctx.update(t.as_bytes());
             }
+            Credentials::IdentityToken(t) => {
+                ctx.update(b"identity\0");
+                ctx.update(t.as_bytes());
+            }
         }
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.finish().as_ref());
         out
     }
+
+    /// What kind of credential this is, for logs (never its content).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Credentials::Anonymous => "anonymous",
+            Credentials::Basic { .. } => "basic",
+            Credentials::Bearer(_) => "registry token",
+            Credentials::IdentityToken(_) => "identity token",
+        }
+    }
 }
 
+/// The operator's docker config: `auths` plus the helpers it names.
 #[derive(Deserialize, Default)]
 struct DockerConfig {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
-    // `credsStore` / `credHelpers` are deliberately not read: helpers are never run.
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -82,9 +105,10 @@ struct AuthEntry {
     registrytoken: Option<String>,
 }
 
-/// Normalises an `auths` key: `https://host/v1/` -> `host`; Docker Hub aliases
-/// -> `index.docker.io`.
-fn normalise_key(key: &str) -> String {
+/// Normalises a registry key the way docker does: `https://host/v1/` ->
+/// `host`; Docker Hub aliases (`docker.io`, `index.docker.io`,
+/// `registry-1.docker.io`) -> `index.docker.io`.
+pub(crate) fn normalise_key(key: &str) -> String {
     let k = key.trim();
     let k = k
         .strip_prefix("https://")
@@ -94,6 +118,16 @@ fn normalise_key(key: &str) -> String {
     match host.as_str() {
         "docker.io" | "registry-1.docker.io" | "index.docker.io" => DOCKER_HUB_REGISTRY.to_owned(),
         _ => host,
+    }
+}
+
+/// The server address a credential helper is asked about: the registry host,
+/// or docker's historical `https://index.docker.io/v1/` for Docker Hub.
+pub(crate) fn helper_server(registry: &str) -> String {
+    if normalise_key(registry) == DOCKER_HUB_REGISTRY {
+        "https://index.docker.io/v1/".to_owned()
+    } else {
+        registry.to_owned()
     }
 }
 
@@ -113,45 +147,43 @@ fn invalid(source: Source<'_>, reason: String) -> Error {
     }
 }
 
-/// The credentials `config` holds for `registry` (`host[:port]`), or anonymous.
-///
-/// # Errors
-/// [`Error::InvalidPullSecret`] (or [`Error::InvalidConfig`] for a file) when the
-/// bytes are not a Docker config or the matching entry is unusable; the message
-/// never contains the bytes. [`Error::Unsupported`] for an entry that has only
-/// an `identitytoken` (an OAuth2 refresh token, which oci-client cannot use).
-pub(crate) fn credentials_for(
-    config: &[u8],
-    registry: &str,
+/// A serde error as category and position only: its message can quote the input.
+fn parse_error(source: Source<'_>, e: &serde_json::Error) -> Error {
+    invalid(
+        source,
+        format!(
+            "not a Docker config.json ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    )
+}
+
+/// The entry for `registry`: an exact key wins over a normalised match.
+fn find<'m, T>(map: &'m HashMap<String, T>, registry: &str) -> Option<&'m T> {
+    let wanted = normalise_key(registry);
+    map.get(registry).or_else(|| {
+        let mut keys: Vec<&String> = map.keys().filter(|k| normalise_key(k) == wanted).collect();
+        // Deterministic among several aliases of one registry.
+        keys.sort();
+        keys.first().and_then(|k| map.get(*k))
+    })
+}
+
+fn entry_credentials(
+    entry: &AuthEntry,
+    wanted: &str,
     source: Source<'_>,
 ) -> Result<Credentials, Error> {
-    let parsed: DockerConfig = serde_json::from_slice(config).map_err(|e| {
-        // Category and position only: serde messages can quote the input.
-        invalid(
-            source,
-            format!(
-                "not a Docker config.json ({:?} error at line {} column {})",
-                e.classify(),
-                e.line(),
-                e.column()
-            ),
-        )
-    })?;
-    let wanted = normalise_key(registry);
-    // An exact key wins over a normalised match.
-    let entry = parsed.auths.get(registry).or_else(|| {
-        parsed
-            .auths
-            .iter()
-            .find(|(k, _)| normalise_key(k) == wanted)
-            .map(|(_, v)| v)
-    });
-    let Some(entry) = entry else {
-        return Ok(Credentials::Anonymous);
-    };
     let non_empty = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
     if let Some(token) = non_empty(&entry.registrytoken) {
         return Ok(Credentials::Bearer(token));
+    }
+    // `az acr login` writes an `auth` of a placeholder user next to the
+    // identity token: the token is the credential.
+    if let Some(token) = non_empty(&entry.identitytoken) {
+        return Ok(Credentials::IdentityToken(token));
     }
     if let Some(auth) = non_empty(&entry.auth) {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -175,21 +207,113 @@ pub(crate) fn credentials_for(
             password: password.to_owned(),
         });
     }
-    if let (Some(user), Some(password)) = (non_empty(&entry.username), entry.password.clone())
-        && entry.identitytoken.is_none()
-    {
+    if let (Some(user), Some(password)) = (non_empty(&entry.username), entry.password.clone()) {
         return Ok(Credentials::Basic { user, password });
-    }
-    if non_empty(&entry.identitytoken).is_some() {
-        return Err(Error::Unsupported {
-            what: format!("an identitytoken (OAuth2 refresh token) credential for {wanted}"),
-        });
     }
     Ok(Credentials::Anonymous)
 }
 
-/// The default docker config file: `$DOCKER_CONFIG/config.json`, else
-/// `$HOME/.docker/config.json`.
+/// The registry entries of a pull secret in either Kubernetes format:
+/// `.dockerconfigjson` (`{"auths": {...}}`) or the legacy `.dockercfg`
+/// (`{"<registry>": {"auth": ...}}`).
+fn secret_entries(config: &[u8], source: Source<'_>) -> Result<HashMap<String, AuthEntry>, Error> {
+    let value: serde_json::Value =
+        serde_json::from_slice(config).map_err(|e| parse_error(source, &e))?;
+    let serde_json::Value::Object(top) = value else {
+        return Err(invalid(source, "not a JSON object".to_owned()));
+    };
+    let entry_error = |key: &str, e: &serde_json::Error| {
+        invalid(
+            source,
+            format!(
+                "the entry for {} is not a registry entry ({:?} error)",
+                normalise_key(key),
+                e.classify()
+            ),
+        )
+    };
+    if let Some(auths) = top.get("auths") {
+        let serde_json::Value::Object(auths) = auths else {
+            return Err(invalid(
+                source,
+                "auths is not a map of registry entries".to_owned(),
+            ));
+        };
+        let mut out = HashMap::new();
+        for (k, v) in auths {
+            let entry = AuthEntry::deserialize(v).map_err(|e| entry_error(k, &e))?;
+            out.insert(k.clone(), entry);
+        }
+        return Ok(out);
+    }
+    // Legacy `.dockercfg`: registries at the top level. Non-object values
+    // (and `credsStore`/`credHelpers`) are not registry entries; skipped.
+    let mut out = HashMap::new();
+    for (k, v) in &top {
+        if v.is_object() && k != "credHelpers" && k != "HttpHeaders" {
+            let entry = AuthEntry::deserialize(v).map_err(|e| entry_error(k, &e))?;
+            out.insert(k.clone(), entry);
+        }
+    }
+    Ok(out)
+}
+
+/// The credentials a pull secret (either format) holds for `registry`
+/// (`host[:port]`), or anonymous. Helpers it names are never run.
+///
+/// # Errors
+/// [`Error::InvalidPullSecret`] (or [`Error::InvalidConfig`] for a file) when the
+/// bytes are not a Docker config or the matching entry is unusable; the message
+/// never contains the bytes.
+pub(crate) fn credentials_for(
+    config: &[u8],
+    registry: &str,
+    source: Source<'_>,
+) -> Result<Credentials, Error> {
+    let entries = secret_entries(config, source)?;
+    match find(&entries, registry) {
+        Some(entry) => entry_credentials(entry, &normalise_key(registry), source),
+        None => Ok(Credentials::Anonymous),
+    }
+}
+
+/// What the operator's docker config says about one registry.
+#[derive(Debug)]
+pub(crate) struct Lookup {
+    /// The helper to ask first (`credHelpers[registry]`, else `credsStore`),
+    /// with whether it came from `credHelpers`.
+    pub(crate) helper: Option<(String, bool)>,
+    /// The `auths` entry's credentials (anonymous when there is none).
+    pub(crate) auths: Credentials,
+}
+
+/// Reads the operator's docker config (`config.json` bytes) for `registry`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] for a file that is not a docker config or an
+/// unusable entry (never quoting the file).
+pub(crate) fn lookup(config: &[u8], registry: &str, path: &Path) -> Result<Lookup, Error> {
+    let source = Source::File(path);
+    let parsed: DockerConfig =
+        serde_json::from_slice(config).map_err(|e| parse_error(source, &e))?;
+    let helper = find(&parsed.cred_helpers, registry)
+        .filter(|h| !h.is_empty())
+        .map(|h| (h.clone(), true))
+        .or_else(|| {
+            parsed
+                .creds_store
+                .clone()
+                .filter(|h| !h.is_empty())
+                .map(|h| (h, false))
+        });
+    let auths = match find(&parsed.auths, registry) {
+        Some(entry) => entry_credentials(entry, &normalise_key(registry), source)?,
+        None => Credentials::Anonymous,
+    };
+    Ok(Lookup { helper, auths })
+}
+
+/// The default docker config directory: `$DOCKER_CONFIG`, else `$HOME/.docker`.
 pub(crate) fn default_docker_config_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir));
@@ -236,12 +360,49 @@ mod tests {
         let j = r#"{"auths":{"r.io":{"registrytoken":"tok"}}}"#;
         assert_eq!(creds(j, "r.io").unwrap(), Credentials::Bearer("tok".into()));
         let j = r#"{"auths":{"r.io":{"username":"<token>","identitytoken":"refresh"}}}"#;
-        assert!(matches!(creds(j, "r.io"), Err(Error::Unsupported { .. })));
+        assert_eq!(
+            creds(j, "r.io").unwrap(),
+            Credentials::IdentityToken("refresh".into())
+        );
+        // `az acr login`'s form: a placeholder `auth` next to the identity token.
+        let j = format!(
+            r#"{{"auths":{{"r.io":{{"auth":"{}","identitytoken":"refresh"}}}}}}"#,
+            b64("00000000-0000-0000-0000-000000000000:")
+        );
+        assert_eq!(
+            creds(&j, "r.io").unwrap(),
+            Credentials::IdentityToken("refresh".into())
+        );
         assert_eq!(
             creds(r#"{"auths":{"r.io":{}}}"#, "r.io").unwrap(),
             Credentials::Anonymous
         );
         assert_eq!(creds("{}", "r.io").unwrap(), Credentials::Anonymous);
+    }
+
+    #[test]
+    fn legacy_dockercfg_and_key_normalisation() {
+        let basic = Credentials::Basic {
+            user: "u".into(),
+            password: PW.into(),
+        };
+        let auth = b64(&format!("u:{PW}"));
+        let j = format!(r#"{{"https://r.io/v1/":{{"auth":"{auth}","email":"a@b"}}}}"#);
+        assert_eq!(creds(&j, "r.io").unwrap(), basic);
+        assert_eq!(creds(&j, "s.io").unwrap(), Credentials::Anonymous);
+        for key in [
+            "docker.io",
+            "https://index.docker.io/v1/",
+            "registry-1.docker.io",
+            "http://docker.io/",
+        ] {
+            let j = format!(r#"{{"auths":{{"{key}":{{"auth":"{auth}"}}}}}}"#);
+            assert_eq!(creds(&j, DOCKER_HUB_REGISTRY).unwrap(), basic, "{key}");
+            assert_eq!(creds(&j, "docker.io").unwrap(), basic, "{key}");
+        }
+        // A legacy secret naming helpers runs nothing either.
+        let j = r#"{"credsStore":"evil","credHelpers":{"r.io":"evil"}}"#;
+        assert_eq!(creds(j, "r.io").unwrap(), Credentials::Anonymous);
     }
 
     #[test]
@@ -275,6 +436,7 @@ mod tests {
         };
         assert!(!format!("{c:?}").contains(PW));
         assert!(!format!("{:?}", Credentials::Bearer(PW.into())).contains(PW));
+        assert!(!format!("{:?}", Credentials::IdentityToken(PW.into())).contains(PW));
         let other = Credentials::Basic {
             user: "u".into(),
             password: "rotated".into(),

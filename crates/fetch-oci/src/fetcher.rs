@@ -2,6 +2,7 @@
 //! guarded transport.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
@@ -62,6 +63,7 @@ pub struct OciFetcherBuilder {
     backoff: Backoff,
     allow_private_realms: bool,
     docker_config_dir: Option<Option<PathBuf>>,
+    credential_helper_path: Option<OsString>,
 }
 
 impl Default for OciFetcherBuilder {
@@ -71,6 +73,7 @@ impl Default for OciFetcherBuilder {
             backoff: Backoff::default(),
             allow_private_realms: false,
             docker_config_dir: None,
+            credential_helper_path: None,
         }
     }
 }
@@ -160,6 +163,16 @@ impl OciFetcherBuilder {
         self
     }
 
+    /// The directories searched for `docker-credential-<name>` helpers, in
+    /// `PATH` syntax (default: the process's `PATH` when a helper is run).
+    /// Only the docker config's `credHelpers` / `credsStore` name helpers;
+    /// a pull secret never does.
+    #[must_use]
+    pub fn credential_helper_path(mut self, path: impl Into<OsString>) -> Self {
+        self.credential_helper_path = Some(path.into());
+        self
+    }
+
     /// Builds the fetcher (loads the CA bundles and system roots once).
     ///
     /// # Errors
@@ -176,6 +189,8 @@ impl OciFetcherBuilder {
                 backoff: self.backoff,
                 allow_private_realms: self.allow_private_realms,
                 docker_config_dir,
+                helper_path: self.credential_helper_path,
+                helper_cache: Mutex::new(HashMap::new()),
                 modes: Mutex::new(HashMap::new()),
                 auth: Mutex::new(HashMap::new()),
                 memo: Mutex::new(Memo::default()),
@@ -232,6 +247,10 @@ struct Inner {
     backoff: Backoff,
     allow_private_realms: bool,
     docker_config_dir: Option<PathBuf>,
+    helper_path: Option<OsString>,
+    /// Credential helpers' answers, keyed by (helper, registry), for the
+    /// process's life; memory only.
+    helper_cache: Mutex<HashMap<(String, String), Credentials>>,
     /// Registries found to speak plain HTTP (insecure-listed only), with when.
     modes: Mutex<HashMap<String, (Mode, Instant)>>,
     /// Keyed by a hash of (registry, repository, credentials); never the secret.
@@ -267,6 +286,10 @@ struct Session<'a> {
     repository: String,
     creds: Credentials,
     creds_key: [u8; 32],
+    /// The helper-cache entry the credentials came from, if any: dropped
+    /// when the registry refuses them (a rotated or expired credential), so
+    /// the next operation asks the helper again.
+    helper_key: Option<(String, String)>,
     insecure: bool,
     deadline: Instant,
 }
@@ -331,7 +354,16 @@ impl Session<'_> {
         map.insert(self.auth_key(), authz);
     }
 
+    fn forget_helper_answer(&self) {
+        if let Some(key) = &self.helper_key
+            && lock(&self.inner.helper_cache).remove(key).is_some()
+        {
+            tracing::info!(registry = %self.registry, helper = %format!("docker-credential-{}", key.0), "credentials refused; the helper will be asked again");
+        }
+    }
+
     fn forget_authorization(&self) {
+        self.forget_helper_answer();
         lock(&self.inner.auth).remove(&self.auth_key());
     }
 
@@ -385,6 +417,7 @@ impl Session<'_> {
     }
 
     fn unauthorized(&self, reason: &str) -> Error {
+        self.forget_helper_answer();
         Error::Unauthorized {
             url: self.url.clone(),
             reason: reason.to_owned(),
@@ -455,24 +488,41 @@ impl Session<'_> {
     /// is insecure-listed), then asked through the guarded transport (strict
     /// unless insecure-listed or private realms are allowed), with our Basic
     /// credentials if any; its answer is read up to [`MAX_TOKEN_RESPONSE`].
+    ///
+    /// With an identity token the realm is asked by `POST` instead: the
+    /// OAuth2 refresh-token grant (`grant_type=refresh_token`, `service`,
+    /// `scope`, `refresh_token`, `client_id`) of the distribution token spec.
     async fn token(&self, challenge: &Challenge) -> Result<Authz, Error> {
         let raw = challenge
             .param("realm")
             .ok_or_else(|| self.refused_realm("the Bearer challenge names no realm"))?;
         let mut url = realm::realm_url(raw, self.insecure).map_err(|r| self.refused_realm(&r))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(service) = challenge.param("service") {
-                q.append_pair("service", service);
-            }
-            let scope = challenge.param("scope").map_or_else(
-                || format!("repository:{}:pull", self.repository),
-                str::to_owned,
-            );
-            q.append_pair("scope", &scope);
-        }
+        let scope = challenge.param("scope").map_or_else(
+            || format!("repository:{}:pull", self.repository),
+            str::to_owned,
+        );
         let strict = !(self.insecure || self.inner.allow_private_realms);
-        let mut request = Request::get(url).label(self.url.clone()).strict(strict);
+        let mut request = if let Credentials::IdentityToken(refresh) = &self.creds {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "refresh_token");
+            if let Some(service) = challenge.param("service") {
+                form.append_pair("service", service);
+            }
+            form.append_pair("scope", &scope);
+            form.append_pair("refresh_token", refresh);
+            form.append_pair("client_id", "wasm-cache");
+            Request::post_form(url, form.finish())
+        } else {
+            {
+                let mut q = url.query_pairs_mut();
+                if let Some(service) = challenge.param("service") {
+                    q.append_pair("service", service);
+                }
+                q.append_pair("scope", &scope);
+            }
+            Request::get(url)
+        };
+        request = request.label(self.url.clone()).strict(strict);
         if let Credentials::Basic { user, password } = &self.creds
             && let Some(v) = basic_header(user, password)
         {
@@ -784,11 +834,12 @@ impl OciFetcher {
         oci: &OciReference,
     ) -> Result<Session<'a>, Error> {
         let registry = oci.registry().to_owned();
-        let creds = self.credentials(req, &registry).await?;
+        let (creds, helper_key) = self.credentials(req, &registry).await?;
         Ok(Session {
             inner: &self.inner,
             url: req.url.redacted(),
             creds_key: creds.cache_key(&registry),
+            helper_key,
             creds,
             insecure: self.inner.transport.insecure().matches_registry(&registry),
             repository: oci.repository().to_owned(),
@@ -797,23 +848,82 @@ impl OciFetcher {
         })
     }
 
-    /// The credentials for `registry`: the pull secret, else the default docker
-    /// config, else anonymous.
-    async fn credentials(&self, req: &FetchRequest, registry: &str) -> Result<Credentials, Error> {
+    /// The credentials for `registry`: the pull secret (never a source of
+    /// helpers), else the operator's docker config as docker resolves it
+    /// (`credHelpers[registry]`, else `credsStore`, else `auths`), else
+    /// anonymous. Logs which source answered, never the credentials.
+    /// With the credentials comes the helper-cache key they were kept under.
+    async fn credentials(
+        &self,
+        req: &FetchRequest,
+        registry: &str,
+    ) -> Result<(Credentials, Option<(String, String)>), Error> {
         if let Some(secret) = req.pull_secret.as_ref().filter(|s| !s.expose().is_empty()) {
-            return auth::credentials_for(secret.expose(), registry, Source::PullSecret);
+            let creds = auth::credentials_for(secret.expose(), registry, Source::PullSecret)?;
+            tracing::info!(
+                registry,
+                source = "pull secret",
+                kind = creds.kind(),
+                "registry credentials"
+            );
+            return Ok((creds, None));
         }
         let Some(dir) = &self.inner.docker_config_dir else {
-            return Ok(Credentials::Anonymous);
+            tracing::debug!(registry, "no docker config: anonymous");
+            return Ok((Credentials::Anonymous, None));
         };
         let path = dir.join("config.json");
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => auth::credentials_for(&bytes, registry, Source::File(&path)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Credentials::Anonymous),
-            Err(e) => Err(Error::InvalidConfig {
-                reason: format!("reading docker config {}: {e}", path.display()),
-            }),
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(registry, config = %path.display(), "no docker config file: anonymous");
+                return Ok((Credentials::Anonymous, None));
+            }
+            Err(e) => {
+                return Err(Error::InvalidConfig {
+                    reason: format!("reading docker config {}: {e}", path.display()),
+                });
+            }
+        };
+        let lookup = auth::lookup(&bytes, registry, &path)?;
+        if let Some((helper, per_registry)) = &lookup.helper {
+            let key = (helper.clone(), auth::normalise_key(registry));
+            let cached = lock(&self.inner.helper_cache).get(&key).cloned();
+            let found = match cached {
+                Some(c) => Some(c),
+                None => {
+                    let got = Box::pin(crate::helper::run(
+                        helper,
+                        &auth::helper_server(registry),
+                        self.inner.helper_path.as_deref(),
+                        req.deadline,
+                        &req.url.redacted(),
+                    ))
+                    .await?;
+                    if let Some(c) = &got {
+                        let mut cache = lock(&self.inner.helper_cache);
+                        if cache.len() >= MAX_ENTRIES {
+                            cache.clear();
+                        }
+                        cache.insert(key.clone(), c.clone());
+                    }
+                    got
+                }
+            };
+            if let Some(creds) = found {
+                tracing::info!(
+                    registry,
+                    source = if *per_registry { "credHelpers" } else { "credsStore" },
+                    helper = %format!("docker-credential-{helper}"),
+                    kind = creds.kind(),
+                    "registry credentials"
+                );
+                return Ok((creds, Some(key)));
+            }
+            tracing::info!(registry, helper = %format!("docker-credential-{helper}"), "the credential helper has no credentials for this registry");
         }
+        tracing::info!(registry, source = "docker config auths", config = %path.display(), kind = lookup.auths.kind(), "registry credentials");
+        Ok((lookup.auths, None))
     }
 
     async fn resolve_inner(

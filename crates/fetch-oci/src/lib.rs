@@ -28,9 +28,13 @@
 //!   as the cache's store does) the fetcher does not hash the bytes again; a
 //!   tar+gzip layer is hashed here (compressed) and by the store (module).
 //! - **auth**: anonymous first; on a 401, the Bearer token flow or Basic. The
-//!   credentials are the request's pull secret (Docker `config.json`, parsed
-//!   here, credential helpers never run), else the default docker config, else
-//!   none. Tokens are kept per registry, repository and credentials (hashed)
+//!   credentials are the request's pull secret (either Kubernetes format:
+//!   `.dockerconfigjson` or legacy `.dockercfg`; parsed here, credential
+//!   helpers it names never run), else the operator's docker config as docker
+//!   resolves it: `credHelpers[registry]`, else `credsStore` (a
+//!   `docker-credential-<name> get` helper, see [`MAX_HELPER_OUTPUT`]), else
+//!   `auths`; else none. An `identitytoken` is exchanged at the Bearer realm
+//!   (OAuth2 refresh-token grant), a `registrytoken` sent as the bearer. Tokens are kept per registry, repository and credentials (hashed)
 //!   until they expire.
 //! - **token realms**: must be https (http only for insecure-listed
 //!   registries); the realm request goes through the transport's guard, at
@@ -74,11 +78,13 @@
 mod auth;
 mod errors;
 mod fetcher;
+mod helper;
 pub mod layout;
 mod realm;
 mod verify;
 
 pub use crate::fetcher::{MAX_MANIFEST_SIZE, MAX_TOKEN_RESPONSE, OciFetcher, OciFetcherBuilder};
+pub use crate::helper::MAX_HELPER_OUTPUT;
 
 /// Parses `config` as a pull secret for `registry` exactly as a fetch does,
 /// and says only whether it is usable (the credentials themselves never leave
@@ -90,8 +96,7 @@ pub use crate::fetcher::{MAX_MANIFEST_SIZE, MAX_TOKEN_RESPONSE, OciFetcher, OciF
 ///
 /// # Errors
 /// What a fetch with this secret would fail with: `InvalidPullSecret` for
-/// bytes that are not a usable Docker `config.json`, `Unsupported` for an
-/// `identitytoken`-only entry.
+/// bytes that are not a usable Docker `config.json` (or legacy `.dockercfg`).
 #[doc(hidden)]
 pub fn check_pull_secret(config: &[u8], registry: &str) -> Result<(), wasm_cache_core::Error> {
     auth::credentials_for(config, registry, auth::Source::PullSecret).map(|_| ())

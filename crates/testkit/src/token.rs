@@ -9,6 +9,14 @@
 //! credentials the token grants the requested actions; anonymous requests
 //! get a token granting nothing (as real token services do); wrong
 //! credentials get `401`. Every request is recorded ([`TokenServer::requests`]).
+//!
+//! `POST /token` is the OAuth2 refresh-token exchange of the distribution
+//! token spec (what an `identitytoken` in a docker config is for): a form
+//! body with `grant_type=refresh_token`, `service`, `scope` and
+//! `refresh_token`. With [`TEST_REFRESH_TOKEN`], this server's service and a
+//! well-formed scope it answers `{"access_token": "<JWT>", ...}` granting the
+//! scope; any other grant type, token, service or a missing scope gets `400`
+//! (`unsupported_grant_type` / `invalid_grant` / `invalid_request`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,11 +26,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
+/// The refresh token (`identitytoken`) the token server accepts.
+pub const TEST_REFRESH_TOKEN: &str = "wasm-cache-test-refresh-9f2e7a61c0";
+
 /// One request the token server saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRequest {
+    /// `GET` or `POST`.
+    pub method: String,
     /// The query string.
     pub query: String,
+    /// The form body of a `POST` (empty for `GET`).
+    pub form: String,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
 }
@@ -135,6 +150,12 @@ impl TokenServer {
     pub fn requests(&self) -> Vec<TokenRequest> {
         lock(&self.shared.requests).clone()
     }
+
+    /// A token granting `scope` (`repository:<name>:<actions>`), as the
+    /// server would issue it: what a `registrytoken` entry holds.
+    pub fn token_for(&self, scope: &str) -> String {
+        sign(&self.shared, &grants(std::iter::once(scope.to_owned())))
+    }
 }
 
 impl Drop for TokenServer {
@@ -149,27 +170,39 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    let method = line.split_whitespace().next().unwrap_or("").to_owned();
     let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
     let mut authorization = None;
+    let mut content_length = 0usize;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.trim().eq_ignore_ascii_case("authorization")
-        {
-            authorization = Some(v.trim().to_owned());
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_owned());
+            } else if k.trim().eq_ignore_ascii_case("content-length") {
+                content_length = v.trim().parse().unwrap_or(0).min(64 * 1024);
+            }
         }
     }
+    let mut body = vec![0u8; content_length];
+    std::io::Read::read_exact(&mut reader, &mut body)?;
+    let form = String::from_utf8_lossy(&body).into_owned();
     let query = target
         .split_once('?')
         .map(|(_, q)| q.to_owned())
         .unwrap_or_default();
     lock(&s.requests).push(TokenRequest {
+        method: method.clone(),
         query: query.clone(),
+        form: form.clone(),
         authorization: authorization.clone(),
     });
+    if method == "POST" {
+        return refresh_exchange(s, &mut conn, &form);
+    }
     let granted = match authorization
         .as_deref()
         .and_then(|a| a.strip_prefix("Basic "))
@@ -192,27 +225,82 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
             true
         }
     };
-    let mut access = Vec::new();
-    if granted {
-        for pair in query.split('&') {
-            if let Some(scope) = pair.strip_prefix("scope=") {
-                let scope = percent_decode(scope);
-                let parts: Vec<&str> = scope.split(':').collect();
-                if let [kind, name, actions] = parts.as_slice() {
-                    access.push(serde_json::json!({
-                        "type": kind, "name": name,
-                        "actions": actions.split(',').collect::<Vec<_>>(),
-                    }));
-                }
-            }
-        }
-    }
+    let access = if granted {
+        grants(
+            query
+                .split('&')
+                .filter_map(|p| p.strip_prefix("scope="))
+                .map(percent_decode),
+        )
+    } else {
+        Vec::new()
+    };
     let jwt = sign(s, &access);
     let body =
         serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300}).to_string();
     write!(
         conn,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    conn.flush()
+}
+
+/// The JWT `access` claims for `repository:<name>:<actions>` scopes.
+fn grants(scopes: impl Iterator<Item = String>) -> Vec<serde_json::Value> {
+    let mut access = Vec::new();
+    for scope in scopes {
+        let parts: Vec<&str> = scope.split(':').collect();
+        if let [kind, name, actions] = parts.as_slice() {
+            access.push(serde_json::json!({
+                "type": kind, "name": name,
+                "actions": actions.split(',').collect::<Vec<_>>(),
+            }));
+        }
+    }
+    access
+}
+
+/// `POST /token`: the OAuth2 refresh-token grant.
+fn refresh_exchange(s: &Shared, conn: &mut TcpStream, form: &str) -> std::io::Result<()> {
+    let field = |name: &str| {
+        form.split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| percent_decode(v))
+    };
+    let scope = field("scope").filter(|sc| sc.split(':').count() == 3);
+    let failure = if field("grant_type").as_deref() != Some("refresh_token") {
+        Some("unsupported_grant_type")
+    } else if field("refresh_token").as_deref() != Some(TEST_REFRESH_TOKEN)
+        || field("service").as_deref() != Some(s.service.as_str())
+    {
+        Some("invalid_grant")
+    } else if scope.is_none() {
+        Some("invalid_request")
+    } else {
+        None
+    };
+    let (status, body) = match failure {
+        Some(error) => (
+            "400 Bad Request",
+            serde_json::json!({ "error": error }).to_string(),
+        ),
+        None => {
+            let jwt = sign(s, &grants(scope.into_iter()));
+            (
+                "200 OK",
+                serde_json::json!({
+                    "access_token": jwt, "expires_in": 300,
+                    "refresh_token": TEST_REFRESH_TOKEN, "scope": field("scope"),
+                })
+                .to_string(),
+            )
+        }
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     conn.flush()

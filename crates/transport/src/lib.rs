@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, LOCATION, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -78,7 +78,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The `User-Agent` of every request.
 pub const USER_AGENT_VALUE: &str = concat!("wasm-cache/", env!("CARGO_PKG_VERSION"));
 
-type HttpClient = Client<HttpsConnector<GuardedConnector>, Empty<Bytes>>;
+type HttpClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
 /// The guarded transport. Cheap to clone (clones share pools and settings).
 #[derive(Clone)]
@@ -314,7 +314,7 @@ fn client(tls: &rustls::ClientConfig, connector: GuardedConnector) -> HttpClient
 /// One request. Build with [`Request::get`].
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// The method (`GET` or `HEAD`).
+    /// The method (`GET`, `HEAD`, or `POST` for a token request).
     pub method: Method,
     /// The URL (user-info is never sent as part of the target).
     pub url: Url,
@@ -325,6 +325,9 @@ pub struct Request {
     pub strict: bool,
     /// What errors name instead of the (redacted) URL of the failing hop.
     pub label: Option<String>,
+    /// The body (a `POST` form); empty for `GET` and `HEAD`. Dropped when a
+    /// redirect turns the request into a `GET`.
+    pub body: Bytes,
 }
 
 impl Request {
@@ -336,7 +339,21 @@ impl Request {
             headers: HeaderMap::new(),
             strict: false,
             label: None,
+            body: Bytes::new(),
         }
+    }
+
+    /// A `POST` of an `application/x-www-form-urlencoded` body to `url`
+    /// (an OAuth2 token request).
+    pub fn post_form(url: Url, form: impl Into<Bytes>) -> Self {
+        let mut r = Self::get(url);
+        r.method = Method::POST;
+        r.body = form.into();
+        r.headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        r
     }
 
     /// Adds a header.
@@ -604,6 +621,7 @@ impl Transport {
         let mut hop = req.url.clone();
         let mut method = req.method.clone();
         let mut headers = req.headers.clone();
+        let mut body = req.body.clone();
         let mut redirects = 0usize;
         let mut strict = req.strict;
         loop {
@@ -622,7 +640,7 @@ impl Transport {
                 }
             }
             let request = builder
-                .body(Empty::<Bytes>::new())
+                .body(Full::new(body.clone()))
                 .map_err(|e| Error::InvalidUrl {
                     url: label.clone(),
                     reason: e.to_string(),
@@ -660,8 +678,12 @@ impl Transport {
                 {
                     strict = true;
                 }
-                if status == StatusCode::SEE_OTHER && method != Method::HEAD {
+                if status == StatusCode::SEE_OTHER && method != Method::HEAD
+                    || matches!(status.as_u16(), 301 | 302) && method == Method::POST
+                {
                     method = Method::GET;
+                    body = Bytes::new();
+                    headers.remove(http::header::CONTENT_TYPE);
                 }
                 hop = next;
                 continue;
