@@ -14,11 +14,11 @@ use http::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
 use url::Url;
 use wasm_cache_core::retry::Backoff;
-use wasm_cache_core::unbox::{UnboxError, Unboxer, boxed_limit};
 use wasm_cache_core::{
     Error, FetchRequest, Fetched, Fetcher, ModuleSink, OciReference, Scheme, Sha256Digest,
     WASM_MAGIC,
 };
+use wasm_cache_unbox::{UnboxError, Unboxer, boxed_limit};
 use wasm_fetch_transport::{
     ProxyConfig, ReadError, Request, Response, RetryDriver, Transport, TransportBuilder,
     is_retryable,

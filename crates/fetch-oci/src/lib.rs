@@ -20,7 +20,7 @@
 //!   image, OCI image, Istio/Solo artifact, CNCF artifact). Manifests are read
 //!   up to [`MAX_MANIFEST_SIZE`], never more. The layer streams through a size
 //!   check against its descriptor and through
-//!   [`Unboxer`](wasm_cache_core::unbox::Unboxer) (gzip, tar) into the caller's
+//!   [`Unboxer`](wasm_cache_unbox::Unboxer) (gzip, tar) into the caller's
 //!   sink: memory stays bounded whatever the module's size.
 //! - **one hash pass**: a raw Wasm layer's digest is the module's digest, so
 //!   when the sink offers to verify it
