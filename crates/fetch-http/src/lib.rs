@@ -77,11 +77,17 @@ use http::HeaderValue;
 use http::StatusCode;
 use http::header::AUTHORIZATION;
 use url::Url;
-use wasm_cache_core::retry::Backoff;
-use wasm_cache_core::{Error, FetchRequest, Fetched, Fetcher, ModuleSink, Scheme, Sha256Digest};
+use wasm_cache_core::Scheme;
 use wasm_cache_unbox::{TarEntryRule, Unboxer, boxed_limit};
 use wasm_fetch_transport::{ProxyConfig, Request, RetryDriver, Transport, TransportBuilder};
 
+/// The core types this crate's API uses, so that using the fetcher alone needs
+/// no direct dependency on `wasm-cache-core`.
+pub use wasm_cache_core::retry::Backoff;
+pub use wasm_cache_core::{
+    Error, ErrorKind, FetchRequest, Fetched, Fetcher, ModuleSink, ModuleUrl, PullSecret,
+    Sha256Digest,
+};
 pub use wasm_fetch_transport::DEFAULT_MAX_REDIRECTS;
 
 /// The default timeout of one attempt (connect, headers and body): 15 s, Istio's.

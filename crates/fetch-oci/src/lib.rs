@@ -58,7 +58,7 @@
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let fetcher = OciFetcher::builder()
-//!     .insecure_registries(["127.0.0.1:5000"])
+//!     .insecure_hosts(["127.0.0.1:5000"])
 //!     .build()?;
 //! let url = ModuleUrl::parse("oci://127.0.0.1:5000/org/filter:v1")?;
 //! let req = FetchRequest::new(url, Instant::now() + Duration::from_secs(30));
@@ -79,6 +79,13 @@ mod realm;
 mod verify;
 
 pub use crate::fetcher::{MAX_MANIFEST_SIZE, MAX_TOKEN_RESPONSE, OciFetcher, OciFetcherBuilder};
+/// The core types this crate's API uses, so that using the fetcher alone needs
+/// no direct dependency on `wasm-cache-core`.
+pub use wasm_cache_core::retry::Backoff;
+pub use wasm_cache_core::{
+    Error, ErrorKind, FetchRequest, Fetched, Fetcher, ModuleSink, ModuleUrl, OciReference,
+    PullSecret, Sha256Digest,
+};
 
 /// Parses `config` as a pull secret for `registry` exactly as a fetch does,
 /// and says only whether it is usable (the credentials themselves never leave

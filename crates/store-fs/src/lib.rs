@@ -134,3 +134,6 @@ pub use crate::store::{
     FsStore, IgnoredFile, LOCK_FILE, LOCK_WAIT, Mismatch, RecoveryReport, StoredModule,
     VerifyReport,
 };
+/// The core types this crate's API uses (`Ingest` is a [`ModuleSink`]), so
+/// that using the store alone needs no direct dependency on `wasm-cache-core`.
+pub use wasm_cache_core::{ModuleSink, Sha256Digest, check_wasm_header};
