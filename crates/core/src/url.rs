@@ -112,8 +112,9 @@ impl ModuleUrl {
     /// Parses and validates a module URL.
     ///
     /// A URL of a scheme other than http, https and oci parses as an opaque
-    /// URL (see the [module docs](self)); whether anything can fetch it is
-    /// decided by the fetcher registered for its [`Scheme`].
+    /// URL (its module name is the whole URL, and pull policies apply as for
+    /// http(s)); whether anything can fetch it is decided by the fetcher
+    /// registered for its [`Scheme`].
     ///
     /// # Errors
     /// [`Error::InvalidUrl`] for anything unparseable.

@@ -1,6 +1,6 @@
 //! # wasm-fetch-oci
 //!
-//! An OCI registry [`Fetcher`](wasm_cache_core::Fetcher) for `oci://` URLs. It
+//! An OCI registry [`Fetcher`] for `oci://` URLs. It
 //! speaks the distribution pull protocol itself, over
 //! [`wasm_fetch_transport`] (the guarded hyper + rustls/ring transport every
 //! fetcher shares); [`oci-client`](oci_client) is used for its data model only
@@ -24,7 +24,7 @@
 //!   sink: memory stays bounded whatever the module's size.
 //! - **one hash pass**: a raw Wasm layer's digest is the module's digest, so
 //!   when the sink offers to verify it
-//!   ([`ModuleSink::verify_sha256`](wasm_cache_core::ModuleSink::verify_sha256),
+//!   ([`ModuleSink::verify_sha256`],
 //!   as the cache's store does) the fetcher does not hash the bytes again; a
 //!   tar+gzip layer is hashed here (compressed) and by the store (module).
 //! - **auth**: anonymous first; on a 401, the Bearer token flow or Basic. The
@@ -45,7 +45,7 @@
 //! - **deadline and retries**: every call runs under `req.deadline`;
 //!   transient failures (transport errors, retryable 5xx) before any module
 //!   byte reached the sink are retried with
-//!   [`Backoff`](wasm_cache_core::retry::Backoff), clamped to the deadline. TLS
+//!   [`Backoff`], clamped to the deadline. TLS
 //!   failures are not retried.
 //!
 //! Errors never carry secrets or registry request URLs: they name the module
