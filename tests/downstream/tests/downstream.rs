@@ -58,8 +58,11 @@ async fn file_fetcher_serves_the_composed_cache() {
     let m = module(50_000);
     let path = files.path().join("filter.wasm");
     std::fs::write(&path, &m).unwrap();
+    // Only our file:// fetcher (in a workspace build, feature unification may
+    // have compiled wasm-cache's own fetchers in: leave them out explicitly).
     let cache = Cache::builder(cache_dir.path())
         .background_purge(false)
+        .default_fetchers(false)
         .fetcher(
             FileFetcher::scheme().unwrap(),
             Arc::new(FileFetcher::new(files.path()).unwrap()),
