@@ -1,4 +1,4 @@
-//! The streaming unboxer (`wasm_cache_core::unbox::Unboxer`) on arbitrary
+//! The streaming unboxer (`wasm_cache_unbox::Unboxer`) on arbitrary
 //! bodies cut into arbitrary chunks.
 //!
 //! Properties: nothing panics; the outcome does not depend on the chunking
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasm_cache_core::unbox::{TarEntryRule, UnboxError, Unboxer};
+use wasm_cache_unbox::{TarEntryRule, UnboxError, Unboxer};
 
 const MAX: u64 = 256 * 1024;
 

@@ -202,7 +202,7 @@ async fn blob_redirects_down_to_http_in_loops_or_to_nat64_metadata_are_refused()
 async fn nat64_and_mapped_metadata_addresses_are_refused() {
     let oci = OciFetcher::builder()
         .docker_config_dir(None)
-        .insecure_registries(["*"])
+        .insecure_hosts(["*"])
         .build()
         .unwrap();
     let http = HttpFetcher::builder().max_attempts(1).build().unwrap();
@@ -245,7 +245,7 @@ async fn redirects_and_realms_to_metadata_or_inwards_are_refused_in_a_namespace(
     let blob = format!("/v2/{REPO}/blobs/{layer}");
     let f = OciFetcher::builder()
         .docker_config_dir(None)
-        .insecure_registries(["198.51.100.10"])
+        .insecure_hosts(["198.51.100.10"])
         .build()
         .unwrap();
     let req = request(&url(&registry));

@@ -40,7 +40,7 @@ async fn endless_manifests_and_huge_token_answers_stop_at_their_limits() {
     let host = server.host_port();
     let f = OciFetcher::builder()
         .docker_config_dir(None)
-        .insecure_registries([host.clone()])
+        .insecure_hosts([host.clone()])
         .build()
         .unwrap();
     // Enough time to read gigabytes on loopback if nothing stopped the reading.

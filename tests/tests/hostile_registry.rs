@@ -29,7 +29,7 @@ fn assert_kind(err: &wasm_cache::Error, kind: ErrorKind, wording: &str) {
 async fn cache_for(dir: &Path, insecure: &str) -> Cache {
     Cache::builder(dir)
         .background_purge(false)
-        .insecure_registries([insecure])
+        .insecure_hosts([insecure])
         .build()
         .await
         .unwrap()

@@ -81,7 +81,7 @@ fn core_stays_free_of_io_crates() {
         .split("\n[")
         .next()
         .unwrap();
-    for banned in ["tokio", "hyper", "reqwest", "ring", "oci-client"] {
+    for banned in ["tokio", "hyper", "reqwest", "ring", "oci-client", "flate2"] {
         assert!(
             !deps.lines().any(|l| l.trim_start().starts_with(banned)),
             "wasm-cache-core must not depend on {banned}"

@@ -201,6 +201,18 @@ fn ci(root: &Path) -> Result {
             .env("RUSTDOCFLAGS", "-D warnings")
             .args(["doc", "--workspace", "--no-deps", "--locked"]),
     )?;
+    // wasm-cache builds without its fetcher crates, for users who bring
+    // their own (`default-features = false`).
+    run(
+        "cargo build (wasm-cache, no default features)",
+        cargo().current_dir(root).args([
+            "build",
+            "-p",
+            "wasm-cache",
+            "--no-default-features",
+            "--locked",
+        ]),
+    )?;
     // The library crates stay publishable in form (metadata, no versioned
     // dependency on an unpublished crate, every file they need inside them).
     // `--allow-dirty` because this checks the manifests, not git's state.
@@ -215,6 +227,8 @@ fn ci(root: &Path) -> Result {
             "wasm-cache-testkit",
             "--exclude",
             "wasm-cache-tests",
+            "--exclude",
+            "wasm-cache-downstream",
             "--exclude",
             "xtask",
             "--no-verify",

@@ -1,24 +1,47 @@
 //! Our default fetchers, built from the cache's options.
 
-use std::path::Path;
+use std::path::PathBuf;
 
+#[cfg(feature = "http")]
 use wasm_fetch_http::HttpFetcher;
+#[cfg(feature = "oci")]
 use wasm_fetch_oci::OciFetcher;
 
+#[cfg(any(feature = "http", feature = "oci"))]
 use crate::Error;
 
-pub(crate) fn http(insecure: &[String], ca_file: Option<&Path>) -> Result<HttpFetcher, Error> {
-    let mut b = HttpFetcher::builder().insecure_hosts(insecure.iter().cloned());
-    if let Some(ca) = ca_file {
+/// The network options the cache builder passes to our default fetchers.
+#[derive(Debug, Default)]
+#[cfg_attr(
+    not(any(feature = "http", feature = "oci")),
+    allow(dead_code, reason = "no default fetcher to pass them to")
+)]
+pub(crate) struct NetOptions {
+    pub(crate) insecure: Vec<String>,
+    pub(crate) ca_files: Vec<PathBuf>,
+    pub(crate) ca_pems: Vec<Vec<u8>>,
+}
+
+#[cfg(feature = "http")]
+pub(crate) fn http(net: &NetOptions) -> Result<HttpFetcher, Error> {
+    let mut b = HttpFetcher::builder().insecure_hosts(net.insecure.iter().cloned());
+    for ca in &net.ca_files {
         b = b.ca_file(ca);
+    }
+    for pem in &net.ca_pems {
+        b = b.ca_pem(pem.clone());
     }
     Ok(b.build()?)
 }
 
-pub(crate) fn oci(insecure: &[String], ca_file: Option<&Path>) -> Result<OciFetcher, Error> {
-    let mut b = OciFetcher::builder().insecure_registries(insecure.iter().cloned());
-    if let Some(ca) = ca_file {
+#[cfg(feature = "oci")]
+pub(crate) fn oci(net: &NetOptions) -> Result<OciFetcher, Error> {
+    let mut b = OciFetcher::builder().insecure_hosts(net.insecure.iter().cloned());
+    for ca in &net.ca_files {
         b = b.ca_file(ca);
+    }
+    for pem in &net.ca_pems {
+        b = b.ca_pem(pem.clone());
     }
     Ok(b.build()?)
 }

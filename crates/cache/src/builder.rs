@@ -1,7 +1,7 @@
 //! [`CacheBuilder`]: every option, with the reference's defaults.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +30,7 @@ pub struct CacheBuilder {
     max_bytes: Option<u64>,
     grace: Duration,
     max_module_size: u64,
-    insecure: Vec<String>,
-    ca_file: Option<PathBuf>,
+    net: crate::backends::NetOptions,
     fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
     clock: Arc<dyn Clock>,
     background_purge: bool,
@@ -48,8 +47,7 @@ impl CacheBuilder {
             max_bytes: None,
             grace: DEFAULT_GRACE,
             max_module_size: DEFAULT_MAX_MODULE_SIZE,
-            insecure: Vec::new(),
-            ca_file: None,
+            net: crate::backends::NetOptions::default(),
             fetchers: HashMap::new(),
             clock: Arc::new(SystemClock),
             background_purge: true,
@@ -89,20 +87,46 @@ impl CacheBuilder {
         self
     }
 
-    /// Hosts (`host:port`, or `*` for all) reached without TLS verification
-    /// (registries: plain HTTP allowed too). Applies to our default fetchers.
+    /// Hosts reached without TLS certificate verification by our default
+    /// fetchers (registries: plain HTTP allowed too), in the one syntax of
+    /// `wasm_fetch_transport::InsecureHosts`: `host:port`, `host` for any
+    /// port, or `*` for all. Adds to the list, like the fetcher builders'
+    /// `insecure_hosts`.
+    pub fn insecure_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.net.insecure.extend(hosts.into_iter().map(Into::into));
+        self
+    }
+
+    /// The former name of [`CacheBuilder::insecure_hosts`]; unlike it, it
+    /// replaces the list instead of adding to it.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `insecure_hosts` (one name across the builders)"
+    )]
     pub fn insecure_registries<I, S>(mut self, hosts: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.insecure = hosts.into_iter().map(Into::into).collect();
+        self.net.insecure.clear();
+        self.insecure_hosts(hosts)
+    }
+
+    /// Also trusts the CA certificates in this PEM file (our default
+    /// fetchers; read once, by [`CacheBuilder::build`]). Adds to the trusted
+    /// set; call it once per file.
+    pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.net.ca_files.push(path.as_ref().to_owned());
         self
     }
 
-    /// An extra PEM bundle of trusted CAs for our default fetchers.
-    pub fn ca_file(mut self, path: Option<PathBuf>) -> Self {
-        self.ca_file = path;
+    /// Also trusts the CA certificates in these PEM bytes (our default fetchers).
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.net.ca_pems.push(pem.into());
         self
     }
 
@@ -156,23 +180,27 @@ impl CacheBuilder {
         if self.max_module_size == 0 {
             return Err(config("maximum module size must be more than zero"));
         }
+        #[cfg_attr(
+            not(any(feature = "http", feature = "oci")),
+            allow(unused_mut, reason = "no default fetcher to add")
+        )]
         let mut fetchers = self.fetchers;
+        #[cfg(feature = "http")]
         let needs_http = self.default_fetchers
             && (!fetchers.contains_key(&Scheme::Http) || !fetchers.contains_key(&Scheme::Https));
+        #[cfg(feature = "http")]
         if needs_http {
-            let http: Arc<dyn Fetcher> = Arc::new(crate::backends::http(
-                &self.insecure,
-                self.ca_file.as_deref(),
-            )?);
+            let http: Arc<dyn Fetcher> = Arc::new(crate::backends::http(&self.net)?);
             fetchers
                 .entry(Scheme::Http)
                 .or_insert_with(|| Arc::clone(&http));
             fetchers.entry(Scheme::Https).or_insert(http);
         }
+        #[cfg(feature = "oci")]
         if let std::collections::hash_map::Entry::Vacant(slot) = fetchers.entry(Scheme::Oci)
             && self.default_fetchers
         {
-            let oci = crate::backends::oci(&self.insecure, self.ca_file.as_deref())?;
+            let oci = crate::backends::oci(&self.net)?;
             slot.insert(Arc::new(oci));
         }
         let opts = Options {
@@ -192,4 +220,57 @@ fn config(reason: &str) -> Error {
         reason: reason.to_owned(),
     }
     .into()
+}
+
+#[cfg(all(test, feature = "http", feature = "oci"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_options_reach_the_default_fetchers() {
+        let dir = tempfile::tempdir().unwrap();
+        // ca_file adds (each file is read by build); a missing one is named.
+        let e = Cache::builder(dir.path())
+            .background_purge(false)
+            .ca_file("/nonexistent/one.pem")
+            .build()
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/one.pem"), "{e}");
+        let e = Cache::builder(dir.path())
+            .background_purge(false)
+            .ca_pem(b"not a certificate".to_vec())
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), wasm_cache_core::ErrorKind::InvalidInput, "{e}");
+        // One syntax for insecure hosts: a URL is refused, a host:port is not.
+        let e = Cache::builder(dir.path())
+            .background_purge(false)
+            .insecure_hosts(["http://h:5000/"])
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), wasm_cache_core::ErrorKind::InvalidInput, "{e}");
+        let cache = Cache::builder(dir.path())
+            .background_purge(false)
+            .insecure_hosts(["127.0.0.1:5000"])
+            .insecure_hosts(["localhost"])
+            .build()
+            .await
+            .unwrap();
+        cache.shutdown().await.unwrap();
+    }
+
+    #[test]
+    #[allow(deprecated, reason = "the old name must keep compiling")]
+    fn the_old_name_still_compiles_and_replaces() {
+        let b = CacheBuilder::new(PathBuf::from("/unused"))
+            .insecure_hosts(["a:1"])
+            .insecure_registries(["b:2"]);
+        assert_eq!(b.net.insecure, ["b:2"]);
+        let b = b.insecure_hosts(["c:3"]);
+        assert_eq!(b.net.insecure, ["b:2", "c:3"]);
+        let _ = wasm_fetch_oci::OciFetcher::builder().insecure_registries(["b:2"]);
+    }
 }

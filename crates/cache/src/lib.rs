@@ -32,6 +32,16 @@
 //! `wasm-fetch-oci`), each replaceable per scheme with any
 //! `Arc<dyn Fetcher>` ([`CacheBuilder::fetcher`]).
 //!
+//! ## Features
+//! - `http` (default): our HTTP(S) fetcher, `wasm-fetch-http`, for `http` and
+//!   `https` URLs;
+//! - `oci` (default): our OCI fetcher, `wasm-fetch-oci`, for `oci` URLs.
+//!
+//! With `default-features = false` neither fetcher crate (nor hyper, rustls or
+//! oci-client) is built; bring your own with [`CacheBuilder::fetcher`] and the
+//! [`fetcher`] module. A URL whose scheme has no fetcher fails with
+//! `unsupported Wasm module downloading URL scheme`.
+//!
 //! ## Observability
 //! `tracing` events (URLs redacted, never secrets) and three metrics through the
 //! [`metrics`](::metrics) facade, with Istio's names: [`metrics::CACHE_ENTRIES`]
@@ -125,6 +135,8 @@ pub use wasm_cache_core::{
     Scheme, Sha256Digest,
 };
 pub use wasm_cache_signature::{KeyFingerprint, PublicKey, TrustPolicy};
+#[cfg(feature = "http")]
 pub use wasm_fetch_http::HttpFetcher;
+#[cfg(feature = "oci")]
 pub use wasm_fetch_oci::OciFetcher;
 pub use wasm_store_fs::{FsStore, Mismatch, VerifyReport};

@@ -132,7 +132,7 @@ async fn restart_serves_modules_and_records_without_network() {
     let dir = tempfile::tempdir().unwrap();
     let c = clock();
     let first = builder(dir.path(), &c)
-        .insecure_registries([r.host()])
+        .insecure_hosts([r.host()])
         .build()
         .await
         .unwrap();
@@ -144,7 +144,7 @@ async fn restart_serves_modules_and_records_without_network() {
     drop(r);
     drop(s);
     let second = builder(dir.path(), &c)
-        .insecure_registries(["*"])
+        .insecure_hosts(["*"])
         .build()
         .await
         .unwrap();

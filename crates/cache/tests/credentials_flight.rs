@@ -50,7 +50,7 @@ async fn sixteen_callers_four_pull_secrets_never_share_an_outcome() {
 
     let dir = tempfile::tempdir().unwrap();
     let cache = builder(dir.path(), &clock())
-        .insecure_registries([host.clone()])
+        .insecure_hosts([host.clone()])
         .build()
         .await
         .unwrap();

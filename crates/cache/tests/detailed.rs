@@ -25,7 +25,7 @@ async fn get_detailed_reports_hash_size_origin_and_whether_it_was_cached() {
     let pushed = push_oci_image(&r, "org/m", "v1", &oci).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::builder(dir.path())
-        .insecure_registries([r.host()])
+        .insecure_hosts([r.host()])
         .build()
         .await
         .unwrap();
@@ -58,7 +58,7 @@ async fn get_detailed_reports_hash_size_origin_and_whether_it_was_cached() {
 
     // After a restart: recovered, still reported in full.
     let cache = Cache::builder(dir.path())
-        .insecure_registries([r.host()])
+        .insecure_hosts([r.host()])
         .build()
         .await
         .unwrap();
@@ -78,7 +78,7 @@ async fn resolve_names_the_current_digest_and_stores_nothing() {
     let pushed = push_oci_image(&r, "org/r", "v1", &sample_module(4_000, 4)).await;
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::builder(dir.path())
-        .insecure_registries([r.host()])
+        .insecure_hosts([r.host()])
         .build()
         .await
         .unwrap();
@@ -166,7 +166,7 @@ async fn fetchers_announce_the_module_length_when_they_know_it() {
     // layer's is not.
     let r = Registry::start(RegistryKind::Plain);
     let oci = wasm_cache::OciFetcher::builder()
-        .insecure_registries([r.host()])
+        .insecure_hosts([r.host()])
         .build()
         .unwrap();
     let raw = push_cncf_artifact(&r, "org/raw", "v1", &module).await;

@@ -418,7 +418,7 @@ impl Oci {
         let dir = tempfile::tempdir().unwrap();
         let clock = clock();
         let cache = builder(dir.path(), &clock)
-            .insecure_registries([registry.host()])
+            .insecure_hosts([registry.host()])
             .build()
             .await
             .unwrap();
@@ -774,7 +774,7 @@ async fn purge_oci_image_on_expiry() {
     let c = clock();
     let cache = Cache::builder(o.dir.path().join("purging"))
         .clock(Arc::new(c.clone()))
-        .insecure_registries([o.registry.host()])
+        .insecure_hosts([o.registry.host()])
         .purge_interval(Duration::from_millis(5))
         .expiry(Duration::from_millis(1))
         .build()

@@ -186,8 +186,8 @@ async fn no_log_line_and_no_debug_output_holds_a_secret() {
     let cache = Cache::builder(dir.path())
         .background_purge(false)
         .clock(Arc::new(c.clone()))
-        .ca_file(Some(ca))
-        .insecure_registries([registry.host()])
+        .ca_file(ca)
+        .insecure_hosts([registry.host()])
         .max_bytes(Some(8_000))
         .build()
         .await

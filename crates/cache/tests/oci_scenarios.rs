@@ -47,7 +47,7 @@ async fn setup() -> (
     let dir = tempfile::tempdir().unwrap();
     let c = clock();
     let cache = builder(dir.path(), &c)
-        .insecure_registries([r.host()])
+        .insecure_hosts([r.host()])
         .build()
         .await
         .unwrap();
@@ -213,7 +213,7 @@ async fn fetch_oci_timed_out() {
     let host = blackhole.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let cache = builder(dir.path(), &clock())
-        .insecure_registries([host.clone()])
+        .insecure_hosts([host.clone()])
         .build()
         .await
         .unwrap();
@@ -262,7 +262,7 @@ async fn all_insecure_registry_over_self_signed_tls() {
     strict.shutdown().await.unwrap();
     // With `*`: accepted.
     let lax = builder(dir.path(), &clock())
-        .insecure_registries(["*"])
+        .insecure_hosts(["*"])
         .build()
         .await
         .unwrap();

@@ -17,7 +17,7 @@ async fn setup() -> (Registry, tempfile::TempDir, wasm_cache::Cache) {
     let r = Registry::start(RegistryKind::Plain);
     let dir = tempfile::tempdir().unwrap();
     let cache = builder(dir.path(), &clock())
-        .insecure_registries([r.host()])
+        .insecure_hosts([r.host()])
         .build()
         .await
         .unwrap();

@@ -62,7 +62,7 @@ async fn errors_for_malformed_pull_secrets_hold_no_secret() {
     let host = registry.host();
     let dir = tempfile::tempdir().unwrap();
     let cache = builder(dir.path(), &clock())
-        .insecure_registries([host.clone()])
+        .insecure_hosts([host.clone()])
         .build()
         .await
         .unwrap();

@@ -439,7 +439,7 @@ async fn open_for(
         }
         Ok(Scheme::Oci) => {
             let mut oci =
-                OciFetcher::builder().insecure_registries(net.insecure_registries.iter().cloned());
+                OciFetcher::builder().insecure_hosts(net.insecure_registries.iter().cloned());
             if let Some(ca) = &net.ca_file {
                 oci = oci.ca_file(ca);
             }

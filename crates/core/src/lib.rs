@@ -29,7 +29,6 @@ mod fetcher;
 pub mod index;
 mod policy;
 pub mod retry;
-pub mod unbox;
 mod url;
 
 pub use crate::digest::Sha256Digest;

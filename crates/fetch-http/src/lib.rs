@@ -19,7 +19,7 @@
 //!   delivered module bytes to the sink is not retried (a sink cannot be
 //!   rewound); one that failed before that is.
 //! - **Streaming and unboxing**: the body goes chunk by chunk through
-//!   [`wasm_cache_core::unbox::Unboxer`] into the caller's sink; gzip, tar and
+//!   [`wasm_cache_unbox::Unboxer`] into the caller's sink; gzip, tar and
 //!   tar.gz bodies are unboxed on the fly (the first tar entry named
 //!   `plugin.wasm` or starting with the Wasm magic). Memory does not grow with
 //!   the module's size.
@@ -76,15 +76,19 @@ use async_trait::async_trait;
 use http::StatusCode;
 use http::header::AUTHORIZATION;
 use url::Url;
-use wasm_cache_core::retry::Backoff;
-use wasm_cache_core::unbox::{TarEntryRule, Unboxer, boxed_limit};
-use wasm_cache_core::{
-    Error, FetchRequest, Fetched, Fetcher, ModuleSink, Scheme, Sha256Digest, Signatures, redact_url,
-};
+use wasm_cache_core::{Scheme, Signatures, redact_url};
+use wasm_cache_unbox::{TarEntryRule, Unboxer, boxed_limit};
 use wasm_fetch_transport::{
     ProxyConfig, ReadError, Request, RetryDriver, Transport, TransportBuilder,
 };
 
+/// The core types this crate's API uses, so that using the fetcher alone needs
+/// no direct dependency on `wasm-cache-core`.
+pub use wasm_cache_core::retry::Backoff;
+pub use wasm_cache_core::{
+    Error, ErrorKind, FetchRequest, Fetched, Fetcher, ModuleSink, ModuleUrl, PullSecret,
+    Sha256Digest,
+};
 pub use wasm_fetch_transport::DEFAULT_MAX_REDIRECTS;
 
 /// The default timeout of one attempt (connect, headers and body): 15 s, Istio's.

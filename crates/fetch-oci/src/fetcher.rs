@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,6 @@ use http::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
 use url::Url;
 use wasm_cache_core::retry::Backoff;
-use wasm_cache_core::unbox::{UnboxError, Unboxer, boxed_limit};
 use wasm_cache_core::{
     Error, FetchRequest, Fetched, Fetcher, ModuleSink, OciReference, Scheme, Sha256Digest,
     SignatureLayer, Signatures, WASM_MAGIC,
@@ -24,6 +23,7 @@ use wasm_cache_signature::{
     MAX_SIGNATURE_MANIFEST_LEN, PayloadRef, SIMPLE_SIGNING_MEDIA_TYPE, parse_signature_manifest,
     signature_tag,
 };
+use wasm_cache_unbox::{UnboxError, Unboxer, boxed_limit};
 use wasm_fetch_transport::{
     ProxyConfig, ReadError, Request, Response, RetryDriver, Transport, TransportBuilder,
     is_retryable,
@@ -84,9 +84,9 @@ impl OciFetcherBuilder {
     /// ([`InsecureHosts`](wasm_fetch_transport::InsecureHosts)): `host:port`,
     /// `host` for any port, or `*` for all. For a listed registry, HTTPS
     /// (unverified) is tried first and plain HTTP when TLS cannot be set up;
-    /// every other registry gets verified HTTPS only.
+    /// every other registry gets verified HTTPS only. Adds to the list.
     #[must_use]
-    pub fn insecure_registries<I, S>(mut self, registries: I) -> Self
+    pub fn insecure_hosts<I, S>(mut self, registries: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -95,12 +95,26 @@ impl OciFetcherBuilder {
         self
     }
 
+    /// The former name of [`insecure_hosts`](Self::insecure_hosts).
+    #[must_use]
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `insecure_hosts` (one name across the builders)"
+    )]
+    pub fn insecure_registries<I, S>(self, registries: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.insecure_hosts(registries)
+    }
+
     /// A PEM file of extra CA certificates trusted for registries that are not
     /// insecure-listed (added to the system roots). Read once, by
-    /// [`build`](Self::build).
+    /// [`build`](Self::build). Adds to the trusted set.
     #[must_use]
-    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.transport = self.transport.ca_file(path.into());
+    pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.transport = self.transport.ca_file(path);
         self
     }
 

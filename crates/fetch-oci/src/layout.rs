@@ -21,7 +21,7 @@
 
 use serde_json::Value;
 use wasm_cache_core::Sha256Digest;
-use wasm_cache_core::unbox::TarEntryRule;
+use wasm_cache_unbox::TarEntryRule;
 
 /// Docker v2 image manifest.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";

@@ -1,6 +1,6 @@
 //! # wasm-fetch-oci
 //!
-//! An OCI registry [`Fetcher`](wasm_cache_core::Fetcher) for `oci://` URLs. It
+//! An OCI registry [`Fetcher`] for `oci://` URLs. It
 //! speaks the distribution pull protocol itself, over
 //! [`wasm_fetch_transport`] (the guarded hyper + rustls/ring transport every
 //! fetcher shares); [`oci-client`](oci_client) is used for its data model only
@@ -20,11 +20,11 @@
 //!   image, OCI image, Istio/Solo artifact, CNCF artifact). Manifests are read
 //!   up to [`MAX_MANIFEST_SIZE`], never more. The layer streams through a size
 //!   check against its descriptor and through
-//!   [`Unboxer`](wasm_cache_core::unbox::Unboxer) (gzip, tar) into the caller's
+//!   [`Unboxer`](wasm_cache_unbox::Unboxer) (gzip, tar) into the caller's
 //!   sink: memory stays bounded whatever the module's size.
 //! - **one hash pass**: a raw Wasm layer's digest is the module's digest, so
 //!   when the sink offers to verify it
-//!   ([`ModuleSink::verify_sha256`](wasm_cache_core::ModuleSink::verify_sha256),
+//!   ([`ModuleSink::verify_sha256`],
 //!   as the cache's store does) the fetcher does not hash the bytes again; a
 //!   tar+gzip layer is hashed here (compressed) and by the store (module).
 //! - **auth**: anonymous first; on a 401, the Bearer token flow or Basic. The
@@ -49,7 +49,7 @@
 //! - **deadline and retries**: every call runs under `req.deadline`;
 //!   transient failures (transport errors, retryable 5xx) before any module
 //!   byte reached the sink are retried with
-//!   [`Backoff`](wasm_cache_core::retry::Backoff), clamped to the deadline. TLS
+//!   [`Backoff`], clamped to the deadline. TLS
 //!   failures are not retried.
 //!
 //! Errors never carry secrets or registry request URLs: they name the module
@@ -62,7 +62,7 @@
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let fetcher = OciFetcher::builder()
-//!     .insecure_registries(["127.0.0.1:5000"])
+//!     .insecure_hosts(["127.0.0.1:5000"])
 //!     .build()?;
 //! let url = ModuleUrl::parse("oci://127.0.0.1:5000/org/filter:v1")?;
 //! let req = FetchRequest::new(url, Instant::now() + Duration::from_secs(30));
@@ -85,6 +85,13 @@ mod verify;
 
 pub use crate::fetcher::{MAX_MANIFEST_SIZE, MAX_TOKEN_RESPONSE, OciFetcher, OciFetcherBuilder};
 pub use crate::helper::MAX_HELPER_OUTPUT;
+/// The core types this crate's API uses, so that using the fetcher alone needs
+/// no direct dependency on `wasm-cache-core`.
+pub use wasm_cache_core::retry::Backoff;
+pub use wasm_cache_core::{
+    Error, ErrorKind, FetchRequest, Fetched, Fetcher, ModuleSink, ModuleUrl, OciReference,
+    PullSecret, Sha256Digest,
+};
 
 /// Parses `config` as a pull secret for `registry` exactly as a fetch does,
 /// and says only whether it is usable (the credentials themselves never leave

@@ -88,7 +88,7 @@ impl Operator {
         OciFetcher::builder()
             .docker_config_dir(Some(self.dir.path().join("docker")))
             .credential_helper_path(self.bin())
-            .insecure_registries([registry.host()])
+            .insecure_hosts([registry.host()])
             .backoff(Backoff {
                 max_attempts: 2,
                 initial: Duration::from_millis(20),

@@ -33,7 +33,7 @@ fn fetcher_for(registry: &Registry) -> OciFetcher {
         .backoff(quick_backoff());
     let b = match registry.ca_pem() {
         Some(pem) => b.ca_pem(pem.as_bytes().to_vec()),
-        None => b.insecure_registries([registry.host()]),
+        None => b.insecure_hosts([registry.host()]),
     };
     b.build().unwrap()
 }
@@ -397,7 +397,7 @@ async fn basic_auth_with_pull_secrets() {
     )
     .unwrap();
     let with_config = OciFetcher::builder()
-        .insecure_registries([registry.host()])
+        .insecure_hosts([registry.host()])
         .docker_config_dir(Some(dir.path().to_path_buf()))
         .build()
         .unwrap();
@@ -441,13 +441,13 @@ async fn tls_needs_the_ca_or_an_insecure_listing() {
 
     let insecure = OciFetcher::builder()
         .docker_config_dir(None)
-        .insecure_registries([registry.host()])
+        .insecure_hosts([registry.host()])
         .build()
         .unwrap();
     assert!(fetch(&insecure, &req).await.unwrap().0 == module);
     let everything = OciFetcher::builder()
         .docker_config_dir(None)
-        .insecure_registries(["*"])
+        .insecure_hosts(["*"])
         .build()
         .unwrap();
     assert!(fetch(&everything, &req).await.unwrap().0 == module);
@@ -455,7 +455,7 @@ async fn tls_needs_the_ca_or_an_insecure_listing() {
     // Listing another registry does not lower the bar for this one.
     let other = OciFetcher::builder()
         .docker_config_dir(None)
-        .insecure_registries(["127.0.0.1:1"])
+        .insecure_hosts(["127.0.0.1:1"])
         .build()
         .unwrap();
     assert_eq!(
@@ -472,7 +472,7 @@ async fn bad_builder_inputs_are_clear_errors() {
     for b in [
         OciFetcher::builder().ca_file(dir.path().join("missing.pem")),
         OciFetcher::builder().ca_file(&not_pem),
-        OciFetcher::builder().insecure_registries(["http://host:5000/"]),
+        OciFetcher::builder().insecure_hosts(["http://host:5000/"]),
     ] {
         let e = b.build().unwrap_err();
         assert!(matches!(e, Error::InvalidConfig { .. }), "{e}");
@@ -504,7 +504,7 @@ async fn unreachable_registries_fail_within_the_deadline() {
     });
     let f = OciFetcher::builder()
         .docker_config_dir(None)
-        .insecure_registries([closed_addr.to_string(), hole_addr.to_string()])
+        .insecure_hosts([closed_addr.to_string(), hole_addr.to_string()])
         .backoff(quick_backoff())
         .build()
         .unwrap();
@@ -582,7 +582,7 @@ async fn hostile_bearer_realms_are_refused() {
         .await;
         let f = OciFetcher::builder()
             .docker_config_dir(None)
-            .insecure_registries([addr.to_string()])
+            .insecure_hosts([addr.to_string()])
             .allow_private_realms(true)
             .build()
             .unwrap();

@@ -143,3 +143,6 @@ pub use crate::locks::FileLock;
 pub use crate::store::{
     FsStore, IgnoredFile, KEY_LOCK_DIR, Mismatch, RecoveryReport, StoredModule, VerifyReport,
 };
+/// The core types this crate's API uses (`Ingest` is a [`ModuleSink`]), so
+/// that using the store alone needs no direct dependency on `wasm-cache-core`.
+pub use wasm_cache_core::{ModuleSink, Sha256Digest, check_wasm_header};
