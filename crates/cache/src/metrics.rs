@@ -11,6 +11,7 @@ pub const REMOTE_FETCH_COUNT: &str = "wasm_remote_fetch_count";
 
 /// The `result` label of [`REMOTE_FETCH_COUNT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FetchResult {
     /// Fetched and stored.
     Success,

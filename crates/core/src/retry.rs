@@ -15,6 +15,7 @@ pub fn is_retryable_status(code: u16) -> bool {
 /// [`Backoff::delay_within`] clamps a delay to the time left before the deadline
 /// so a backoff never sleeps past it.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// Attempts in all, including the first (at least 1).
     pub max_attempts: u32,

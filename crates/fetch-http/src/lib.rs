@@ -46,24 +46,26 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use wasm_cache_core::{FetchRequest, Fetcher, ModuleUrl};
-//! use wasm_cache_testkit::http::{Route, ServerOptions, TestServer};
-//! use wasm_cache_testkit::modules::{gzip, sample_module};
-//! use wasm_fetch_http::HttpFetcher;
+//! use wasm_fetch_http::{FetchRequest, Fetcher, HttpFetcher, ModuleUrl};
 //!
-//! let server = TestServer::start(ServerOptions::plain());
-//! let module = sample_module(10_000, 1);
-//! server.route("/m.wasm.gz", Route::bytes(gzip(&module)));
-//!
+//! # use std::io::{Read as _, Write as _};
+//! # // A one-shot HTTP server on loopback (hidden; standard library only).
+//! # let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! # let url = format!("http://{}/m.wasm", listener.local_addr()?);
+//! # std::thread::spawn(move || {
+//! #     let (mut conn, _) = listener.accept().unwrap();
+//! #     let mut request = [0u8; 4096];
+//! #     let _ = conn.read(&mut request);
+//! #     let body = b"\0asm\x01\0\0\0";
+//! #     let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+//! #     conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(body)).unwrap();
+//! # });
 //! let fetcher = HttpFetcher::builder().max_attempts(3).build()?;
-//! let req = FetchRequest::new(
-//!     ModuleUrl::parse(&server.url("/m.wasm.gz"))?,
-//!     Instant::now() + Duration::from_secs(30),
-//! );
+//! let req = FetchRequest::new(ModuleUrl::parse(&url)?, Instant::now() + Duration::from_secs(30));
 //! let mut sink = Vec::new();
 //! let fetched = tokio::runtime::Runtime::new()?.block_on(fetcher.fetch(&req, &mut sink))?;
-//! assert_eq!(sink, module);
-//! assert_eq!(fetched.size, module.len() as u64);
+//! assert_eq!(sink, b"\0asm\x01\0\0\0");
+//! assert_eq!(fetched.size, 8);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -12,13 +12,12 @@ use wasm_fetch_http::{HttpFetcher, HttpFetcherBuilder};
 
 /// A quick schedule so retry tests take milliseconds.
 fn fast() -> Backoff {
-    Backoff {
-        max_attempts: 5,
-        initial: Duration::from_millis(10),
-        multiplier: 1.5,
-        randomization: 0.5,
-        max_interval: Duration::from_millis(50),
-    }
+    Backoff::default()
+        .with_max_attempts(5)
+        .with_initial(Duration::from_millis(10))
+        .with_multiplier(1.5)
+        .with_randomization(0.5)
+        .with_max_interval(Duration::from_millis(50))
 }
 
 fn builder() -> HttpFetcherBuilder {

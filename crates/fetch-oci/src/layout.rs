@@ -117,6 +117,7 @@ pub struct IndexChoice {
 
 /// What a manifest turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Parsed {
     /// An image index: fetch this child manifest and parse it.
     Index(IndexChoice),
@@ -126,6 +127,7 @@ pub enum Parsed {
 
 /// Why a manifest cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LayoutError {
     /// Not a JSON object, or no `schemaVersion: 2`.
     Malformed(String),

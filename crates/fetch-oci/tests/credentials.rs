@@ -89,12 +89,12 @@ impl Operator {
             .docker_config_dir(Some(self.dir.path().join("docker")))
             .credential_helper_path(self.bin())
             .insecure_hosts([registry.host()])
-            .backoff(Backoff {
-                max_attempts: 2,
-                initial: Duration::from_millis(20),
-                max_interval: Duration::from_millis(50),
-                ..Backoff::default()
-            })
+            .backoff(
+                Backoff::default()
+                    .with_max_attempts(2)
+                    .with_initial(Duration::from_millis(20))
+                    .with_max_interval(Duration::from_millis(50)),
+            )
             .build()
             .unwrap()
     }

@@ -17,12 +17,10 @@ use wasm_fetch_oci::OciFetcher;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn quick_backoff() -> Backoff {
-    Backoff {
-        max_attempts: 3,
-        initial: Duration::from_millis(20),
-        max_interval: Duration::from_millis(100),
-        ..Backoff::default()
-    }
+    Backoff::default()
+        .with_max_attempts(3)
+        .with_initial(Duration::from_millis(20))
+        .with_max_interval(Duration::from_millis(100))
 }
 
 /// A fetcher that reaches `registry`: insecure-listed for plain HTTP ones,

@@ -759,7 +759,7 @@ fn next_hop(
 /// # use std::time::{Duration, Instant};
 /// # use wasm_cache_core::retry::Backoff;
 /// # use wasm_fetch_transport::RetryDriver;
-/// let b = Backoff { max_attempts: 2, initial: Duration::from_millis(1), ..Backoff::default() };
+/// let b = Backoff::default().with_max_attempts(2).with_initial(Duration::from_millis(1));
 /// let mut retry = RetryDriver::new(b, Instant::now() + Duration::from_secs(5));
 /// assert_eq!(retry.start(), 1);
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -904,20 +904,15 @@ mod tests {
 
     #[tokio::test]
     async fn retry_driver_respects_the_deadline() {
-        let b = Backoff {
-            max_attempts: 10,
-            initial: Duration::from_secs(30),
-            ..Backoff::default()
-        };
+        let b = Backoff::default()
+            .with_max_attempts(10)
+            .with_initial(Duration::from_secs(30));
         let mut r = RetryDriver::new(b, Instant::now() + Duration::from_millis(100));
         r.start();
         // The next delay does not fit before the deadline: give up now.
         assert!(!r.backoff().await);
         let mut r = RetryDriver::new(
-            Backoff {
-                max_attempts: 1,
-                ..Backoff::default()
-            },
+            Backoff::default().with_max_attempts(1),
             Instant::now() + Duration::from_secs(100),
         );
         r.start();
