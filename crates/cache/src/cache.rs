@@ -371,7 +371,12 @@ impl Cache {
                         // deadline) for another process fetching it, then
                         // read what it recorded.
                         let _key_lock = inner
-                            .lock_flight(url, expected, deadline.into_std())
+                            .lock_flight(
+                                url,
+                                expected,
+                                req.pull_secret.as_ref(),
+                                deadline.into_std(),
+                            )
                             .await?;
                         inner.sync_journal();
                         // Checked again inside the flight: a flight that
@@ -448,9 +453,13 @@ impl Cache {
     /// The lock file a process holds while it downloads `url` (pinned to
     /// `checksum`, the request's or the one in the URL, if any); another
     /// process missing the same module waits on it, bounded by its request's
-    /// timeout. For operators wondering what a fetch waits for, and tests.
+    /// timeout. For operators wondering what a fetch waits for, and tests. This is
+    /// the lock of anonymous downloads; a download with a pull secret takes one
+    /// of its own per credential set.
     pub fn download_lock_path(&self, url: &str, checksum: Option<Sha256Digest>) -> PathBuf {
-        self.inner.store.key_lock_path(&flight_key(url, checksum))
+        self.inner
+            .store
+            .key_lock_path(&flight_key(url, checksum, None))
     }
 
     /// Where the module file of content `digest` is (or would be).
@@ -766,9 +775,10 @@ impl Inner {
         self: &Arc<Self>,
         url: &ModuleUrl,
         expected: Option<Sha256Digest>,
+        secret: Option<&PullSecret>,
         deadline: Instant,
     ) -> Result<wasm_store_fs::FileLock, Error> {
-        let key = flight_key(url.as_str(), expected);
+        let key = flight_key(url.as_str(), expected, secret);
         // A little before the request's own deadline, so that the caller
         // learns what it waited for rather than only that time ran out.
         let margin = Duration::from_millis(100);
@@ -1436,11 +1446,27 @@ impl Inner {
 
 /// The name of the cross-process lock of one download: the URL as given and
 /// the checksum it must have.
-pub(crate) fn flight_key(url: &str, expected: Option<Sha256Digest>) -> String {
-    match expected {
+/// The cross-process download lock's key: like the in-process [`FlightKey`],
+/// it names the credentials (by a hash of the pull secret, never the secret),
+/// so a process downloading with one caller's credentials never makes a caller
+/// with other credentials wait for it and then take its module as a hit.
+pub(crate) fn flight_key(
+    url: &str,
+    expected: Option<Sha256Digest>,
+    secret: Option<&PullSecret>,
+) -> String {
+    let mut key = match expected {
         Some(d) => format!("{url}\n{}", d.to_hex()),
         None => format!("{url}\n"),
+    };
+    if let Some(secret) = secret {
+        let hash = ring::digest::digest(&ring::digest::SHA256, secret.expose());
+        key.push('\n');
+        for b in hash.as_ref() {
+            key.push_str(&format!("{b:02x}"));
+        }
     }
+    key
 }
 
 fn result_label(e: &wasm_cache_core::Error) -> FetchResult {
