@@ -18,6 +18,8 @@ fuzz_target!(|data: &[u8]| {
         Ok(Parsed::Index(entry)) => {
             assert_eq!(entry.digest.to_hex().len(), 64);
         }
+        // `Parsed` is non_exhaustive: a new outcome must be given its own checks.
+        Ok(other) => panic!("unknown layout outcome {other:?}"),
         Err(LayoutError::NoLayout(reasons)) => assert_eq!(reasons.len(), Layout::ALL.len()),
         Err(e) => assert!(!e.to_string().is_empty()),
     }
