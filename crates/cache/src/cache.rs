@@ -321,11 +321,7 @@ impl Cache {
             return Err(Error::ShutDown);
         }
         let url = self.inner.parse_url(&req.url)?;
-        let fetcher = self.inner.fetchers.get(&url.scheme()).ok_or_else(|| {
-            wasm_cache_core::Error::UnsupportedScheme {
-                scheme: url.scheme().as_str().to_owned(),
-            }
-        })?;
+        let fetcher = self.inner.fetcher_for(&url)?;
         crate::outcome::resolve(
             &**fetcher,
             &url,
@@ -654,6 +650,15 @@ fn apply_tail(index: &Index, tail: &wasm_store_fs::Replay<IndexEvent>) {
 const PARSED_URLS: usize = 16_384;
 
 impl Inner {
+    /// The fetcher registered for `url`'s scheme, or the reference's
+    /// `unsupported Wasm module downloading URL scheme` error.
+    fn fetcher_for(&self, url: &ModuleUrl) -> Result<&Arc<dyn Fetcher>, wasm_cache_core::Error> {
+        let scheme = url.scheme();
+        self.fetchers
+            .get(&scheme)
+            .ok_or_else(|| wasm_cache_core::Error::unsupported_scheme(scheme.as_str()))
+    }
+
     /// [`ModuleUrl::parse`], remembered for URLs seen before (errors are not).
     fn parse_url(&self, raw: &str) -> Result<Arc<ModuleUrl>, wasm_cache_core::Error> {
         if let Some(u) = self.parsed.get(raw) {
@@ -945,12 +950,7 @@ impl Inner {
         deadline: Instant,
         policy: Option<&Arc<TrustPolicy>>,
     ) -> Result<Published, Error> {
-        let scheme = url.scheme();
-        let fetcher = self.fetchers.get(&scheme).ok_or_else(|| {
-            wasm_cache_core::Error::UnsupportedScheme {
-                scheme: scheme.as_str().to_owned(),
-            }
-        })?;
+        let fetcher = self.fetcher_for(url)?;
         let mut freq = FetchRequest::new(url.clone(), deadline)
             .with_pull_secret(req.pull_secret.clone())
             .with_max_size(self.opts.max_module_size);
@@ -1156,12 +1156,7 @@ impl Inner {
         {
             return Ok(());
         }
-        let scheme = url.scheme();
-        let fetcher = self.fetchers.get(&scheme).ok_or_else(|| {
-            wasm_cache_core::Error::UnsupportedScheme {
-                scheme: scheme.as_str().to_owned(),
-            }
-        })?;
+        let fetcher = self.fetcher_for(url)?;
         let signature_url = req
             .signature_url
             .as_deref()
