@@ -5,7 +5,7 @@
 //! `recover` (open-time recovery, other processes' appends) and `purge`
 //! (everything that deletes module files) each add methods to `Inner`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,9 +40,6 @@ use self::recover::recover;
 
 /// The journal file, beside the modules.
 pub(crate) const JOURNAL_FILE: &str = "index.journal";
-
-/// Stripes of the lock that orders "publish a module" against "delete its file".
-const PUBLISH_STRIPES: usize = 64;
 
 /// A compaction rewrites the journal only once its dead lines outnumber its
 /// live records by more than this (so it stays within twice its live size
@@ -121,12 +118,6 @@ struct Inner {
     /// Which keys verified which digest (the manifest digest for OCI, the
     /// module's sha256 otherwise), so a hit under a policy needs no round trip.
     verified: DashMap<Sha256Digest, Vec<KeyFingerprint>>,
-    /// Content recovered from disk and not yet re-hashed in this process.
-    unverified: DashMap<Sha256Digest, ()>,
-    /// Files in the store that no entry references (e.g. a crash between
-    /// commit and journal append); deleted once older than the expiry.
-    orphans: Mutex<HashSet<Sha256Digest>>,
-    publish: [Mutex<()>; PUBLISH_STRIPES],
     closed: AtomicBool,
     task: Mutex<Option<(JoinHandle<()>, watch::Sender<bool>)>>,
     /// A byte-budget purge asked for by a fetch and not started yet: fetches
@@ -163,10 +154,9 @@ impl Cache {
         background: bool,
     ) -> Result<Self, Error> {
         let now = Timestamp::from_system_time(clock.now());
-        let (store, index, journal, unverified, orphans) =
-            tokio::task::spawn_blocking(move || recover(&dir, now))
-                .await
-                .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+        let (store, index, journal) = tokio::task::spawn_blocking(move || recover(&dir, now))
+            .await
+            .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
         let inner = Arc::new(Inner {
             store,
             index,
@@ -180,9 +170,6 @@ impl Cache {
             parsed: DashMap::new(),
             meters: Meters::new(),
             verified: DashMap::new(),
-            unverified,
-            orphans: Mutex::new(orphans),
-            publish: std::array::from_fn(|_| Mutex::new(())),
             closed: AtomicBool::new(false),
             task: Mutex::new(None),
             budget_purge_queued: AtomicBool::new(false),
@@ -437,14 +424,25 @@ impl Inner {
         Timestamp::from_system_time(self.clock.now())
     }
 
-    fn publish_lock(&self, content: &Sha256Digest) -> std::sync::MutexGuard<'_, ()> {
-        lock(&self.publish[usize::from(content.as_bytes()[0]) % PUBLISH_STRIPES])
+    fn journal_append(&self, event: &IndexEvent) {
+        self.journal_append_all(std::slice::from_ref(event));
     }
 
-    fn journal_append(&self, event: &IndexEvent) {
-        if let Err(e) = self.journal.append(event) {
+    /// Appends `events` as one durable batch under the journal's shared lock
+    /// (waiting [`METADATA_WAIT`] at most). Best effort: the index in memory
+    /// has them all the same, so a failure is a warning. Never called under
+    /// the store's lock of a content (see the lock order in ARCHITECTURE.md).
+    fn journal_append_all(&self, events: &[IndexEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let appended = self
+            .journal
+            .lock_shared(Instant::now() + METADATA_WAIT)
+            .and_then(|shared| shared.append(events, true));
+        if let Err(e) = appended {
             // The module is served from memory all the same; a restart would
-            // treat its file as an orphan.
+            // treat its file as an orphan, or find its file gone.
             warn!(error = %e, "appending to the wasm cache journal failed");
         }
     }

@@ -8,7 +8,7 @@ use tracing::{debug, info, warn};
 use wasm_cache_core::{FetchRequest, IndexEvent, ModuleKey, ModuleUrl, Sha256Digest};
 use wasm_cache_signature::TrustPolicy;
 
-use super::{Inner, Published, lock};
+use super::{Inner, Published};
 use crate::metrics::FetchResult;
 use crate::{Error, GetRequest};
 
@@ -170,43 +170,48 @@ impl Inner {
                     |e| warn!(error = %e, "publishing a wasm module without the journal's lock"),
                 )
                 .ok();
-            // Commit and index under the content's publish lock, so a purge
-            // cannot delete the file between the two (a commit that finds the
-            // file already in place must not lose it to a purge that saw no
-            // entry for it before the index insert).
-            let _guard = me.publish_lock(&ingest.digest());
-            let committed = ingest.commit().map_err(|e| e.into_core_error(&redacted))?;
-            // Read after the commit (an fsync can take a while): a caller that
-            // missed while it ran and waits for this flight asked no earlier
-            // than this, so its grace period is counted from its own request.
-            let now = me.now();
-            let checksum = resolved.or(fetched.digest).unwrap_or(committed.digest);
-            let key = ModuleKey::new(name, checksum);
-            me.index.insert(
-                key.clone(),
-                committed.digest,
-                committed.size,
-                Some(&url_s),
-                now,
-            );
-            lock(&me.orphans).remove(&committed.digest);
-            me.unverified.remove(&committed.digest);
-            let insert = IndexEvent::Insert {
-                key: key.clone(),
-                content: committed.digest,
-                size: committed.size,
-                url: Some(url_s),
-                at: now,
-            };
+            // Commit and index under the store's lock of the content, so a
+            // purge cannot delete the file between the two (a commit that
+            // finds the file already in place must not lose it to a purge
+            // that saw no entry for it before the index insert).
+            let (committed, (checksum, key, insert)) = ingest
+                .commit_then(|committed| {
+                    // Read after the commit (an fsync can take a while): a caller
+                    // that missed while it ran and waits for this flight asked no
+                    // earlier than this, so its grace period is counted from its
+                    // own request.
+                    let now = me.now();
+                    let checksum = resolved.or(fetched.digest).unwrap_or(committed.digest);
+                    let key = ModuleKey::new(name, checksum);
+                    me.index.insert(
+                        key.clone(),
+                        committed.digest,
+                        committed.size,
+                        Some(&url_s),
+                        now,
+                    );
+                    let insert = IndexEvent::Insert {
+                        key: key.clone(),
+                        content: committed.digest,
+                        size: committed.size,
+                        url: Some(url_s),
+                        at: now,
+                    };
+                    (checksum, key, insert)
+                })
+                .map_err(|e| e.into_core_error(&redacted))?;
             // The module is committed: from here on nothing fails the fetch.
-            let appended = match &shared {
-                Some(shared) => shared.append(std::slice::from_ref(&insert), true),
-                None => me.journal.append(&insert),
-            };
-            if let Err(e) = appended {
-                // Served from memory all the same; the next start finds the
-                // file as an orphan.
-                warn!(error = %e, "appending to the wasm cache journal failed");
+            // Journaled after the store's lock of the content is released
+            // (never under it), still under the journal's shared lock.
+            match &shared {
+                Some(shared) => {
+                    if let Err(e) = shared.append(std::slice::from_ref(&insert), true) {
+                        // Served from memory all the same; the next start finds
+                        // the file as an orphan.
+                        warn!(error = %e, "appending to the wasm cache journal failed");
+                    }
+                }
+                None => me.journal_append(&insert),
             }
             Ok::<_, wasm_cache_core::Error>(Published {
                 path: committed.path,
@@ -253,26 +258,34 @@ impl Inner {
             return None;
         }
         let me = Arc::clone(self);
-        let verified = tokio::task::spawn_blocking(move || me.store.verify(&want))
-            .await
-            .ok()?;
-        if !matches!(verified, Ok(true)) {
-            return None;
-        }
-        let size = self.store.get(&want)?.size;
-        let key = ModuleKey::new(name, want);
-        let now = self.now();
-        self.index
-            .insert(key.clone(), want, size, Some(url.as_str()), now);
-        lock(&self.orphans).remove(&want);
-        self.unverified.remove(&want);
-        self.journal_append(&IndexEvent::Insert {
-            key: key.clone(),
-            content: want,
-            size,
-            url: Some(url.as_str().to_owned()),
-            at: now,
-        });
+        let (name, url_s) = (name.to_owned(), url.as_str().to_owned());
+        // Indexed under the store's lock of the content, right after the
+        // re-hash: a purge deciding about the same orphan waits, then sees it
+        // in use.
+        let adopted = tokio::task::spawn_blocking(move || {
+            me.store.verify_then(&want, |ok| {
+                if !ok || me.index.content_in_use(&want) {
+                    return None;
+                }
+                let size = me.store.get(&want)?.size;
+                let key = ModuleKey::new(name, want);
+                let now = me.now();
+                me.index.insert(key.clone(), want, size, Some(&url_s), now);
+                let insert = IndexEvent::Insert {
+                    key: key.clone(),
+                    content: want,
+                    size,
+                    url: Some(url_s),
+                    at: now,
+                };
+                Some((key, insert))
+            })
+        })
+        .await
+        .ok()?;
+        let (key, insert) = adopted.ok()?.1?;
+        // Journaled once the store's lock of the content is released.
+        self.journal_append(&insert);
         if url.records_checksum() {
             self.record(url, want, req);
         }

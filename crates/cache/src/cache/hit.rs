@@ -11,7 +11,7 @@ use wasm_cache_core::{IndexEvent, Lookup, LookupRequest, ModuleKey, ModuleUrl, S
 use wasm_cache_signature::TrustPolicy;
 use wasm_store_fs::StoreError;
 
-use super::{Inner, Published, TOUCH_BATCH, TOUCH_WAIT, lock};
+use super::{Inner, Published, TOUCH_BATCH, TOUCH_WAIT};
 use crate::{Error, GetRequest};
 
 /// The outcome of [`Inner::try_hit`].
@@ -132,15 +132,19 @@ impl Inner {
         key: &ModuleKey,
         content: Sha256Digest,
     ) -> Result<Option<PathBuf>, Error> {
-        if self.unverified.contains_key(&content) {
+        // The store is the one record of what this process has re-hashed:
+        // content recovered from disk, written by another process or found
+        // wrong by `verify` is checked (again) before it is served.
+        let known = self.store.get(&content);
+        if !known.as_ref().is_some_and(|m| m.verified)
+            && (known.is_some() || self.store.contains(&content))
+        {
             let me = Arc::clone(self);
             let ok = tokio::task::spawn_blocking(move || me.store.verify(&content))
                 .await
                 .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
             match ok {
-                Ok(true) => {
-                    self.unverified.remove(&content);
-                }
+                Ok(true) => {}
                 Ok(false) | Err(StoreError::NotFound { .. }) => {
                     warn!(module = %key.redacted_name(), content = %content, "cached module failed verification; fetching again");
                     self.drop_content(&content);
@@ -166,24 +170,34 @@ impl Inner {
         }
     }
 
-    /// Drops every entry of a content digest and its file.
+    /// Drops every entry of a content digest and its file, deciding under the
+    /// store's lock of that content (so a concurrent commit of it comes
+    /// entirely before, and is dropped too, or entirely after); the removals
+    /// are journaled once that lock is released.
     pub(super) fn drop_content(&self, content: &Sha256Digest) {
-        let _guard = self.publish_lock(content);
-        if let Err(e) = self.drop_content_locked(content) {
+        let mut events = Vec::new();
+        let removed = self.store.remove_if(content, || {
+            events = self.forget_content(content);
+            true
+        });
+        if let Err(e) = removed {
             warn!(error = %e, "removing a corrupt module failed");
         }
+        self.journal_append_all(&events);
     }
 
-    /// [`Inner::drop_content`] for a caller holding the content's publish
-    /// lock; whether a file was removed.
-    pub(super) fn drop_content_locked(&self, content: &Sha256Digest) -> Result<bool, StoreError> {
+    /// Drops every entry of a content digest from the index, leaving the file
+    /// alone, and returns the journal records saying so: for a caller about
+    /// to delete the file under the store's lock of that content, which
+    /// journals them after releasing it.
+    pub(super) fn forget_content(&self, content: &Sha256Digest) -> Vec<IndexEvent> {
+        let mut events = Vec::new();
         for e in self.index.entries() {
-            if e.content == *content {
-                self.forget(&e.key);
+            if e.content == *content && self.index.remove(&e.key).is_some() {
+                events.push(IndexEvent::Remove { key: e.key });
             }
         }
-        self.unverified.remove(content);
-        lock(&self.orphans).remove(content);
-        self.store.remove(content)
+        self.meters.entries(self.index.len());
+        events
     }
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, warn};
-use wasm_cache_core::{IndexEvent, ModuleKey, Removed, Sha256Digest, Timestamp};
-use wasm_store_fs::{StoreError, VerifyReport};
+use wasm_cache_core::plan;
+use wasm_cache_core::{IndexEvent, ModuleKey, Removed, Timestamp};
+use wasm_store_fs::VerifyReport;
 
 use super::recover::compaction_due;
 use super::{Inner, METADATA_WAIT, TOUCH_WAIT, lock};
@@ -97,34 +98,38 @@ impl Inner {
         let now = self.now();
         let mut report = PurgeReport::default();
         let mut removed = Vec::new();
-        for key in self.index.expired(now, self.opts.expiry) {
+        let plan =
+            self.index
+                .plan_purge(now, self.opts.expiry, self.opts.max_bytes, self.opts.grace);
+        // Each removal re-checks idleness atomically: a hit since the plan
+        // saves its entry.
+        for key in plan.expired {
             if let Some(r) = self.index.remove_if_idle(&key, now, self.opts.expiry) {
                 report.expired.push(key);
                 removed.push(r);
             }
         }
-        if let Some(budget) = self.opts.max_bytes {
-            for key in self.index.select_lru(now, budget, self.opts.grace) {
-                if let Some(r) = self.index.remove_if_idle(&key, now, self.opts.grace) {
-                    report.evicted.push(key);
-                    removed.push(r);
-                }
+        for key in plan.evicted {
+            if let Some(r) = self.index.remove_if_idle(&key, now, self.opts.grace) {
+                report.evicted.push(key);
+                removed.push(r);
             }
         }
         let mut events = Vec::new();
         for e in removed {
             let content = e.entry.content;
-            let _guard = self.publish_lock(&content);
             events.push(IndexEvent::Remove {
                 key: e.entry.key.clone(),
             });
-            if self.index.content_in_use(&content) {
-                continue;
-            }
-            match self.store.remove(&content) {
-                Ok(_) => {
+            // Deleted under the store's lock of the content, only if no entry
+            // refers to it any more (another name for the same module may).
+            match self
+                .store
+                .remove_if(&content, || !self.index.content_in_use(&content))
+            {
+                Ok(None) => {}
+                Ok(Some(_)) => {
                     report.files_removed += 1;
-                    self.unverified.remove(&content);
                     debug!(module = %e.entry.key.redacted_name(), "removed stale wasm module");
                 }
                 Err(err) => {
@@ -139,18 +144,15 @@ impl Inner {
             self.purge_orphans(now, &mut report);
         }
         self.meters.entries(self.index.len());
-        if !events.is_empty() {
-            let appended = match &exclusive {
-                Some(x) => x.append(&events, true),
-                None => self
-                    .journal
-                    .lock_shared(Instant::now() + METADATA_WAIT)
-                    .and_then(|shared| shared.append(&events, true)),
-            };
-            if let Err(e) = appended {
-                // The files are gone: the next start drops their entries.
-                warn!(error = %e, "appending to the wasm cache journal failed");
+        match &exclusive {
+            Some(x) if !events.is_empty() => {
+                if let Err(e) = x.append(&events, true) {
+                    // The files are gone: the next start drops their entries.
+                    warn!(error = %e, "appending to the wasm cache journal failed");
+                }
             }
+            Some(_) => {}
+            None => self.journal_append_all(&events),
         }
         if let Some(x) = &exclusive
             && compaction_due(x.lines(), &self.index)
@@ -167,56 +169,42 @@ impl Inner {
         self.index.restore(removed)
     }
 
+    /// Deletes the store's files that no entry refers to (a crash between
+    /// commit and journal append, a record lost to a full disk) once written
+    /// longer ago than the expiry ([`wasm_cache_core::plan::plan_orphans`]),
+    /// each under the store's lock of its content and only if still
+    /// unreferenced there (an adoption or a commit may have claimed it).
     pub(super) fn purge_orphans(&self, now: Timestamp, report: &mut PurgeReport) {
-        let orphans: Vec<Sha256Digest> = lock(&self.orphans).iter().copied().collect();
-        for digest in orphans {
-            let _guard = self.publish_lock(&digest);
-            if self.index.content_in_use(&digest) {
-                lock(&self.orphans).remove(&digest);
-                continue;
-            }
-            let Some(m) = self.store.get(&digest) else {
-                lock(&self.orphans).remove(&digest);
-                continue;
-            };
-            let age = now.since(Timestamp::from_system_time(m.modified));
-            if age > self.opts.expiry {
-                match self.store.remove(&digest) {
-                    Ok(_) => {
-                        report.files_removed += 1;
-                        lock(&self.orphans).remove(&digest);
-                    }
-                    Err(e) => {
-                        report.failures += 1;
-                        warn!(error = %e, "removing an orphaned module failed");
-                    }
+        let in_use = plan::contents(&self.index.entries());
+        let files = self
+            .store
+            .list()
+            .into_iter()
+            .map(|m| (m.digest, Timestamp::from_system_time(m.modified)));
+        for digest in plan::plan_orphans(files, &in_use, now, self.opts.expiry) {
+            match self
+                .store
+                .remove_if(&digest, || !self.index.content_in_use(&digest))
+            {
+                Ok(None) => {}
+                Ok(Some(_)) => report.files_removed += 1,
+                Err(e) => {
+                    report.failures += 1;
+                    warn!(error = %e, "removing an orphaned module failed");
                 }
             }
         }
     }
 
-    /// [`Cache::verify`]: the store finds the mismatches (reading no lock but
-    /// each file's own); each one is checked again and removed under its
-    /// publish lock.
+    /// [`Cache::verify`](super::Cache::verify): the store re-hashes every file
+    /// under its lock of the content; with `repair`, a mismatching one's
+    /// entries are dropped under that same lock just before it is deleted.
     pub(super) fn verify_all(&self, repair: bool) -> Result<VerifyReport, Error> {
-        let mut report = self.store.verify_all(false)?;
-        for digest in &report.ok {
-            self.unverified.remove(digest);
-        }
-        if repair {
-            for m in &report.mismatched {
-                let _guard = self.publish_lock(&m.digest);
-                // A fetch may have replaced the file with a good one meanwhile.
-                match self.store.verify(&m.digest) {
-                    Ok(false) => {}
-                    Ok(true) | Err(StoreError::NotFound { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-                if self.drop_content_locked(&m.digest)? {
-                    report.removed.push(m.digest);
-                }
-            }
-        }
-        Ok(report)
+        let mut events = Vec::new();
+        let report = self.store.verify_all_then(repair, &mut |digest| {
+            events.extend(self.forget_content(digest));
+        });
+        self.journal_append_all(&events);
+        Ok(report?)
     }
 }

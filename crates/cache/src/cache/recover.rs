@@ -1,30 +1,25 @@
 //! Open-time recovery (the journal replayed against the files on disk) and
 //! reading other processes' journal appends.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
-use dashmap::DashMap;
 use tracing::{debug, info, warn};
+use wasm_cache_core::plan::FileFacts;
 use wasm_cache_core::{Index, IndexEvent, Sha256Digest, Timestamp};
 use wasm_store_fs::{FsStore, Journal};
 
 use super::{COMPACT_SLACK, Inner, JOURNAL_FILE, TOUCH_WAIT, lock};
 use crate::Error;
 
-pub(super) type Recovered = (
-    FsStore,
-    Index,
-    Journal<IndexEvent>,
-    DashMap<Sha256Digest, ()>,
-    HashSet<Sha256Digest>,
-);
+pub(super) type Recovered = (FsStore, Index, Journal<IndexEvent>);
 
 /// Opens the store and the journal, and rebuilds the index from both: entries
 /// whose file is gone are dropped, sizes come from the files, last-use times
-/// in the future are brought back to `now`, files no entry references are
-/// orphans. Writes nothing unless the journal is worth compacting, and then
+/// in the future are brought back to `now` ([`Index::reconcile`]); files no
+/// entry references are orphans, deleted by a purge once older than the
+/// expiry. Writes nothing unless the journal is worth compacting, and then
 /// only best effort: opening (for a hit, `list`, `verify`) works on a full disk.
 pub(super) fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
     let (store, report) = FsStore::open(dir)?;
@@ -36,10 +31,26 @@ pub(super) fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
     for event in &journal.read_new()?.records {
         index.apply(event);
     }
-    let files: HashMap<Sha256Digest, wasm_store_fs::StoredModule> =
-        store.list().into_iter().map(|m| (m.digest, m)).collect();
-    let (unverified, orphans) = reconcile(&index, &files, now);
-    info!(entries = index.len(), orphans = orphans.len(), dir = %dir.display(), "wasm cache opened");
+    let files: BTreeMap<Sha256Digest, FileFacts> = store
+        .list()
+        .into_iter()
+        .map(|m| {
+            let written = Timestamp::from_system_time(m.modified);
+            (m.digest, FileFacts::new(m.size, written))
+        })
+        .collect();
+    let r = index.reconcile(&files, now);
+    for key in &r.dropped {
+        debug!(module = %key.redacted_name(), "dropping an entry whose file is gone");
+    }
+    if r.wrong_sizes > 0 || r.future_last_use > 0 {
+        warn!(
+            wrong_sizes = r.wrong_sizes,
+            future_last_use = r.future_last_use,
+            "corrected journal values that disagree with the files or the clock"
+        );
+    }
+    info!(entries = index.len(), orphans = r.orphans.len(), dir = %dir.display(), "wasm cache opened");
     if compaction_due(journal.lines(), &index) {
         match journal.lock_exclusive(Instant::now() + TOUCH_WAIT) {
             Ok(exclusive) => {
@@ -55,52 +66,7 @@ pub(super) fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
             Err(e) => debug!(error = %e, "journal compaction skipped"),
         }
     }
-    Ok((store, index, journal, unverified, orphans))
-}
-
-/// Checks replayed journal values against the files on disk and the clock:
-/// entries without a file are dropped, sizes come from the files, future
-/// last-use times become `now`. Returns the content to re-hash before serving
-/// it and the files no entry references.
-pub(super) fn reconcile(
-    index: &Index,
-    files: &HashMap<Sha256Digest, wasm_store_fs::StoredModule>,
-    now: Timestamp,
-) -> (DashMap<Sha256Digest, ()>, HashSet<Sha256Digest>) {
-    for e in index.entries() {
-        if !files.contains_key(&e.content) {
-            debug!(module = %e.key.redacted_name(), "dropping an entry whose file is gone");
-            index.remove(&e.key);
-        }
-    }
-    // One pass (a pass per entry made opening n modules O(n^2)).
-    let wrong_sizes = index.correct_sizes(&|c| files.get(c).map(|m| m.size));
-    // A future last use becomes the time the file was written (or now).
-    let future = index.clamp_future_to(now, &|c| {
-        files
-            .get(c)
-            .map(|m| Timestamp::from_system_time(m.modified))
-    });
-    if wrong_sizes > 0 || future > 0 {
-        warn!(
-            wrong_sizes,
-            future_last_use = future,
-            "corrected journal values that disagree with the files or the clock"
-        );
-    }
-    // One pass over the entries: `Index::content_in_use` scans them all, and
-    // calling it per file made opening a store of n modules O(n^2).
-    let in_use: HashSet<Sha256Digest> = index.entries().iter().map(|e| e.content).collect();
-    let unverified = DashMap::new();
-    let mut orphans = HashSet::new();
-    for (digest, m) in files {
-        if !in_use.contains(digest) {
-            orphans.insert(*digest);
-        } else if !m.verified {
-            unverified.insert(*digest, ());
-        }
-    }
-    (unverified, orphans)
+    Ok((store, index, journal))
 }
 
 /// Whether the journal's dead lines outweigh its live records enough to
@@ -156,13 +122,11 @@ impl Inner {
         for content in contents {
             let known = self.store.get(&content).filter(|m| m.verified);
             let file = known.or_else(|| self.store.refresh(&content));
-            // No file: `serve` drops the entry when it is asked for.
+            // No file: `serve` drops the entry when it is asked for. An
+            // unverified one (the store keeps that record) is re-hashed
+            // before it is first served.
             if let Some(m) = file {
                 self.index.correct_size(&content, m.size);
-                if !m.verified {
-                    self.unverified.insert(content, ());
-                }
-                lock(&self.orphans).remove(&content);
             }
         }
         self.index.clamp_future(self.now());
