@@ -144,7 +144,23 @@ impl Ingest {
     /// # Errors
     /// As listed above, plus [`StoreError::Io`] for a failed flush, fsync or
     /// rename.
-    pub fn commit(mut self) -> Result<Committed, StoreError> {
+    pub fn commit(self) -> Result<Committed, StoreError> {
+        self.commit_then(|_| ()).map(|(committed, ())| committed)
+    }
+
+    /// [`commit`](Self::commit), then `then` under the same digest lock, before
+    /// anything else can remove the file: the one way to publish a module and
+    /// record that something refers to it (the cache indexes it there) with no
+    /// window in which a concurrent [`FsStore::remove_if`](crate::FsStore::remove_if)
+    /// sees the file unreferenced. `then` must not call back into the store
+    /// for the same digest, nor block.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit); `then` does not run on an error.
+    pub fn commit_then<R>(
+        mut self,
+        then: impl FnOnce(&Committed) -> R,
+    ) -> Result<(Committed, R), StoreError> {
         if let Some(e) = self.failure.take() {
             return Err(e);
         }
@@ -168,7 +184,7 @@ impl Ingest {
             .map_err(|e| StoreError::io("syncing temporary file", &self.temp, e))?;
         // Still open (and so still locked: see `create_owned_temp`) while it is
         // renamed, so no other process's recovery can take it for abandoned.
-        let committed = self.store.install(&self.temp, actual, self.size);
+        let committed = self.store.install(&self.temp, actual, self.size, then);
         drop(file);
         let committed = committed?;
         self.finished = true;
