@@ -70,7 +70,9 @@ pub struct StoredModule {
     pub modified: SystemTime,
     /// Whether this process has checked that the content hashes to the name:
     /// `true` for modules ingested since [`FsStore::open`] and for those
-    /// [`FsStore::verify`] accepted; `false` for modules recovered from disk.
+    /// [`FsStore::verify`] accepted (by re-hashing them, or by the
+    /// verification mark of an unchanged file: see the crate docs); `false`
+    /// for modules recovered from disk.
     pub verified: bool,
 }
 
@@ -461,7 +463,10 @@ impl FsStore {
         out
     }
 
-    /// Re-hashes the module's file (streaming, constant memory) and checks its
+    /// Checks the module's file: unless the file carries the verification
+    /// mark of this very state of it (same device, inode, size and
+    /// modification time as when a process of this user hashed it, see the
+    /// crate docs), re-hashes it (streaming, constant memory) and checks its
     /// Wasm header. `Ok(true)` marks it verified; `Ok(false)` marks it
     /// unverified and leaves the file alone (the caller decides: usually
     /// [`remove`](Self::remove) and fetch again).
@@ -489,11 +494,12 @@ impl FsStore {
         then: impl FnOnce(bool) -> R,
     ) -> Result<(bool, R), StoreError> {
         let _guard = lock(self.inner.stripe(digest));
-        let ok = matches!(self.inner.verify_locked(digest)?, Verdict::Ok);
+        let ok = matches!(self.inner.verify_locked(digest, true)?, Verdict::Ok);
         Ok((ok, then(ok)))
     }
 
-    /// Re-hashes every module in the index. With `repair`, mismatching files are
+    /// Re-hashes every module in the index (verification marks are not
+    /// trusted here: every byte is read). With `repair`, mismatching files are
     /// deleted (and listed in [`VerifyReport::removed`]).
     ///
     /// # Errors
@@ -519,7 +525,7 @@ impl FsStore {
         let mut report = VerifyReport::default();
         for digest in digests {
             let _guard = lock(self.inner.stripe(&digest));
-            match self.inner.verify_locked(&digest) {
+            match self.inner.verify_locked(&digest, false) {
                 Ok(Verdict::Ok) => report.ok.push(digest),
                 Ok(Verdict::Mismatch(reason)) => {
                     let path = self.path_of(&digest);
@@ -647,8 +653,13 @@ impl Inner {
         Ok(existed)
     }
 
-    /// Re-hashes a module's file; the caller holds the digest's lock.
-    fn verify_locked(&self, digest: &Sha256Digest) -> Result<Verdict, StoreError> {
+    /// Re-hashes a module's file, or with `trust_mark` accepts its
+    /// verification mark; the caller holds the digest's lock.
+    fn verify_locked(
+        &self,
+        digest: &Sha256Digest,
+        trust_mark: bool,
+    ) -> Result<Verdict, StoreError> {
         let path = self.path_of(digest);
         match fs::symlink_metadata(&path) {
             Ok(m) if !m.is_file() => {
@@ -657,8 +668,12 @@ impl Inner {
             }
             _ => {}
         }
-        let (actual, size, header) = match hash_file(&path) {
-            Ok(v) => v,
+        let (actual, size, header) = match hash_file(&path, digest, trust_mark) {
+            Ok(Hashed::Marked(size)) => {
+                self.set_verified(digest, &path, size);
+                return Ok(Verdict::Ok);
+            }
+            Ok(Hashed::Read(actual, size, header)) => (actual, size, header),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 lock(&self.index).remove(digest);
                 return Err(StoreError::NotFound {
@@ -691,13 +706,40 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Marks a module verified in the index (its file's mark matched).
+    fn set_verified(&self, digest: &Sha256Digest, path: &Path, size: u64) {
+        let modified = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        let mut index = lock(&self.index);
+        let entry = index.entry(*digest).or_insert(Meta {
+            size,
+            modified,
+            verified: true,
+        });
+        entry.size = size;
+        entry.verified = true;
+    }
+}
+
+/// What [`hash_file`] found.
+enum Hashed {
+    /// The file carries the verification mark of its current state: not read.
+    Marked(u64),
+    /// The file was read: its digest, size and first (up to) 8 bytes.
+    Read(Sha256Digest, u64, [u8; 8]),
+}
+
 fn size_usize(size: u64) -> usize {
     usize::try_from(size).unwrap_or(usize::MAX)
 }
 
 /// Streams a file through SHA-256 with a fixed buffer; returns the digest, the
-/// size and the first (up to) 8 bytes.
-fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64, [u8; 8])> {
+/// size and the first (up to) 8 bytes. With `trust_mark`, a file carrying the
+/// verification mark of `name` for its current state is not read. A file
+/// that hashes to `name` and did not change while it was read gets the mark.
+fn hash_file(path: &Path, name: &Sha256Digest, trust_mark: bool) -> io::Result<Hashed> {
     let fd = rustix::fs::open(
         path,
         rustix::fs::OFlags::RDONLY
@@ -707,9 +749,14 @@ fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64, [u8; 8])> {
         rustix::fs::Mode::empty(),
     )?;
     let mut file = File::from(fd);
-    if !file.metadata()?.is_file() {
+    let before = rustix::fs::fstat(&file)?;
+    if rustix::fs::FileType::from_raw_mode(before.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::other("not a regular file"));
     }
+    if trust_mark && crate::mark::is_set(&file, name, &before) {
+        return Ok(Hashed::Marked(u64::try_from(before.st_size).unwrap_or(0)));
+    }
+    tracing::debug!(path = %path.display(), "hashing the module file (no verification mark for its current state)");
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; IO_BUFFER];
     let mut header = [0u8; 8];
@@ -726,7 +773,15 @@ fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64, [u8; 8])> {
         ctx.update(chunk);
         size += n as u64;
     }
-    Ok((crate::ingest::finish_digest(ctx), size, header))
+    let digest = crate::ingest::finish_digest(ctx);
+    if digest == *name
+        && check_wasm_header(&header[..header.len().min(size_usize(size))]).is_ok()
+        && let Ok(after) = rustix::fs::fstat(&file)
+        && crate::mark::same_identity(&before, &after)
+    {
+        crate::mark::set(&file, name, &after);
+    }
+    Ok(Hashed::Read(digest, size, header))
 }
 
 #[cfg(test)]

@@ -373,8 +373,8 @@ fn enospc_is_a_clear_error_and_keeps_previous_state() {
             .open("/dev/full")
             .unwrap(),
     );
-    // Larger than the buffer, so the write reaches the "disk" at once.
-    let io_err = ing.write(&module(200_000, 10)).unwrap_err();
+    // Larger than the 1 MiB write buffer, so the write reaches the "disk" at once.
+    let io_err = ing.write(&module(2 << 20, 10)).unwrap_err();
     assert_eq!(io_err.kind(), std::io::ErrorKind::StorageFull);
     assert!(
         io_err.to_string().starts_with(&format!(
@@ -940,4 +940,104 @@ fn key_locks_exclude_bound_their_wait_and_refuse_symlinks() {
         "created through a dangling symlink"
     );
     assert!(fs::symlink_metadata(again.path()).unwrap().is_file());
+}
+
+/// Replaces a module file's content in place (same inode, same size) and
+/// sets its modification time back: what only the file's owner can do.
+fn rewrite_keeping_mtime(path: &Path, content: &[u8]) {
+    let before = fs::metadata(path).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    use std::io::Write as _;
+    (&f).write_all(content).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(before.modified().unwrap()))
+        .unwrap();
+    drop(f);
+    let after = fs::metadata(path).unwrap();
+    assert_eq!(
+        (after.ino(), after.len(), after.modified().unwrap()),
+        (before.ino(), before.len(), before.modified().unwrap())
+    );
+}
+
+/// Issue 19: a module this user verified is not re-hashed by the next
+/// process while the file's identity (device, inode, size, mtime) is
+/// unchanged. To show that no byte is read, the content is swapped behind
+/// the store's back with the identity kept (only the owner can do that):
+/// `verify` still accepts it, where the old code re-hashed and refused.
+/// `verify_all` (the `verify` command) ignores the mark and reads everything.
+#[test]
+fn an_unchanged_verified_file_is_not_hashed_again_by_the_next_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = module(300_000, 41);
+    let digest = sha(&bytes);
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        put(&store, &bytes);
+    }
+    let path = dir.path().join(digest.file_name());
+    let mut forged = bytes.clone();
+    forged[1000] ^= 0xff;
+    rewrite_keeping_mtime(&path, &forged);
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    assert!(
+        !store.get(&digest).unwrap().verified,
+        "recovered: not verified yet"
+    );
+    assert!(
+        store.verify(&digest).unwrap(),
+        "the mark of an unchanged identity is trusted"
+    );
+    assert!(store.get(&digest).unwrap().verified);
+    let report = store.verify_all(false).unwrap();
+    assert_eq!(report.mismatched.len(), 1, "verify_all reads every byte");
+}
+
+/// A changed file (new mtime) is re-hashed; a file re-hashed and found good
+/// gets the mark again; a file owned by another user is never trusted by its
+/// mark.
+#[test]
+fn a_changed_or_foreign_file_is_hashed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = module(100_000, 42);
+    let digest = sha(&bytes);
+    let path = dir.path().join(digest.file_name());
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        put(&store, &bytes);
+    }
+    // Touched (same content, new mtime): re-hashed, accepted, marked again.
+    let later =
+        fs::metadata(&path).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(later))
+        .unwrap();
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        assert!(store.verify(&digest).unwrap());
+    }
+    // Now the mark matches again: a forged content with that mtime passes...
+    let mut forged = bytes.clone();
+    forged[50] ^= 1;
+    rewrite_keeping_mtime(&path, &forged);
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        assert!(store.verify(&digest).unwrap());
+    }
+    // ...but not once the file belongs to someone else.
+    rustix::fs::chown(&path, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        assert!(
+            !store.verify(&digest).unwrap(),
+            "a foreign file is re-hashed"
+        );
+    }
+    // A really changed file (content and mtime): re-hashed and refused.
+    rustix::fs::chown(&path, Some(rustix::process::geteuid()), None).unwrap();
+    fs::write(&path, &forged).unwrap();
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    assert!(!store.verify(&digest).unwrap());
 }
