@@ -545,6 +545,14 @@ impl Index {
         self.checksums.get(url).map(|r| r.value().clone())
     }
 
+    /// Every per-URL checksum record (URL as given, record), in no order.
+    pub fn checksum_records(&self) -> Vec<(String, ChecksumRecord)> {
+        self.checksums
+            .iter()
+            .map(|r| (r.key().clone(), r.value().clone()))
+            .collect()
+    }
+
     /// Number of per-URL checksum records.
     pub fn record_count(&self) -> usize {
         self.checksums.len()
