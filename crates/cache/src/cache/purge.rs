@@ -185,8 +185,10 @@ impl Inner {
                 .store
                 .remove_if(&digest, || !self.index.content_in_use(&digest))
             {
-                Ok(None) => {}
-                Ok(Some(_)) => report.files_removed += 1,
+                // `Some(false)`: the listing was stale, another process
+                // deleted it.
+                Ok(None | Some(false)) => {}
+                Ok(Some(true)) => report.files_removed += 1,
                 Err(e) => {
                     report.failures += 1;
                     warn!(error = %e, "removing an orphaned module failed");
