@@ -80,17 +80,19 @@ mod errors;
 mod fetcher;
 mod helper;
 pub mod layout;
+mod mirror;
 mod realm;
 mod verify;
 
 pub use crate::fetcher::{MAX_MANIFEST_SIZE, MAX_TOKEN_RESPONSE, OciFetcher, OciFetcherBuilder};
 pub use crate::helper::MAX_HELPER_OUTPUT;
+pub use crate::mirror::Mirror;
 /// The core types this crate's API uses, so that using the fetcher alone needs
 /// no direct dependency on `wasm-cache-core`.
 pub use wasm_cache_core::retry::Backoff;
 pub use wasm_cache_core::{
-    Error, ErrorKind, FetchRequest, Fetched, Fetcher, ModuleSink, ModuleUrl, OciReference,
-    PullSecret, Sha256Digest,
+    Error, ErrorKind, FetchRequest, FetchSource, Fetched, Fetcher, ModuleSink, ModuleUrl,
+    OciReference, PullSecret, Sha256Digest,
 };
 
 /// Parses `config` as a pull secret for `registry` exactly as a fetch does,

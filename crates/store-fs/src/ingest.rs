@@ -281,6 +281,31 @@ impl ModuleSink for Ingest {
         self.size = new_size;
         Ok(())
     }
+
+    /// Empties the temporary file (same file, same lock) and the hash, so the
+    /// module can be written again from its first byte (a fetcher moving to
+    /// another source). An ingest whose write already failed cannot restart.
+    fn restart(&mut self) -> bool {
+        use std::io::Seek as _;
+        if self.failure.is_some() {
+            return false;
+        }
+        let Some(out) = self.out.take() else {
+            return false;
+        };
+        // The buffered bytes are dropped, not written.
+        let (mut file, _unwritten) = out.into_parts();
+        if let Err(e) = file.set_len(0).and_then(|()| file.rewind()) {
+            let err = StoreError::io("emptying temporary file", &self.temp, e);
+            let _ = self.fail(err);
+            return false;
+        }
+        self.out = Some(BufWriter::with_capacity(IO_BUFFER, file));
+        self.hasher = HashContext(ring::digest::Context::new(&ring::digest::SHA256));
+        self.size = 0;
+        self.header = [0; 8];
+        true
+    }
 }
 
 impl Drop for Ingest {
