@@ -487,3 +487,58 @@ fn fetches_are_counted_by_source() {
         "{seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_come_through_the_mirror_and_still_verify() {
+    use wasm_cache::TrustPolicy;
+    use wasm_cache_testkit::cosign;
+    let (upstream, mirror) = pair();
+    let key = cosign::generate_p256();
+    let other = cosign::generate_p256();
+    let policy = |k: &cosign::SigningKey| TrustPolicy::new([k.public_key()]).unwrap();
+    let module = sample_module(15_000, 16);
+    let pushed = push_solo_artifact(&upstream, "org/signed", "v1", &module).await;
+    cosign::sign_image(&upstream, "org/signed", &pushed.manifest_digest, &key).await;
+    let host = upstream.host();
+    let mirror_at = mirror_url(&mirror);
+    // Warm-up under the policy: the signature manifest and payload are asked
+    // of the mirror, which pulls them through.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = node(dir.path(), &upstream, &mirror_at).await;
+        let path = cache
+            .get(&req(&pushed.url, "1").verify_with(policy(&key)))
+            .await
+            .unwrap();
+        assert_module_at(&path, &module);
+        cache.shutdown().await.unwrap();
+    }
+    assert!(
+        mirror
+            .sync_requests()
+            .iter()
+            .any(|q| q.path.contains("/manifests/sha256-") && q.status == 200),
+        "the signature manifest came through the mirror"
+    );
+    drop(upstream);
+    // Air-gapped: verified from the mirror alone; another key still fails.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder(dir.path(), &clock())
+        .insecure_hosts([host.clone()])
+        .mirror(host.clone(), mirror_at.clone())
+        .build()
+        .await
+        .unwrap();
+    let e = cache
+        .get(&req(&pushed.url, "1").verify_with(policy(&other)))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no valid signature"), "{e}");
+    assert!(module_files(dir.path()).is_empty());
+    let path = cache
+        .get(&req(&pushed.url, "1").verify_with(policy(&key)))
+        .await
+        .unwrap();
+    assert_module_at(&path, &module);
+    cache.shutdown().await.unwrap();
+}

@@ -1204,13 +1204,57 @@ impl Fetcher for OciFetcher {
 }
 
 impl OciFetcher {
+    /// The signature material from the registry's mirrors, then the
+    /// registry (like the module: a mirror that has none, or fails, hands
+    /// over to the next source; what any source serves is verified by the
+    /// caller's policy against the digest).
     async fn signatures_inner(
         &self,
         req: &FetchRequest,
         oci: &OciReference,
         digest: &Sha256Digest,
     ) -> Result<Signatures, Error> {
-        let s = self.session(req, oci).await?;
+        let mut chain = Chain::new(self, req, oci, "signatures");
+        let mut missing_at_mirror = None;
+        loop {
+            let s = match chain.next().await {
+                Ok(s) => s,
+                // Nothing left: a mirror's "none" says more than the
+                // registry's failure (and fails closed all the same).
+                Err(e) => return missing_at_mirror.map_or(Err(e), Ok),
+            };
+            let at_mirror = s.mirror.is_some();
+            let failure = match self.signatures_at(&s, digest).await {
+                Ok(Signatures::Missing(reason)) if at_mirror => {
+                    let e = Error::Manifest {
+                        url: s.url.clone(),
+                        reason: reason.clone(),
+                        source: None,
+                    };
+                    missing_at_mirror = Some(Signatures::Missing(reason));
+                    e
+                }
+                Ok(found) => {
+                    chain.served();
+                    return Ok(found);
+                }
+                Err(e) => e,
+            };
+            if let Err(e) = chain.failed(failure) {
+                return match (e, missing_at_mirror) {
+                    (e @ (Error::Timeout { .. } | Error::Sink { .. }), _) | (e, None) => Err(e),
+                    (_, Some(missing)) => Ok(missing),
+                };
+            }
+        }
+    }
+
+    /// cosign's signature manifest for `digest` and its payloads, from one source.
+    async fn signatures_at(
+        &self,
+        s: &Session<'_>,
+        digest: &Sha256Digest,
+    ) -> Result<Signatures, Error> {
         let tag = signature_tag(digest);
         let body = match s.retrying(|| s.signature_manifest_once(&tag)).await? {
             Ok(body) => body,
