@@ -51,6 +51,30 @@ fn blob_gets(r: &Registry) -> HashMap<String, usize> {
     m
 }
 
+/// Waits (with a deadline) until the pull-through mirror holds every blob it
+/// has served: distribution 2.8 stores a proxied blob in the background,
+/// after answering, so an origin stopped right after a pull could leave it
+/// without the blob.
+async fn settled(mirror: &Registry) {
+    let digests: Vec<String> = mirror
+        .sync_requests()
+        .iter()
+        .filter(|q| q.is_blob_get() && q.status == 200)
+        .filter_map(|q| {
+            let path = q.path.split('?').next()?;
+            Some(path.rsplit('/').next()?.to_owned())
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !digests.iter().all(|d| mirror.blob_data_path(d).exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never stored {digests:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_nodes_pull_twenty_modules_through_one_mirror() {
     const NODES: usize = 50;
@@ -275,6 +299,7 @@ async fn with_the_upstream_gone_the_mirror_serves_digests_and_mirrored_tags() {
         }
         cache.shutdown().await.unwrap();
     }
+    settled(&mirror).await;
     drop(upstream); // air-gapped from now on
     let dir = tempfile::tempdir().unwrap();
     let cache = builder(dir.path(), &clock())
@@ -520,6 +545,7 @@ async fn signatures_come_through_the_mirror_and_still_verify() {
             .any(|q| q.path.contains("/manifests/sha256-") && q.status == 200),
         "the signature manifest came through the mirror"
     );
+    settled(&mirror).await;
     drop(upstream);
     // Air-gapped: verified from the mirror alone; another key still fails.
     let dir = tempfile::tempdir().unwrap();

@@ -120,6 +120,16 @@ fn config_file_mirrors_serve_when_the_upstream_is_gone() {
         .unwrap();
     assert_eq!(std::fs::read(ok(&o)).unwrap(), module);
     assert!(blob_gets(&mirror) >= 1);
+    // distribution 2.8 stores a proxied blob in the background, after
+    // answering: wait (with a deadline) until it holds the layer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !mirror.blob_data_path(&pushed.layer_digest).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirror never stored the layer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     drop(upstream);
     // Another node, the config from the environment, the upstream gone.
     let dir = tempfile::tempdir().unwrap();
