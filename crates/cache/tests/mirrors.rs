@@ -568,3 +568,33 @@ async fn signatures_come_through_the_mirror_and_still_verify() {
     assert_module_at(&path, &module);
     cache.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_mirror_leaves_the_upstream_half_the_deadline() {
+    let upstream = Registry::start(RegistryKind::Plain);
+    let module = sample_module(20_000, 17);
+    let pushed = push_solo_artifact(&upstream, "org/hung", "v1", &module).await;
+    // Accepts the connection, then answers nothing for far longer than the timeout.
+    let hung = TestServer::start(ServerOptions::plain());
+    let manifest_path = "/v2/org/hung/manifests/v1";
+    hung.route(
+        manifest_path,
+        Route::delayed(Duration::from_secs(120), Route::Status(200)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = node(dir.path(), &upstream, &hung.url("")).await;
+    let timeout = Duration::from_secs(6);
+    let started = Instant::now();
+    let got = cache
+        .get_detailed(&req(&pushed.url, "1").timeout(timeout))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_module_at(&got.path, &module);
+    assert_eq!(hung.hits(manifest_path), 1);
+    assert!(
+        took >= Duration::from_secs(2) && took < timeout,
+        "the mirror had half the time, the upstream the rest: {took:?}"
+    );
+    cache.shutdown().await.unwrap();
+}

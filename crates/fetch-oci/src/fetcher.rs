@@ -995,7 +995,10 @@ impl OciFetcher {
             // One GET: the bytes are kept for the fetch that follows, so a
             // cold pull reads the manifest once (no HEAD, then GET). A pinned
             // digest is checked against the bytes, whoever served them.
-            match s.retrying(|| s.manifest_once(&reference, pinned)).await {
+            match chain
+                .attempt(s.retrying(|| s.manifest_once(&reference, pinned)))
+                .await
+            {
                 Ok((body, digest)) => {
                     chain.served();
                     lock(&self.inner.memo).put(s.memo_key(digest), body);
@@ -1020,7 +1023,10 @@ impl OciFetcher {
         loop {
             let s = chain.next().await?;
             let mut touched = false;
-            match self.fetch_at(req, oci, &s, &mut *sink, &mut touched).await {
+            match chain
+                .attempt(self.fetch_at(req, oci, &s, &mut *sink, &mut touched))
+                .await
+            {
                 Ok((written, top_digest)) => {
                     let source = chain.served();
                     return Ok(Fetched::new(written, Some(top_digest)).with_source(source));
@@ -1224,7 +1230,7 @@ impl OciFetcher {
                 Err(e) => return missing_at_mirror.map_or(Err(e), Ok),
             };
             let at_mirror = s.mirror.is_some();
-            let failure = match self.signatures_at(&s, digest).await {
+            let failure = match chain.attempt(self.signatures_at(&s, digest)).await {
                 Ok(Signatures::Missing(reason)) if at_mirror => {
                     let e = Error::Manifest {
                         url: s.url.clone(),

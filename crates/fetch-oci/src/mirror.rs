@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -421,6 +422,35 @@ impl<'a> Chain<'a> {
                     self.last_error = Some(e);
                 }
             }
+        }
+    }
+
+    /// Runs one attempt at the current source. A mirror gets at most half
+    /// of the time left (for the whole attempt, body included), so a mirror
+    /// that accepts connections and then hangs leaves the next source, and
+    /// finally the registry, at least the other half.
+    pub(crate) async fn attempt<T>(
+        &self,
+        op: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let Some(m) = self
+            .current
+            .and_then(|i| self.mirrors.as_ref().map(|m| Arc::clone(&m[i])))
+        else {
+            return op.await;
+        };
+        let share = self.req.remaining(Instant::now()) / 2;
+        match tokio::time::timeout(share, op).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Transport {
+                url: self.req.url.redacted(),
+                reason: format!(
+                    "mirror {} did not finish within {:.1} s, half the time left",
+                    m.shown,
+                    share.as_secs_f64()
+                ),
+                source: None,
+            }),
         }
     }
 
