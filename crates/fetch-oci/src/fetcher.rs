@@ -1024,7 +1024,13 @@ impl OciFetcher {
             let s = chain.next().await?;
             let mut touched = false;
             match chain
-                .attempt(self.fetch_at(req, oci, &s, &mut *sink, &mut touched))
+                .attempt(Box::pin(self.fetch_at(
+                    req,
+                    oci,
+                    &s,
+                    &mut *sink,
+                    &mut touched,
+                )))
                 .await
             {
                 Ok((written, top_digest)) => {
@@ -1227,7 +1233,7 @@ impl OciFetcher {
                 Ok(s) => s,
                 // Nothing left: a mirror's "none" says more than the
                 // registry's failure (and fails closed all the same).
-                Err(e) => return missing_at_mirror.map_or(Err(e), Ok),
+                Err(e) => return missing_at_mirror.ok_or(e),
             };
             let at_mirror = s.mirror.is_some();
             let failure = match chain.attempt(self.signatures_at(&s, digest)).await {
