@@ -598,3 +598,57 @@ async fn a_hung_mirror_leaves_the_upstream_half_the_deadline() {
     );
     cache.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_mirror_uses_its_own_ca_or_insecure_through_the_same_transport() {
+    let upstream = Registry::start(RegistryKind::Plain);
+    // A TLS registry holding the same module stands in for an https mirror;
+    // its certificate is issued by a test CA nobody trusts by default.
+    let tls = Registry::start(RegistryKind::Tls);
+    let module = sample_module(20_000, 18);
+    let pushed = push_solo_artifact(&upstream, "org/tls", "v1", &module).await;
+    push_solo_artifact(&tls, "org/tls", "v1", &module).await;
+    let https = format!("https://{}", tls.host());
+    let ca = tls.ca_pem().unwrap().as_bytes().to_vec();
+    let mut served_by_mirror = 0;
+    for (mirror, from_mirror) in [
+        (Mirror::new(&https).ca_pem(ca.clone()), true),
+        (Mirror::new(&https).insecure(true), true),
+        // Unverifiable certificate: refused, the upstream serves.
+        (Mirror::new(&https), false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = builder(dir.path(), &clock())
+            .insecure_hosts([upstream.host()])
+            .mirror_with(upstream.host(), mirror)
+            .build()
+            .await
+            .unwrap();
+        let before = blob_gets(&tls).values().sum::<usize>();
+        let got = cache.get_detailed(&req(&pushed.url, "1")).await.unwrap();
+        assert_module_at(&got.path, &module);
+        let after = blob_gets(&tls).values().sum::<usize>();
+        assert_eq!(after > before, from_mirror);
+        served_by_mirror += usize::from(after > before);
+        cache.shutdown().await.unwrap();
+    }
+    assert_eq!(served_by_mirror, 2);
+    // The mirror's CA is the mirror's only: the same registry asked
+    // directly (not as a mirror) is still unverifiable.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = builder(dir.path(), &clock())
+        .mirror_with(upstream.host(), Mirror::new(&https).ca_pem(ca))
+        .build()
+        .await
+        .unwrap();
+    let direct = cache
+        .get(&req(&format!("oci://{}/org/tls:v1", tls.host()), "1"))
+        .await
+        .unwrap_err();
+    assert!(
+        direct.to_string().to_lowercase().contains("certificate")
+            || direct.to_string().contains("TLS"),
+        "{direct}"
+    );
+    cache.shutdown().await.unwrap();
+}

@@ -350,6 +350,8 @@ pub(crate) struct Chain<'a> {
     /// else the last mirror's.
     upstream_error: Option<Error>,
     last_error: Option<Error>,
+    /// What each mirror that failed said, for the warning when all fail.
+    mirror_failures: Vec<String>,
     what: &'static str,
 }
 
@@ -371,6 +373,7 @@ impl<'a> Chain<'a> {
             current: None,
             upstream_error: None,
             last_error: None,
+            mirror_failures: Vec::new(),
             what,
         }
     }
@@ -403,6 +406,7 @@ impl<'a> Chain<'a> {
             } else if !self.skipped.is_empty() {
                 self.skipped.remove(0)
             } else {
+                self.all_failed();
                 return Err(self
                     .upstream_error
                     .take()
@@ -419,6 +423,7 @@ impl<'a> Chain<'a> {
                 }
                 Err(e) => {
                     tracing::warn!(mirror = %m.shown, error = %e, "mirror not usable; trying the next source");
+                    self.mirror_failures.push(format!("{}: {e}", m.shown));
                     self.last_error = Some(e);
                 }
             }
@@ -468,16 +473,34 @@ impl<'a> Chain<'a> {
                         m.mark_down();
                     }
                     tracing::info!(url = %self.req.url.redacted(), mirror = %m.shown, what = self.what, error = %e, "mirror failed; trying the next source");
+                    self.mirror_failures.push(format!("{}: {e}", m.shown));
                 }
                 self.last_error = Some(e);
                 Ok(())
             }
-            None if self.skipped.is_empty() => Err(e),
+            None if self.skipped.is_empty() => {
+                self.all_failed();
+                Err(e)
+            }
             None => {
                 tracing::info!(url = %self.req.url.redacted(), what = self.what, error = %e, "registry failed; asking mirrors that were unreachable before");
                 self.upstream_error = Some(e);
                 Ok(())
             }
+        }
+    }
+
+    /// Every source failed: what the mirrors said goes to the log (the error
+    /// returned is the registry's own, which does not mention them).
+    fn all_failed(&mut self) {
+        if !self.mirror_failures.is_empty() {
+            tracing::warn!(
+                url = %self.req.url.redacted(),
+                what = self.what,
+                mirrors = %self.mirror_failures.join("; "),
+                "every mirror failed, and then the registry"
+            );
+            self.mirror_failures.clear();
         }
     }
 
