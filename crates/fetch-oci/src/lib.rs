@@ -46,6 +46,15 @@
 //!   cannot be set up; a registry that is not listed and answers HTTPS with
 //!   plain HTTP fails at once: `server gave an HTTP response to an HTTPS
 //!   request; list it with --insecure-registry`.
+//! - **mirrors**: [`OciFetcherBuilder::mirror`] adds a [`Mirror`] (a
+//!   pull-through cache) of a registry; a registry's mirrors are asked in
+//!   order, the registry last, like containerd's `hosts.toml`, with the
+//!   registry's repository path and `?ns=<registry>`. Mirrors are untrusted:
+//!   whatever they serve is checked against its digest, and a mirror that
+//!   fails (unreachable, 5xx, 404, 401, wrong bytes, more than half the time
+//!   left) hands over to the next source within the deadline. A tag is taken
+//!   from the first mirror that answers. [`Fetched::source`] says whether a
+//!   mirror served the module.
 //! - **deadline and retries**: every call runs under `req.deadline`;
 //!   transient failures (transport errors, retryable 5xx) before any module
 //!   byte reached the sink are retried with
