@@ -107,6 +107,9 @@ pub(crate) fn load(path: &Path) -> Result<Config, String> {
     for (registry, r) in &mut config.registry {
         for (i, m) in r.mirrors.iter_mut().enumerate() {
             let field = format!("registry.\"{registry}\".mirrors[{i}]");
+            Mirror::new(m.url.clone())
+                .check(registry)
+                .map_err(|e| format!("config file {}: {field}.url: {e}", path.display()))?;
             if let Some(ca) = &mut m.ca_file {
                 absolute(ca);
             }

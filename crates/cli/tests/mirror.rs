@@ -159,6 +159,14 @@ fn a_bad_config_file_is_a_usage_error_naming_the_file_and_the_field() {
         ),
         ("[[registry.\"r.io\".mirrors]]\ninsecure = true\n", "url"),
         (
+            "[[registry.\"r.io\".mirrors]]\nurl = \"ftp://m\"\n",
+            "registry.\"r.io\".mirrors[0].url",
+        ),
+        (
+            "[[registry.\"https://r.io\".mirrors]]\nurl = \"https://m\"\n",
+            "https://r.io",
+        ),
+        (
             "insecure_registries = \"not-a-list\"\n",
             "insecure_registries",
         ),

@@ -128,6 +128,23 @@ impl Mirror {
     pub fn is_insecure(&self) -> bool {
         self.insecure
     }
+
+    /// Checks the URL, and `registry` as a registry name, as
+    /// [`OciFetcherBuilder::build`](crate::OciFetcherBuilder::build) will
+    /// (CA files are read only then), so a configuration can be refused
+    /// early, naming where it came from.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] saying what is wrong (never a password).
+    pub fn check(&self, registry: &str) -> Result<(), Error> {
+        let registry = check_registry(registry)?;
+        parse_url(&self.url).map(|_| ()).map_err(|why| {
+            invalid(format!(
+                "mirror {} of {registry}: {why}",
+                redact_url(&self.url)
+            ))
+        })
+    }
 }
 
 impl fmt::Debug for Mirror {
@@ -231,31 +248,9 @@ fn check_registry(registry: &str) -> Result<String, Error> {
 fn endpoint(base: &TransportBuilder, registry: &str, m: &Mirror) -> Result<Endpoint, Error> {
     let shown_raw = redact_url(&m.url);
     let bad = |why: &str| invalid(format!("mirror {shown_raw} of {registry}: {why}"));
-    let raw = m.url.trim();
-    let with_scheme = if raw.contains("://") {
-        raw.to_owned()
-    } else {
-        format!("https://{raw}")
-    };
-    let url = Url::parse(&with_scheme).map_err(|e| bad(&format!("not a URL: {e}")))?;
-    let mode = match url.scheme() {
-        "https" => Mode::Https,
-        "http" => Mode::Http,
-        other => return Err(bad(&format!("scheme {other} is not http or https"))),
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad(
-            "credentials do not belong in the URL; give them as the mirror's credentials",
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("a mirror URL has no query or fragment"));
-    }
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad("no host"))?;
-    let port = url.port_or_known_default().ok_or_else(|| bad("no port"))?;
+    let (url, mode) = parse_url(&m.url).map_err(|why| bad(&why))?;
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(443);
     let authority = match url.port() {
         Some(p) => format!("{host}:{p}"),
         None => host.to_owned(),
@@ -301,6 +296,38 @@ fn endpoint(base: &TransportBuilder, registry: &str, m: &Mirror) -> Result<Endpo
             }),
         down_until: Mutex::new(None),
     })
+}
+
+/// A mirror URL, checked: http(s), a host, no user-info, query or fragment.
+fn parse_url(raw: &str) -> Result<(Url, Mode), String> {
+    let raw = raw.trim();
+    let with_scheme = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("https://{raw}")
+    };
+    let url = Url::parse(&with_scheme).map_err(|e| format!("not a URL: {e}"))?;
+    let mode = match url.scheme() {
+        "https" => Mode::Https,
+        "http" => Mode::Http,
+        other => return Err(format!("scheme {other} is not http or https")),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "credentials do not belong in the URL; give them as the mirror's credentials"
+                .to_owned(),
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("a mirror URL has no query or fragment".to_owned());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".to_owned());
+    }
+    if url.port_or_known_default().is_none() {
+        return Err("no port".to_owned());
+    }
+    Ok((url, mode))
 }
 
 /// Parses every mirror, in order, per registry.
