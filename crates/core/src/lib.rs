@@ -36,8 +36,8 @@ mod url;
 pub use crate::digest::Sha256Digest;
 pub use crate::error::{BoxError, Error, ErrorKind, shorten};
 pub use crate::fetcher::{
-    DEFAULT_MAX_MODULE_SIZE, FetchRequest, Fetched, Fetcher, IoSink, ModuleSink, PullSecret,
-    SignatureLayer, Signatures, WASM_MAGIC, check_wasm_header,
+    DEFAULT_MAX_MODULE_SIZE, FetchRequest, FetchSource, Fetched, Fetcher, IoSink, ModuleSink,
+    PullSecret, SignatureLayer, Signatures, WASM_MAGIC, check_wasm_header,
 };
 pub use crate::index::{
     ChecksumRecord, EntryInfo, Index, IndexEvent, Lookup, LookupRequest, ModuleKey, Removed,

@@ -39,6 +39,11 @@ impl wasm_cache_core::ModuleSink for VerifyingSink<'_> {
         self.content = Some(digest);
         true
     }
+
+    fn restart(&mut self) -> bool {
+        self.content = None;
+        wasm_cache_core::ModuleSink::restart(self.ingest)
+    }
 }
 
 impl Inner {
@@ -228,9 +233,9 @@ impl Inner {
         if url.records_checksum() {
             self.record(url, published.checksum, req);
         }
-        self.meters.fetch(FetchResult::Success);
+        self.meters.fetch_from(FetchResult::Success, fetched.source);
         self.meters.entries(self.index.len());
-        info!(url = %url, checksum = %published.checksum, "fetched wasm module");
+        info!(url = %url, checksum = %published.checksum, source = fetched.source.as_str(), "fetched wasm module");
         if self
             .opts
             .max_bytes
