@@ -184,9 +184,6 @@ impl Cache {
         let (store, index, journal, hints) = tokio::task::spawn_blocking(move || {
             recover(&dir, now).map(|(store, index, journal)| {
                 let hints = Hints::open(store.dir());
-                if let Some(h) = &hints {
-                    h.reconcile(&index);
-                }
                 (store, index, journal, hints)
             })
         })
@@ -212,6 +209,15 @@ impl Cache {
             budget_purges: Mutex::new(Vec::new()),
         });
         inner.meters.entries(inner.index.len());
+        if inner.hints.is_some() {
+            // Off the open's path: a missing hint only costs a full open later.
+            let me = Arc::clone(&inner);
+            tokio::task::spawn_blocking(move || {
+                if let Some(h) = &me.hints {
+                    h.reconcile(&me.index);
+                }
+            });
+        }
         if background {
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn(purge_loop(
