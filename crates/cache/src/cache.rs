@@ -129,8 +129,9 @@ struct Inner {
     parsed: DashMap<String, Arc<ModuleUrl>>,
     meters: Meters,
     /// Which keys verified which digest (the manifest digest for OCI, the
-    /// module's sha256 otherwise), so a hit under a policy needs no round trip.
-    verified: DashMap<Sha256Digest, Vec<KeyFingerprint>>,
+    /// module's sha256 otherwise), so a hit under a policy needs no round
+    /// trip; journaled with their evidence for other processes.
+    verified: crate::trust::Verifications,
     /// Content recovered from disk and not yet re-hashed in this process.
     unverified: DashMap<Sha256Digest, ()>,
     /// Files in the store that no entry references (e.g. a crash between
@@ -203,7 +204,7 @@ impl Cache {
             flights: DashMap::new(),
             parsed: DashMap::new(),
             meters: Meters::new(),
-            verified: DashMap::new(),
+            verified: crate::trust::Verifications::default(),
             unverified,
             orphans: Mutex::new(orphans),
             publish: std::array::from_fn(|_| Mutex::new(())),
@@ -1151,9 +1152,16 @@ impl Inner {
         req: &GetRequest,
         deadline: Instant,
     ) -> Result<(), Error> {
-        if let Some(keys) = self.verified.get(&digest)
-            && policy.accepts_recorded(keys.iter()).is_some()
-        {
+        let reference = url.redacted();
+        let repository = url
+            .oci()
+            .map(|o| format!("{}/{}", o.registry(), o.repository()));
+        let subject = Subject {
+            reference: &reference,
+            repository: repository.as_deref(),
+            digest: &digest,
+        };
+        if self.verified.known(&self.index, policy, &subject) {
             return Ok(());
         }
         let fetcher = self.fetcher_for(url)?;
@@ -1178,15 +1186,6 @@ impl Inner {
                 return Err(e.into());
             }
         };
-        let reference = url.redacted();
-        let repository = url
-            .oci()
-            .map(|o| format!("{}/{}", o.registry(), o.repository()));
-        let subject = Subject {
-            reference: &reference,
-            repository: repository.as_deref(),
-            digest: &digest,
-        };
         let verdict = match &material {
             Signatures::Cosign(layers) => policy.verify_cosign(
                 &subject,
@@ -1195,6 +1194,20 @@ impl Inner {
                     payload: &l.payload,
                     signature: l.signature.as_deref(),
                 }),
+            ),
+            Signatures::Oci {
+                cosign,
+                bundles,
+                notes,
+            } => policy.verify_oci(
+                &subject,
+                cosign.iter().map(|l| CosignLayer {
+                    media_type: &l.media_type,
+                    payload: &l.payload,
+                    signature: l.signature.as_deref(),
+                }),
+                bundles.iter().map(Vec::as_slice),
+                notes,
             ),
             Signatures::Detached(signature) => policy.verify_blob(&subject, signature),
             Signatures::Missing(reason) => Err(policy.rejection(&subject, vec![reason.clone()])),
@@ -1206,9 +1219,11 @@ impl Inner {
         match verdict {
             Ok(verified) => {
                 info!(url = %url, digest = %digest.to_prefixed(), key = %verified.key, "signature verified");
-                let mut keys = self.verified.entry(digest).or_default();
-                if !keys.contains(&verified.key) {
-                    keys.push(verified.key);
+                if let Some(event) =
+                    self.verified
+                        .remember(&self.index, policy, &subject, &verified)
+                {
+                    self.journal_append(&event);
                 }
                 Ok(())
             }

@@ -37,7 +37,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod bundle;
 mod error;
+mod evidence;
 mod key;
 mod manifest;
 mod payload;
@@ -45,7 +47,13 @@ mod policy;
 #[cfg(any(test, feature = "signer"))]
 mod signer;
 
+pub use crate::bundle::{
+    BUNDLE_MEDIA_TYPE, BundleBlob, IN_TOTO_PAYLOAD_TYPE, MAX_BUNDLE_LEN, MAX_BUNDLE_MANIFEST_LEN,
+    MAX_BUNDLES, MAX_REFERRERS_INDEX_LEN, ReferrerRef, parse_bundle_manifest,
+    parse_referrers_index, referrers_tag,
+};
 pub use crate::error::Error;
+pub use crate::evidence::{Evidence, MAX_EVIDENCE_RECORD_LEN};
 pub use crate::key::{
     KeyAlgorithm, KeyFingerprint, MAX_SIGNATURE_BASE64_LEN, PUBLIC_KEY_PEM_LABEL, PublicKey,
     decode_signature_base64,

@@ -1,0 +1,107 @@
+//! Which keys verified which digest: remembered in memory for this process,
+//! and in the journal (with what the key signed) for the next processes.
+//!
+//! A journal record proves nothing by itself: anyone who can write the cache
+//! directory can write one. So a record is trusted only after its evidence
+//! (the signed payload or statement and the signature) verifies again, here
+//! and now, under the asking policy's keys and rules; that costs one
+//! signature check per digest and process, and no request. A record that
+//! does not verify (forged, corrupted, for another digest) is ignored and
+//! the signature is fetched as if there were none.
+
+use dashmap::DashMap;
+use tracing::{debug, warn};
+use wasm_cache_core::{Index, IndexEvent, Sha256Digest};
+use wasm_cache_signature::{Evidence, KeyFingerprint, Subject, TrustPolicy, Verified};
+
+/// Verifications known to this process.
+#[derive(Default)]
+pub(crate) struct Verifications {
+    /// Keys that verified a digest in this process, each with the repository
+    /// a payload was checked to name (only when the policy required it).
+    seen: DashMap<Sha256Digest, Vec<(KeyFingerprint, Option<String>)>>,
+}
+
+impl Verifications {
+    /// Whether `subject.digest` is verified for `policy` without a request:
+    /// a key of the policy verified it in this process (for the same
+    /// repository, when the policy requires the payload to name it), or the
+    /// index holds a record of such a key whose evidence verifies again.
+    pub(crate) fn known(&self, index: &Index, policy: &TrustPolicy, subject: &Subject<'_>) -> bool {
+        if let Some(seen) = self.seen.get(subject.digest) {
+            let ok = seen.iter().any(|(key, repository)| {
+                policy.trusts(key)
+                    && (!policy.requires_reference()
+                        || (repository.is_some() && repository.as_deref() == subject.repository))
+            });
+            if ok {
+                return true;
+            }
+        }
+        for record in index.signatures(subject.digest) {
+            let key = KeyFingerprint::from_digest(record.key);
+            if !policy.trusts(&key) {
+                continue;
+            }
+            let checked = Evidence::from_record(&record.evidence).and_then(|evidence| {
+                policy
+                    .verify_evidence(subject, &evidence)
+                    .map_err(|e| e.reasons().join("; "))
+            });
+            match checked {
+                Ok(verified) if verified.key == key => {
+                    debug!(digest = %subject.digest.to_prefixed(), %key, "signature verified from the journal's record");
+                    self.note(policy, subject, key);
+                    return true;
+                }
+                Ok(verified) => warn!(
+                    digest = %subject.digest.to_prefixed(),
+                    recorded = %key,
+                    verified = %verified.key,
+                    "ignoring a journal signature record that names another key"
+                ),
+                Err(reason) => warn!(
+                    digest = %subject.digest.to_prefixed(),
+                    %key,
+                    reason = %reason,
+                    "ignoring a journal signature record that does not verify; fetching the signature"
+                ),
+            }
+        }
+        false
+    }
+
+    /// Remembers a verification; returns the journal record to append when
+    /// the index's records changed (`None` also when the evidence is too
+    /// large to journal: it is then remembered for this process only).
+    pub(crate) fn remember(
+        &self,
+        index: &Index,
+        policy: &TrustPolicy,
+        subject: &Subject<'_>,
+        verified: &Verified,
+    ) -> Option<IndexEvent> {
+        self.note(policy, subject, verified.key);
+        let evidence = verified.evidence.to_record()?;
+        let key = *verified.key.digest();
+        let checksum = *subject.digest;
+        index
+            .record_signature(checksum, key, &evidence)
+            .then_some(IndexEvent::Signed {
+                checksum,
+                key,
+                evidence,
+            })
+    }
+
+    fn note(&self, policy: &TrustPolicy, subject: &Subject<'_>, key: KeyFingerprint) {
+        let repository = policy
+            .requires_reference()
+            .then(|| subject.repository.map(str::to_owned))
+            .flatten();
+        let mut seen = self.seen.entry(*subject.digest).or_default();
+        if !seen.iter().any(|(k, r)| *k == key && *r == repository) {
+            seen.push((key, repository));
+        }
+    }
+}
