@@ -48,7 +48,11 @@ async fn open(fetcher: &Arc<MemoryFetcher>, dir: &std::path::Path, clock: &Manua
 }
 
 fn counts(f: &MemoryFetcher) -> (usize, usize, usize) {
-    (f.resolve_count(), f.fetch_count(), f.signature_fetch_count())
+    (
+        f.resolve_count(),
+        f.fetch_count(),
+        f.signature_fetch_count(),
+    )
 }
 
 /// A signed OCI module: (fetcher, module, manifest digest).
@@ -94,7 +98,11 @@ async fn a_verification_survives_a_restart_and_the_next_hit_makes_no_request() {
     // A new process, same policy: a hit, no request of any kind.
     let second = open(&fetcher, dir.path(), &clock).await;
     assert_eq!(second.get(&r).await.unwrap(), path);
-    assert_eq!(counts(&fetcher), (1, 1, 1), "a verified hit makes no request");
+    assert_eq!(
+        counts(&fetcher),
+        (1, 1, 1),
+        "a verified hit makes no request"
+    );
     // The record keeps the payload, so a policy requiring the payload to
     // name the repository is satisfied offline too.
     let strict = req(OCI_URL, "1").verify_with(policy(&[&key]).require_reference(true));
