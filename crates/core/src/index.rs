@@ -928,7 +928,7 @@ impl Index {
                     .collect::<Vec<_>>()
             })
             .collect();
-        out.sort_by(|a, b| (a.0, a.1.key).cmp(&(b.0, b.1.key)));
+        out.sort_by_key(|a| (a.0, a.1.key));
         out
     }
 
