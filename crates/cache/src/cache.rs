@@ -1152,6 +1152,9 @@ impl Inner {
         req: &GetRequest,
         deadline: Instant,
     ) -> Result<(), Error> {
+        if self.verified.seen(policy, &digest) {
+            return Ok(());
+        }
         let reference = url.redacted();
         let repository = url
             .oci()

@@ -23,6 +23,16 @@ pub(crate) struct Verifications {
 }
 
 impl Verifications {
+    /// The hit path's check, without allocating: a key of `policy` verified
+    /// `digest` in this process and the policy needs no repository check.
+    pub(crate) fn seen(&self, policy: &TrustPolicy, digest: &Sha256Digest) -> bool {
+        !policy.requires_reference()
+            && self
+                .seen
+                .get(digest)
+                .is_some_and(|seen| seen.iter().any(|(key, _)| policy.trusts(key)))
+    }
+
     /// Whether `subject.digest` is verified for `policy` without a request:
     /// a key of the policy verified it in this process (for the same
     /// repository, when the policy requires the payload to name it), or the

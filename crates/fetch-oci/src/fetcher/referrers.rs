@@ -99,8 +99,15 @@ impl Session<'_> {
         let mut response = self.get(&api, Some(OCI_INDEX)).await?;
         let what = if response.status == StatusCode::OK {
             format!("the referrers of {}", digest.to_prefixed())
-        } else if response.status == StatusCode::NOT_FOUND {
-            // No referrers API: the tag schema.
+        } else if matches!(
+            response.status,
+            StatusCode::NOT_FOUND
+                | StatusCode::BAD_REQUEST
+                | StatusCode::METHOD_NOT_ALLOWED
+                | StatusCode::NOT_IMPLEMENTED
+        ) {
+            // No referrers API (the spec says 404; some registries answer
+            // 400, 405 or 501 to a route they do not have): the tag schema.
             drop_body(&mut response).await;
             let tag = referrers_tag(digest);
             response = self
