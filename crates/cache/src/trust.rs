@@ -70,6 +70,12 @@ impl Verifications {
                     verified = %verified.key,
                     "ignoring a journal signature record that names another key"
                 ),
+                Err(reason) if genuine_elsewhere(policy, subject, &record.evidence) => debug!(
+                    digest = %subject.digest.to_prefixed(),
+                    %key,
+                    reason = %reason,
+                    "a journal signature record does not name this repository; fetching the signature"
+                ),
                 Err(reason) => warn!(
                     digest = %subject.digest.to_prefixed(),
                     %key,
@@ -114,4 +120,17 @@ impl Verifications {
             seen.push((key, repository));
         }
     }
+}
+
+/// Whether a record that failed only a policy's repository requirement is
+/// otherwise genuine (then it is no sign of tampering, just not enough).
+fn genuine_elsewhere(policy: &TrustPolicy, subject: &Subject<'_>, evidence: &str) -> bool {
+    policy.requires_reference()
+        && Evidence::from_record(evidence).is_ok_and(|evidence| {
+            policy
+                .clone()
+                .require_reference(false)
+                .verify_evidence(subject, &evidence)
+                .is_ok()
+        })
 }

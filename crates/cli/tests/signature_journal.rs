@@ -87,6 +87,23 @@ fn a_verification_is_remembered_by_the_next_process() {
         &after[before..]
     );
 
+    // The same manifest copied to another repository without its signature:
+    // the digest is signed, so it is served (as cosign accepts a copied
+    // image's signature); a policy requiring the payload to name the
+    // repository refuses it.
+    let copy = rt.block_on(push_oci_image(&r, "org/copy", "v1", &module));
+    assert_eq!(copy.manifest_digest, pushed.manifest_digest);
+    let mut copy_args = args(key_arg);
+    copy_args[0] = copy.url.clone();
+    assert_eq!(fetch_ok(dir.path(), &copy_args), path);
+    copy_args.push("--require-reference".into());
+    let e = fetch_err(dir.path(), &copy_args);
+    assert!(e.contains("error: no valid signature for"), "{e}");
+    assert!(
+        !e.contains("warning"),
+        "a genuine record is no warning: {e}"
+    );
+
     // Registry gone: the same key still hits; another key needs the
     // signature, which cannot be fetched, so nothing is served.
     drop(r);
