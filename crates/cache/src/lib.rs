@@ -123,7 +123,6 @@ pub mod fetcher;
 pub mod metrics;
 mod outcome;
 mod request;
-mod trust;
 
 pub use crate::builder::{CacheBuilder, DEFAULT_EXPIRY, DEFAULT_GRACE, DEFAULT_PURGE_INTERVAL};
 pub use crate::cache::{Cache, PurgeReport};

@@ -27,6 +27,7 @@ pub mod digest;
 mod error;
 mod fetcher;
 pub mod index;
+pub mod plan;
 mod policy;
 pub mod retry;
 mod url;

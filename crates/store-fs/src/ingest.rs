@@ -1,7 +1,7 @@
 //! Streaming ingest: chunks in, a checked module at its final name out.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,15 +9,26 @@ use wasm_cache_core::{ModuleSink, Sha256Digest, check_wasm_header};
 
 use crate::StoreError;
 use crate::names;
-use crate::store::{IO_BUFFER, Inner};
+use crate::store::Inner;
+
+/// Bytes gathered before one `write(2)`: few, large writes.
+pub(crate) const WRITE_CHUNK: usize = 1024 * 1024;
+
+/// Bytes written between two requests to start writeback
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the `fsync` before the
+/// rename finds little left to write.
+pub(crate) const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
 /// A module being written into the store.
 ///
 /// Created by [`FsStore::ingest`](crate::FsStore::ingest). Each chunk given to
 /// [`ModuleSink::write`] is hashed (ring's SHA-256) and written to a temporary
-/// file `.tmp-<random>.wasm.partial` in the store directory through a fixed
-/// 64 KiB buffer, so memory does not grow with the module. The chunk that would
-/// take the module past its size limit fails, and so does every later call.
+/// file `.tmp-<random>.wasm.partial` in the store directory in writes of
+/// 1 MiB (a buffer that grows to that size at most, so memory does not grow
+/// with the module). Every 8 MiB the kernel is asked to start writing the
+/// file back (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, Linux), so the
+/// `fsync` of the commit waits for little. The chunk that would take the
+/// module past its size limit fails, and so does every later call.
 ///
 /// [`commit`](Self::commit) checks and installs the module; dropping the ingest
 /// without committing (or [`abort`](Self::abort)) deletes the temporary file.
@@ -25,7 +36,7 @@ use crate::store::{IO_BUFFER, Inner};
 pub struct Ingest {
     store: Arc<Inner>,
     temp: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: Option<Output>,
     hasher: HashContext,
     size: u64,
     max_size: u64,
@@ -33,6 +44,86 @@ pub struct Ingest {
     header: [u8; 8],
     failure: Option<StoreError>,
     finished: bool,
+}
+
+/// The temporary file and what is buffered for it.
+#[derive(Debug)]
+struct Output {
+    file: File,
+    buf: Vec<u8>,
+    /// Bytes written to the file.
+    written: u64,
+    /// Bytes whose writeback was started.
+    flushed_back: u64,
+}
+
+impl Output {
+    fn new(file: File) -> Self {
+        Self {
+            file,
+            buf: Vec::new(),
+            written: 0,
+            flushed_back: 0,
+        }
+    }
+
+    /// Buffers `chunk`, writing whenever [`WRITE_CHUNK`] bytes are gathered;
+    /// a chunk that large on its own is written without a copy.
+    fn write(&mut self, mut chunk: &[u8]) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let take = (WRITE_CHUNK - self.buf.len()).min(chunk.len());
+            self.buf.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.buf.len() < WRITE_CHUNK {
+                return Ok(());
+            }
+            self.flush()?;
+        }
+        if chunk.len() >= WRITE_CHUNK {
+            self.write_file(chunk)
+        } else {
+            if self.buf.capacity() == 0 && !chunk.is_empty() {
+                // Small modules stay small; large ones reach the full buffer
+                // after a few doublings.
+                self.buf
+                    .reserve(chunk.len().next_power_of_two().max(64 * 1024));
+            }
+            self.buf.extend_from_slice(chunk);
+            Ok(())
+        }
+    }
+
+    /// Writes what is buffered.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.write_file(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        r
+    }
+
+    fn write_file(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        if self.written - self.flushed_back >= WRITEBACK_EVERY {
+            crate::writeback::start(
+                &self.file,
+                self.flushed_back,
+                self.written - self.flushed_back,
+            );
+            self.flushed_back = self.written;
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and returns the file.
+    fn finish(mut self) -> io::Result<File> {
+        self.flush()?;
+        Ok(self.file)
+    }
 }
 
 /// `ring::digest::Context` with a `Debug` that does not dump internal state.
@@ -86,7 +177,7 @@ impl Ingest {
         Ok(Self {
             store,
             temp,
-            out: Some(BufWriter::with_capacity(IO_BUFFER, file)),
+            out: Some(Output::new(file)),
             hasher: HashContext(ring::digest::Context::new(&ring::digest::SHA256)),
             size: 0,
             max_size,
@@ -144,7 +235,23 @@ impl Ingest {
     /// # Errors
     /// As listed above, plus [`StoreError::Io`] for a failed flush, fsync or
     /// rename.
-    pub fn commit(mut self) -> Result<Committed, StoreError> {
+    pub fn commit(self) -> Result<Committed, StoreError> {
+        self.commit_then(|_| ()).map(|(committed, ())| committed)
+    }
+
+    /// [`commit`](Self::commit), then `then` under the same digest lock, before
+    /// anything else can remove the file: the one way to publish a module and
+    /// record that something refers to it (the cache indexes it there) with no
+    /// window in which a concurrent [`FsStore::remove_if`](crate::FsStore::remove_if)
+    /// sees the file unreferenced. `then` must not call back into the store
+    /// for the same digest, nor block.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit); `then` does not run on an error.
+    pub fn commit_then<R>(
+        mut self,
+        then: impl FnOnce(&Committed) -> R,
+    ) -> Result<(Committed, R), StoreError> {
         if let Some(e) = self.failure.take() {
             return Err(e);
         }
@@ -162,13 +269,18 @@ impl Ingest {
             reason: "the temporary file is already closed".into(),
         })?;
         let file = out
-            .into_inner()
-            .map_err(|e| StoreError::io("writing temporary file", &self.temp, e.into_error()))?;
+            .finish()
+            .map_err(|e| StoreError::io("writing temporary file", &self.temp, e))?;
+        // The verification mark (see `mark`), on the file's final state: the
+        // rename that follows keeps device, inode, size and mtime.
+        if let Ok(st) = rustix::fs::fstat(&file) {
+            crate::mark::set(&file, &actual, &st);
+        }
         file.sync_all()
             .map_err(|e| StoreError::io("syncing temporary file", &self.temp, e))?;
         // Still open (and so still locked: see `create_owned_temp`) while it is
         // renamed, so no other process's recovery can take it for abandoned.
-        let committed = self.store.install(&self.temp, actual, self.size);
+        let committed = self.store.install(&self.temp, actual, self.size, then);
         drop(file);
         let committed = committed?;
         self.finished = true;
@@ -210,7 +322,7 @@ impl Ingest {
 
     #[cfg(test)]
     pub(crate) fn replace_output_for_test(&mut self, file: File) {
-        self.out = Some(BufWriter::with_capacity(IO_BUFFER, file));
+        self.out = Some(Output::new(file));
     }
 }
 
@@ -272,7 +384,7 @@ impl ModuleSink for Ingest {
                 reason: "the temporary file is already closed".into(),
             }));
         };
-        if let Err(e) = out.write_all(chunk) {
+        if let Err(e) = out.write(chunk) {
             let err = StoreError::io("writing temporary file", &self.temp, e);
             return Err(self.fail(err));
         }
@@ -290,10 +402,7 @@ impl Drop for Ingest {
         }
         // Close before unlinking (not required on Unix, tidy everywhere). A
         // failed flush here is irrelevant: the file is going away.
-        if let Some(out) = self.out.take() {
-            let (file, _unflushed) = out.into_parts();
-            drop(file);
-        }
+        drop(self.out.take());
         match fs::remove_file(&self.temp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

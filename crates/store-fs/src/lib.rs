@@ -46,8 +46,11 @@
 //!    `.partial`; final names are 64 hex digits plus `.wasm`, so the two patterns
 //!    can never match the same name.
 //! 2. Each chunk is checked against the size limit (the chunk that crosses it
-//!    fails), hashed with SHA-256 and written through a fixed 64 KiB buffer.
-//!    Memory does not depend on the module's size.
+//!    fails), hashed with SHA-256 and written in writes of 1 MiB (a buffer
+//!    of at most that size); every 8 MiB, writeback of what was written is
+//!    started (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on Linux), so the
+//!    `fsync` of step 3 finds little left to do. Memory does not depend on
+//!    the module's size.
 //! 3. [`Ingest::commit`] checks the digest against the expected one and the
 //!    8-byte Wasm header (`00 61 73 6d 01 00 00 00`, via
 //!    [`wasm_cache_core::check_wasm_header`]), flushes and `fsync`s the temporary file.
@@ -90,6 +93,17 @@
 //! re-hash on first use instead of slowing every start-up by the size of the
 //! whole cache.
 //!
+//! **The verification mark** spares that re-hash when nothing changed. A
+//! file this store hashed (at ingest, or by re-hashing it) carries in the
+//! extended attribute `user.wasm-cache.verified` its digest and identity:
+//! device, inode, size and modification time. [`FsStore::verify`] opens the
+//! file (`O_NOFOLLOW`), `fstat`s it, and accepts it without reading a byte
+//! when the mark matches that identity and the file is owned by this user;
+//! otherwise it re-hashes (and marks a good file again). Any write changes
+//! the modification time, so a changed file is re-hashed; only the owner can
+//! set a modification time back. A file system without user extended
+//! attributes simply re-hashes, as before. `verify_all` ignores marks.
+//!
 //! ## Concurrency
 //!
 //! [`FsStore`] is `Send + Sync` and cheap to clone. Operations that change a
@@ -104,8 +118,17 @@
 //! exists-check-and-rename: either the remove runs first (and the ingest then
 //! installs the file), or the ingest installs first (and the remove then
 //! deletes it). There is no third outcome such as an index entry without a
-//! file or a file deleted between the check and the rename. Deciding which
-//! order is wanted is the cache's job (it serialises `get` and eviction per key).
+//! file or a file deleted between the check and the rename.
+//!
+//! That lock is the only one that orders publishing against deleting, for
+//! the store and for whoever keeps references to its modules (the cache's
+//! index): [`Ingest::commit_then`] runs the caller's "record the reference"
+//! under it right after the install, [`FsStore::remove_if`] runs the caller's
+//! "is it still unreferenced?" under it right before the unlink, and
+//! [`FsStore::verify_then`] / [`FsStore::verify_all_then`] do the same around
+//! a re-hash. Those callbacks must stay short and must not call back into the
+//! store for the same digest. The store also keeps the one record of which
+//! modules this process has re-hashed ([`StoredModule::verified`]).
 //!
 //! Across processes, the final rename is atomic and content-addressed (two
 //! processes installing one digest install the same bytes). A second
@@ -133,8 +156,10 @@ mod error;
 mod ingest;
 mod journal;
 mod locks;
+mod mark;
 mod names;
 mod store;
+mod writeback;
 
 pub use crate::error::{StoreError, StoreErrorKind};
 pub use crate::ingest::{Committed, Ingest};

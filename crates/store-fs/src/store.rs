@@ -70,7 +70,9 @@ pub struct StoredModule {
     pub modified: SystemTime,
     /// Whether this process has checked that the content hashes to the name:
     /// `true` for modules ingested since [`FsStore::open`] and for those
-    /// [`FsStore::verify`] accepted; `false` for modules recovered from disk.
+    /// [`FsStore::verify`] accepted (by re-hashing them, or by the
+    /// verification mark of an unchanged file: see the crate docs); `false`
+    /// for modules recovered from disk.
     pub verified: bool,
 }
 
@@ -325,6 +327,31 @@ impl FsStore {
         self.inner.remove_locked(digest)
     }
 
+    /// Deletes a module only if `decide`, run under the digest's lock, says so:
+    /// the one way to delete a file that something may still refer to. The
+    /// caller checks in `decide` that nothing refers to the content (and may
+    /// drop its own references there); a concurrent
+    /// [`Ingest::commit_then`](crate::Ingest::commit_then) of the same digest
+    /// runs entirely before or entirely after. `decide` must not call back
+    /// into the store for the same digest, nor block.
+    ///
+    /// Returns `None` when `decide` said no, otherwise whether there was a
+    /// file to delete.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the file cannot be deleted; the module stays.
+    pub fn remove_if(
+        &self,
+        digest: &Sha256Digest,
+        decide: impl FnOnce() -> bool,
+    ) -> Result<Option<bool>, StoreError> {
+        let _guard = lock(self.inner.stripe(digest));
+        if !decide() {
+            return Ok(None);
+        }
+        self.inner.remove_locked(digest).map(Some)
+    }
+
     /// Whether a regular file for this digest exists right now (an `lstat`,
     /// nothing more: it says nothing about the content; see
     /// [`verify`](Self::verify)). A symlink at the name does not count.
@@ -436,7 +463,10 @@ impl FsStore {
         out
     }
 
-    /// Re-hashes the module's file (streaming, constant memory) and checks its
+    /// Checks the module's file: unless the file carries the verification
+    /// mark of this very state of it (same device, inode, size and
+    /// modification time as when a process of this user hashed it, see the
+    /// crate docs), re-hashes it (streaming, constant memory) and checks its
     /// Wasm header. `Ok(true)` marks it verified; `Ok(false)` marks it
     /// unverified and leaves the file alone (the caller decides: usually
     /// [`remove`](Self::remove) and fetch again).
@@ -448,27 +478,63 @@ impl FsStore {
     /// [`StoreError::NotFound`] if there is no file (the index entry is dropped);
     /// [`StoreError::Io`] if it cannot be read.
     pub fn verify(&self, digest: &Sha256Digest) -> Result<bool, StoreError> {
-        let _guard = lock(self.inner.stripe(digest));
-        Ok(matches!(self.inner.verify_locked(digest)?, Verdict::Ok))
+        self.verify_then(digest, |_| ()).map(|(ok, ())| ok)
     }
 
-    /// Re-hashes every module in the index. With `repair`, mismatching files are
+    /// [`verify`](Self::verify), then `then(verdict)` under the same digest
+    /// lock, so that what the caller records about a verified file (the cache
+    /// indexes an adopted one there) cannot race its removal. `then` must not
+    /// call back into the store for the same digest, nor block.
+    ///
+    /// # Errors
+    /// As [`verify`](Self::verify); `then` does not run on an error.
+    pub fn verify_then<R>(
+        &self,
+        digest: &Sha256Digest,
+        then: impl FnOnce(bool) -> R,
+    ) -> Result<(bool, R), StoreError> {
+        let _guard = lock(self.inner.stripe(digest));
+        let ok = matches!(self.inner.verify_locked(digest, true)?, Verdict::Ok);
+        Ok((ok, then(ok)))
+    }
+
+    /// Re-hashes every module in the index (verification marks are not
+    /// trusted here: every byte is read). With `repair`, mismatching files are
     /// deleted (and listed in [`VerifyReport::removed`]).
     ///
     /// # Errors
     /// The first [`StoreError::Io`] met while reading or deleting.
     pub fn verify_all(&self, repair: bool) -> Result<VerifyReport, StoreError> {
+        self.verify_all_then(repair, &mut |_| {})
+    }
+
+    /// [`verify_all`](Self::verify_all), calling `on_remove(digest)` under the
+    /// digest's lock just before a mismatching file is deleted (with `repair`),
+    /// so that the caller drops its references to it with no window in which
+    /// they name a deleted file. `on_remove` must not call back into the store
+    /// for the same digest, nor block.
+    ///
+    /// # Errors
+    /// As [`verify_all`](Self::verify_all).
+    pub fn verify_all_then(
+        &self,
+        repair: bool,
+        on_remove: &mut dyn FnMut(&Sha256Digest),
+    ) -> Result<VerifyReport, StoreError> {
         let digests: Vec<Sha256Digest> = self.list().into_iter().map(|m| m.digest).collect();
         let mut report = VerifyReport::default();
         for digest in digests {
             let _guard = lock(self.inner.stripe(&digest));
-            match self.inner.verify_locked(&digest) {
+            match self.inner.verify_locked(&digest, false) {
                 Ok(Verdict::Ok) => report.ok.push(digest),
                 Ok(Verdict::Mismatch(reason)) => {
                     let path = self.path_of(&digest);
                     tracing::warn!(path = %path.display(), %reason, "module file does not match its name");
-                    if repair && self.inner.remove_locked(&digest)? {
-                        report.removed.push(digest);
+                    if repair {
+                        on_remove(&digest);
+                        if self.inner.remove_locked(&digest)? {
+                            report.removed.push(digest);
+                        }
                     }
                     report.mismatched.push(Mismatch {
                         digest,
@@ -520,12 +586,13 @@ impl Inner {
     /// and the temporary file is deleted; otherwise the temporary file is
     /// renamed over the final name (atomically replacing an unverified or
     /// foreign file), the directory is fsynced, and the index updated.
-    pub(crate) fn install(
+    pub(crate) fn install<R>(
         &self,
         temp: &Path,
         digest: Sha256Digest,
         size: u64,
-    ) -> Result<Committed, StoreError> {
+        then: impl FnOnce(&Committed) -> R,
+    ) -> Result<(Committed, R), StoreError> {
         let _guard = lock(self.stripe(&digest));
         let path = self.path_of(&digest);
         let known_good = lock(&self.index)
@@ -536,12 +603,14 @@ impl Inner {
                 // Harmless: the next open removes it.
                 tracing::warn!(path = %temp.display(), error = %e, "could not remove temporary file");
             }
-            return Ok(Committed {
+            let committed = Committed {
                 digest,
                 size,
                 path,
                 already_present: true,
-            });
+            };
+            let r = then(&committed);
+            return Ok((committed, r));
         }
         fs::rename(temp, &path)
             .map_err(|e| StoreError::io("renaming temporary file into", &path, e))?;
@@ -559,12 +628,14 @@ impl Inner {
             },
         );
         sync_dir(&self.dir)?;
-        Ok(Committed {
+        let committed = Committed {
             digest,
             size,
             path,
             already_present: false,
-        })
+        };
+        let r = then(&committed);
+        Ok((committed, r))
     }
 
     /// Deletes a module's file; the caller holds the digest's lock.
@@ -582,8 +653,13 @@ impl Inner {
         Ok(existed)
     }
 
-    /// Re-hashes a module's file; the caller holds the digest's lock.
-    fn verify_locked(&self, digest: &Sha256Digest) -> Result<Verdict, StoreError> {
+    /// Re-hashes a module's file, or with `trust_mark` accepts its
+    /// verification mark; the caller holds the digest's lock.
+    fn verify_locked(
+        &self,
+        digest: &Sha256Digest,
+        trust_mark: bool,
+    ) -> Result<Verdict, StoreError> {
         let path = self.path_of(digest);
         match fs::symlink_metadata(&path) {
             Ok(m) if !m.is_file() => {
@@ -592,8 +668,12 @@ impl Inner {
             }
             _ => {}
         }
-        let (actual, size, header) = match hash_file(&path) {
-            Ok(v) => v,
+        let (actual, size, header) = match hash_file(&path, digest, trust_mark) {
+            Ok(Hashed::Marked(size)) => {
+                self.set_verified(digest, &path, size);
+                return Ok(Verdict::Ok);
+            }
+            Ok(Hashed::Read(actual, size, header)) => (actual, size, header),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 lock(&self.index).remove(digest);
                 return Err(StoreError::NotFound {
@@ -626,13 +706,40 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Marks a module verified in the index (its file's mark matched).
+    fn set_verified(&self, digest: &Sha256Digest, path: &Path, size: u64) {
+        let modified = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        let mut index = lock(&self.index);
+        let entry = index.entry(*digest).or_insert(Meta {
+            size,
+            modified,
+            verified: true,
+        });
+        entry.size = size;
+        entry.verified = true;
+    }
+}
+
+/// What [`hash_file`] found.
+enum Hashed {
+    /// The file carries the verification mark of its current state: not read.
+    Marked(u64),
+    /// The file was read: its digest, size and first (up to) 8 bytes.
+    Read(Sha256Digest, u64, [u8; 8]),
+}
+
 fn size_usize(size: u64) -> usize {
     usize::try_from(size).unwrap_or(usize::MAX)
 }
 
 /// Streams a file through SHA-256 with a fixed buffer; returns the digest, the
-/// size and the first (up to) 8 bytes.
-fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64, [u8; 8])> {
+/// size and the first (up to) 8 bytes. With `trust_mark`, a file carrying the
+/// verification mark of `name` for its current state is not read. A file
+/// that hashes to `name` and did not change while it was read gets the mark.
+fn hash_file(path: &Path, name: &Sha256Digest, trust_mark: bool) -> io::Result<Hashed> {
     let fd = rustix::fs::open(
         path,
         rustix::fs::OFlags::RDONLY
@@ -642,9 +749,14 @@ fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64, [u8; 8])> {
         rustix::fs::Mode::empty(),
     )?;
     let mut file = File::from(fd);
-    if !file.metadata()?.is_file() {
+    let before = rustix::fs::fstat(&file)?;
+    if rustix::fs::FileType::from_raw_mode(before.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::other("not a regular file"));
     }
+    if trust_mark && crate::mark::is_set(&file, name, &before) {
+        return Ok(Hashed::Marked(u64::try_from(before.st_size).unwrap_or(0)));
+    }
+    tracing::debug!(path = %path.display(), "hashing the module file (no verification mark for its current state)");
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; IO_BUFFER];
     let mut header = [0u8; 8];
@@ -661,7 +773,15 @@ fn hash_file(path: &Path) -> io::Result<(Sha256Digest, u64, [u8; 8])> {
         ctx.update(chunk);
         size += n as u64;
     }
-    Ok((crate::ingest::finish_digest(ctx), size, header))
+    let digest = crate::ingest::finish_digest(ctx);
+    if digest == *name
+        && check_wasm_header(&header[..header.len().min(size_usize(size))]).is_ok()
+        && let Ok(after) = rustix::fs::fstat(&file)
+        && crate::mark::same_identity(&before, &after)
+    {
+        crate::mark::set(&file, name, &after);
+    }
+    Ok(Hashed::Read(digest, size, header))
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@
 //!   every host itself, checks every resolved address and connects to exactly
 //!   those, for every connection (first request, redirect hop, token realm).
 //!   There is no check-then-use window.
-//! - **TLS**: webpki roots, the system's roots and extra CA bundles, loaded
-//!   once when the [`Transport`] is built; rustls with
+//! - **TLS**: webpki roots, the system's roots and extra CA bundles. Extra
+//!   bundles are read and checked when the [`Transport`] is built; the
+//!   system's roots are loaded once per process, on the first request that
+//!   verifies a certificate (plain-HTTP and insecure-listed hosts never load
+//!   them); rustls with
 //!   `rustls::crypto::ring::default_provider()` passed explicitly (the
 //!   process-wide default provider is never installed nor used).
 //! - **Insecure hosts** ([`InsecureHosts`]): `host:port`, `host` (any port)
@@ -34,7 +37,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -87,10 +90,15 @@ pub struct Transport {
 }
 
 struct Inner {
-    /// `[verified, unverified]` for the normal guard.
-    normal: [HttpClient; 2],
-    /// `[verified, unverified]` for the strict guard (no loopback or private).
-    strict: [HttpClient; 2],
+    /// For the normal guard: the verifying client (built on first use: it
+    /// needs the trust roots) and the one for plain HTTP and insecure hosts.
+    normal: Clients,
+    /// The same for the strict guard (no loopback or private).
+    strict: Clients,
+    /// The verifying TLS configuration, built on first use.
+    verifying: OnceLock<Result<rustls::ClientConfig, Error>>,
+    native_roots: bool,
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     insecure: InsecureHosts,
     max_redirects: usize,
     guard: Arc<Guard>,
@@ -107,6 +115,22 @@ impl fmt::Debug for Transport {
             .field("proxy", &i.proxy)
             .finish_non_exhaustive()
     }
+}
+
+/// A builder's options, parsed and checked.
+struct Checked {
+    insecure: InsecureHosts,
+    blocked: Vec<ipnet::IpNet>,
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    proxy: ProxyConfig,
+}
+
+/// The two clients of one guard.
+struct Clients {
+    connector: GuardedConnector,
+    verified: OnceLock<HttpClient>,
+    /// Plain HTTP, and HTTPS to insecure-listed hosts (no certificate check).
+    unverified: HttpClient,
 }
 
 #[derive(Debug, Clone)]
@@ -220,15 +244,18 @@ impl TransportBuilder {
         self
     }
 
-    /// Builds the transport: parses the lists, loads the CA bundles and
-    /// the system roots (once), reads the proxy variables.
+    /// Checks the options as [`build`](Self::build) would (lists, CA bundles,
+    /// proxy variables) without building anything: cheap, for callers that
+    /// build the transport (or a fetcher around it) later, on first use, but
+    /// want a bad option reported now.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming what is wrong: a zero timeout, a CIDR
-    /// or insecure-host entry that does not parse, an unreadable or
-    /// certificate-less CA bundle (naming the file), a proxy variable that is
-    /// not a usable proxy URL.
-    pub fn build(self) -> Result<Transport, Error> {
+    /// As [`build`](Self::build).
+    pub fn check(&self) -> Result<(), Error> {
+        self.checked().map(drop)
+    }
+
+    fn checked(&self) -> Result<Checked, Error> {
         let invalid = |reason: String| Error::InvalidConfig { reason };
         if self.connect_timeout.is_zero() {
             return Err(invalid(
@@ -259,11 +286,36 @@ impl TransportBuilder {
                 CaSource::Pem(pem) => bundles.push(("given as PEM".to_owned(), pem.clone())),
             }
         }
-        let roots = tls::roots(self.native_roots, &bundles)?;
-        let proxy = match self.proxy {
-            Some(p) => p,
+        let extra_roots = tls::extra_roots(&bundles)?;
+        let proxy = match &self.proxy {
+            Some(p) => p.clone(),
             None => ProxyConfig::from_env().map_err(invalid)?,
         };
+        Ok(Checked {
+            insecure,
+            blocked,
+            extra_roots,
+            proxy,
+        })
+    }
+
+    /// Builds the transport: parses the lists, reads and checks the CA
+    /// bundles, reads the proxy variables. The system's roots are not loaded
+    /// here: once per process, by the first request that verifies a
+    /// certificate.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming what is wrong: a zero timeout, a CIDR
+    /// or insecure-host entry that does not parse, an unreadable or
+    /// certificate-less CA bundle (naming the file), a proxy variable that is
+    /// not a usable proxy URL.
+    pub fn build(self) -> Result<Transport, Error> {
+        let Checked {
+            insecure,
+            blocked,
+            extra_roots,
+            proxy,
+        } = self.checked()?;
         let proxy = Arc::new(proxy);
         let guard = Arc::new(Guard {
             blocked,
@@ -271,7 +323,6 @@ impl TransportBuilder {
             allow_loopback: self.allow_loopback,
         });
         let strict_guard = Arc::new(guard.strict());
-        let verified = tls::verifying(roots)?;
         let unverified = tls::insecure()?;
         let pair = |g: &Arc<Guard>| {
             let connector = GuardedConnector {
@@ -279,15 +330,19 @@ impl TransportBuilder {
                 connect_timeout: self.connect_timeout,
                 proxy: Arc::clone(&proxy),
             };
-            [
-                client(&verified, connector.clone()),
-                client(&unverified, connector),
-            ]
+            Clients {
+                unverified: client(&unverified, connector.clone()),
+                verified: OnceLock::new(),
+                connector,
+            }
         };
         Ok(Transport {
             inner: Arc::new(Inner {
                 normal: pair(&guard),
                 strict: pair(&strict_guard),
+                verifying: OnceLock::new(),
+                native_roots: self.native_roots,
+                extra_roots,
                 insecure,
                 max_redirects: self.max_redirects,
                 guard,
@@ -596,17 +651,32 @@ impl Transport {
         }
     }
 
-    fn client_for(&self, url: &Url, strict: bool) -> &HttpClient {
-        let pair = if strict {
+    /// The client for a hop: plain HTTP and insecure-listed HTTPS hosts
+    /// use the client that verifies nothing (and so needs no trust roots);
+    /// other HTTPS hosts the verifying client, built on first use.
+    fn client_for(&self, url: &Url, strict: bool, label: &str) -> Result<&HttpClient, Error> {
+        let clients = if strict {
             &self.inner.strict
         } else {
             &self.inner.normal
         };
-        if url.scheme() == "https" && self.is_insecure(url) {
-            &pair[1]
-        } else {
-            &pair[0]
+        if url.scheme() != "https" || self.is_insecure(url) {
+            return Ok(&clients.unverified);
         }
+        if let Some(c) = clients.verified.get() {
+            return Ok(c);
+        }
+        let config = self
+            .inner
+            .verifying
+            .get_or_init(|| tls::verifying(self.inner.native_roots, &self.inner.extra_roots))
+            .as_ref()
+            .map_err(|e| Error::InvalidConfig {
+                reason: format!("{label}: {e}"),
+            })?;
+        Ok(clients
+            .verified
+            .get_or_init(|| client(config, clients.connector.clone())))
     }
 
     /// Sends `req`, following redirects by the policy, and returns the first
@@ -647,7 +717,7 @@ impl Transport {
                 })?;
             tracing::debug!(url = %shown, redirects, "request");
             let response = self
-                .client_for(&hop, strict)
+                .client_for(&hop, strict, &label)?
                 .request(request)
                 .await
                 .map_err(|e| classify(&label, &e))?;
@@ -879,6 +949,48 @@ mod tests {
         assert!(!t.is_insecure(&Url::parse("https://a.example/").unwrap()));
         assert!(t.is_insecure(&Url::parse("https://b.example:1/").unwrap()));
         assert!(format!("{t:?}").contains("192.0.2.1/32"));
+    }
+
+    /// Issue 19: the system's trust roots are loaded once per process, and
+    /// only by a request that verifies a certificate: building transports
+    /// and plain-HTTP requests load none (the old code loaded them in every
+    /// `build`, several times per OCI process).
+    #[tokio::test]
+    async fn system_roots_are_loaded_once_and_only_for_verified_https() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let b = || Transport::builder().proxy(ProxyConfig::none());
+        let (one, two) = (b().build().unwrap(), b().build().unwrap());
+        assert_eq!(tls::NATIVE_LOADS.load(SeqCst), 0, "building loads no roots");
+        // A plain-HTTP server on loopback, answering one request.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let (mut c, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).await;
+            let _ = c
+                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                .await;
+        });
+        let url = Url::parse(&format!("http://{addr}/m.wasm")).unwrap();
+        let r = one.send(Request::get(url)).await.unwrap();
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        server.await.unwrap();
+        // An insecure-listed HTTPS host verifies nothing: no roots either.
+        let insecure = b().insecure_hosts(["127.0.0.1:1"]).build().unwrap();
+        let url = Url::parse("https://127.0.0.1:1/m.wasm").unwrap();
+        assert!(insecure.send(Request::get(url.clone())).await.is_err());
+        assert_eq!(
+            tls::NATIVE_LOADS.load(SeqCst),
+            0,
+            "plain HTTP loads no roots"
+        );
+        // Verified HTTPS (to a closed port: the client is set up first).
+        assert!(one.send(Request::get(url.clone())).await.is_err());
+        assert!(two.send(Request::get(url.clone())).await.is_err());
+        assert!(one.send(Request::get(url)).await.is_err());
+        assert_eq!(tls::NATIVE_LOADS.load(SeqCst), 1, "once per process");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! rustls client configurations, always on the ring provider.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -19,13 +19,29 @@ fn invalid(reason: String) -> Error {
     Error::InvalidConfig { reason }
 }
 
-/// The trusted roots: webpki's Mozilla roots, the system's (when asked and
-/// readable), and the extra PEM bundles (`(origin, bytes)`, origin naming the
-/// file for errors).
-pub(crate) fn roots(native: bool, extra: &[(String, Vec<u8>)]) -> Result<RootCertStore, Error> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if native {
+/// How many times this process loaded the system's roots (tests).
+#[cfg(test)]
+pub(crate) static NATIVE_LOADS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// webpki's Mozilla roots, plus the system's when `native` (and readable):
+/// loaded once per process (reading the system's store opens and parses
+/// every certificate file in it), on first use.
+fn base_roots(native: bool) -> &'static RootCertStore {
+    static WEBPKI: OnceLock<RootCertStore> = OnceLock::new();
+    static WITH_NATIVE: OnceLock<RootCertStore> = OnceLock::new();
+    let webpki = || {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        roots
+    };
+    if !native {
+        return WEBPKI.get_or_init(webpki);
+    }
+    WITH_NATIVE.get_or_init(|| {
+        #[cfg(test)]
+        NATIVE_LOADS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut roots = webpki();
         // Missing or unreadable system stores are not fatal: webpki roots remain.
         let found = rustls_native_certs::load_native_certs();
         let (added, ignored) = roots.add_parsable_certificates(found.certs);
@@ -33,9 +49,18 @@ pub(crate) fn roots(native: bool, extra: &[(String, Vec<u8>)]) -> Result<RootCer
             added,
             ignored,
             errors = found.errors.len(),
-            "system root certificates"
+            "system root certificates (loaded once per process)"
         );
-    }
+        roots
+    })
+}
+
+/// The certificates of extra PEM bundles (`(origin, bytes)`, origin naming
+/// the file for errors), each checked to be usable as a trust anchor.
+pub(crate) fn extra_roots(
+    extra: &[(String, Vec<u8>)],
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let mut all = Vec::new();
     for (origin, pem) in extra {
         let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
             .collect::<Result<_, _>>()
@@ -45,17 +70,29 @@ pub(crate) fn roots(native: bool, extra: &[(String, Vec<u8>)]) -> Result<RootCer
                 "CA bundle {origin} holds no PEM certificate"
             )));
         }
+        let mut check = RootCertStore::empty();
         for cert in certs {
-            roots
-                .add(cert)
+            check
+                .add(cert.clone())
                 .map_err(|e| invalid(format!("CA bundle {origin}: unusable certificate: {e}")))?;
+            all.push(cert);
         }
     }
-    Ok(roots)
+    Ok(all)
 }
 
-/// A verifying client configuration over `roots`.
-pub(crate) fn verifying(roots: RootCertStore) -> Result<ClientConfig, Error> {
+/// A verifying client configuration: the process's base roots
+/// ([`base_roots`]) plus `extra` (already checked by [`extra_roots`]).
+pub(crate) fn verifying(
+    native: bool,
+    extra: &[CertificateDer<'static>],
+) -> Result<ClientConfig, Error> {
+    let mut roots = base_roots(native).clone();
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| invalid(format!("CA bundle: unusable certificate: {e}")))?;
+    }
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(format!("TLS setup: {e}")))?

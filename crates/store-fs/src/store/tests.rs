@@ -373,8 +373,8 @@ fn enospc_is_a_clear_error_and_keeps_previous_state() {
             .open("/dev/full")
             .unwrap(),
     );
-    // Larger than the buffer, so the write reaches the "disk" at once.
-    let io_err = ing.write(&module(200_000, 10)).unwrap_err();
+    // Larger than the 1 MiB write buffer, so the write reaches the "disk" at once.
+    let io_err = ing.write(&module(2 << 20, 10)).unwrap_err();
     assert_eq!(io_err.kind(), std::io::ErrorKind::StorageFull);
     assert!(
         io_err.to_string().starts_with(&format!(
@@ -505,6 +505,87 @@ fn concurrent_remove_and_ingest_of_one_digest() {
     let c = put(&store, &m);
     assert!(c.path.exists());
     assert!(store.verify(&d).unwrap());
+}
+
+/// The store's lock of a content is the one lock that orders publishing
+/// against deleting (issue 14): a holder that records its reference in
+/// `commit_then` never sees the file deleted by a `remove_if` that deletes
+/// only unreferenced content, however the threads interleave.
+#[test]
+fn commit_then_and_remove_if_never_delete_a_referenced_module() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    let m = Arc::new(module(64 * 1024, 13));
+    let d = sha(&m);
+    // A stand-in for the cache's index: how many holders refer to the content.
+    let refs = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let (store, m, refs) = (store.clone(), Arc::clone(&m), Arc::clone(&refs));
+        threads.push(std::thread::spawn(move || {
+            for i in 0..40 {
+                if t % 2 == 0 {
+                    let mut ing = store.ingest(Some(d), u64::MAX).unwrap();
+                    feed(&mut ing, &m, 4096 + i);
+                    let (c, ()) = ing
+                        .commit_then(|_| {
+                            refs.fetch_add(1, Ordering::SeqCst);
+                        })
+                        .unwrap();
+                    // Referenced: no remover may have deleted it.
+                    assert_eq!(fs::read(&c.path).unwrap().as_slice(), m.as_slice());
+                    refs.fetch_sub(1, Ordering::SeqCst);
+                } else {
+                    let _ = store
+                        .remove_if(&d, || refs.load(Ordering::SeqCst) == 0)
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(store.get(&d).is_some(), store.path_of(&d).exists());
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+#[test]
+fn remove_if_verify_then_and_verify_all_then_report_what_they_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    let m = module(4096, 14);
+    let c = put(&store, &m);
+    assert_eq!(store.remove_if(&c.digest, || false).unwrap(), None);
+    assert!(c.path.exists(), "kept when the caller says no");
+    assert_eq!(store.verify_then(&c.digest, |ok| ok).unwrap(), (true, true));
+    assert!(store.get(&c.digest).unwrap().verified);
+    // Changed behind the store's back: the verdict reaches the callback and
+    // the store's record says unverified.
+    let mut bad = m.clone();
+    bad[100] ^= 0xff;
+    fs::set_permissions(&c.path, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&c.path, &bad).unwrap();
+    assert_eq!(
+        store.verify_then(&c.digest, |ok| ok).unwrap(),
+        (false, false)
+    );
+    assert!(!store.get(&c.digest).unwrap().verified);
+    let mut seen = Vec::new();
+    let report = store
+        .verify_all_then(false, &mut |d| seen.push(*d))
+        .unwrap();
+    assert_eq!(report.mismatched.len(), 1);
+    assert!(seen.is_empty(), "nothing removed without repair");
+    let report = store.verify_all_then(true, &mut |d| seen.push(*d)).unwrap();
+    assert_eq!(report.removed, vec![c.digest]);
+    assert_eq!(seen, vec![c.digest], "told just before the removal");
+    assert!(!c.path.exists());
+    assert_eq!(store.remove_if(&c.digest, || true).unwrap(), Some(false));
+    let c = put(&store, &m);
+    assert_eq!(store.remove_if(&c.digest, || true).unwrap(), Some(true));
+    assert!(!c.path.exists() && store.get(&c.digest).is_none());
 }
 
 /// Open must not read module content: 10,000 modules open with one readdir and
@@ -859,4 +940,104 @@ fn key_locks_exclude_bound_their_wait_and_refuse_symlinks() {
         "created through a dangling symlink"
     );
     assert!(fs::symlink_metadata(again.path()).unwrap().is_file());
+}
+
+/// Replaces a module file's content in place (same inode, same size) and
+/// sets its modification time back: what only the file's owner can do.
+fn rewrite_keeping_mtime(path: &Path, content: &[u8]) {
+    let before = fs::metadata(path).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    use std::io::Write as _;
+    (&f).write_all(content).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(before.modified().unwrap()))
+        .unwrap();
+    drop(f);
+    let after = fs::metadata(path).unwrap();
+    assert_eq!(
+        (after.ino(), after.len(), after.modified().unwrap()),
+        (before.ino(), before.len(), before.modified().unwrap())
+    );
+}
+
+/// Issue 19: a module this user verified is not re-hashed by the next
+/// process while the file's identity (device, inode, size, mtime) is
+/// unchanged. To show that no byte is read, the content is swapped behind
+/// the store's back with the identity kept (only the owner can do that):
+/// `verify` still accepts it, where the old code re-hashed and refused.
+/// `verify_all` (the `verify` command) ignores the mark and reads everything.
+#[test]
+fn an_unchanged_verified_file_is_not_hashed_again_by_the_next_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = module(300_000, 41);
+    let digest = sha(&bytes);
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        put(&store, &bytes);
+    }
+    let path = dir.path().join(digest.file_name());
+    let mut forged = bytes.clone();
+    forged[1000] ^= 0xff;
+    rewrite_keeping_mtime(&path, &forged);
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    assert!(
+        !store.get(&digest).unwrap().verified,
+        "recovered: not verified yet"
+    );
+    assert!(
+        store.verify(&digest).unwrap(),
+        "the mark of an unchanged identity is trusted"
+    );
+    assert!(store.get(&digest).unwrap().verified);
+    let report = store.verify_all(false).unwrap();
+    assert_eq!(report.mismatched.len(), 1, "verify_all reads every byte");
+}
+
+/// A changed file (new mtime) is re-hashed; a file re-hashed and found good
+/// gets the mark again; a file owned by another user is never trusted by its
+/// mark.
+#[test]
+fn a_changed_or_foreign_file_is_hashed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = module(100_000, 42);
+    let digest = sha(&bytes);
+    let path = dir.path().join(digest.file_name());
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        put(&store, &bytes);
+    }
+    // Touched (same content, new mtime): re-hashed, accepted, marked again.
+    let later =
+        fs::metadata(&path).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(later))
+        .unwrap();
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        assert!(store.verify(&digest).unwrap());
+    }
+    // Now the mark matches again: a forged content with that mtime passes...
+    let mut forged = bytes.clone();
+    forged[50] ^= 1;
+    rewrite_keeping_mtime(&path, &forged);
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        assert!(store.verify(&digest).unwrap());
+    }
+    // ...but not once the file belongs to someone else.
+    rustix::fs::chown(&path, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+    {
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        assert!(
+            !store.verify(&digest).unwrap(),
+            "a foreign file is re-hashed"
+        );
+    }
+    // A really changed file (content and mtime): re-hashed and refused.
+    rustix::fs::chown(&path, Some(rustix::process::geteuid()), None).unwrap();
+    fs::write(&path, &forged).unwrap();
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    assert!(!store.verify(&digest).unwrap());
 }
