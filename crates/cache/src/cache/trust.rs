@@ -173,11 +173,12 @@ impl Verifications {
     /// repository, when the policy requires the payload to name it), or the
     /// index holds a record of such a key whose evidence verifies again.
     pub(super) fn known(&self, index: &Index, policy: &TrustPolicy, subject: &Subject<'_>) -> bool {
+        // An http(s) blob has no repository to name.
+        let needs_repository = policy.requires_reference() && subject.repository.is_some();
         if let Some(seen) = self.seen.get(subject.digest) {
             let ok = seen.iter().any(|(key, repository)| {
                 policy.trusts(key)
-                    && (!policy.requires_reference()
-                        || (repository.is_some() && repository.as_deref() == subject.repository))
+                    && (!needs_repository || repository.as_deref() == subject.repository)
             });
             if ok {
                 return true;
