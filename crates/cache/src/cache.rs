@@ -27,12 +27,14 @@ use crate::{CacheBuilder, Clock, Error, GetRequest};
 
 mod fetch;
 mod flight;
+mod hints;
 mod hit;
 mod purge;
 mod recover;
 mod trust;
 
 use self::flight::{Flight, FlightKey, flight_key};
+use self::hints::Hints;
 use self::hit::Hit;
 pub use self::purge::PurgeReport;
 use self::purge::purge_loop;
@@ -102,6 +104,8 @@ struct Inner {
     store: FsStore,
     index: Index,
     journal: Journal<IndexEvent>,
+    /// The lookup hints beside the modules (`None`: not available here).
+    hints: Option<Hints>,
     /// Serialises reads of other processes' journal appends into the index.
     sync: Mutex<()>,
     /// Last-use updates of hits not yet in the journal: appended as one batch
@@ -147,6 +151,29 @@ impl Cache {
         CacheBuilder::new(dir.into())
     }
 
+    /// Answers `req` from the cache directory `dir` without opening a cache
+    /// (no journal replay, no directory scan, no fetcher): the path the
+    /// `wasm-cache fetch` command serves a hit from, in a few milliseconds
+    /// whatever the number of cached modules.
+    ///
+    /// Only a request pinned to a checksum (or an OCI URL pinned with `@`)
+    /// and carrying no trust policy is answered; the entry is found through
+    /// the directory's lookup hints, its file checked against its digest
+    /// (its verification mark, or hashing it), and the hit recorded in the
+    /// journal as [`get`](Self::get) records it: its last use, and the URL's
+    /// checksum record if that changed. `Ok(None)` means "not answered here":
+    /// open a cache and [`get`](Self::get) it (a miss, an unpinned URL, a
+    /// request under a trust policy, a directory without hints). A trust
+    /// policy set on a builder is unknown here: do not use this for a cache
+    /// whose builder sets one.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the module file exists but cannot be read.
+    pub fn hit_in_dir(dir: impl AsRef<Path>, req: &GetRequest) -> Result<Option<Outcome>, Error> {
+        let now = Timestamp::from_system_time(std::time::SystemTime::now());
+        hints::hit_in_dir(dir.as_ref(), req, now)
+    }
+
     pub(crate) async fn open(
         dir: PathBuf,
         fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
@@ -155,13 +182,22 @@ impl Cache {
         background: bool,
     ) -> Result<Self, Error> {
         let now = Timestamp::from_system_time(clock.now());
-        let (store, index, journal) = tokio::task::spawn_blocking(move || recover(&dir, now))
-            .await
-            .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+        let (store, index, journal, hints) = tokio::task::spawn_blocking(move || {
+            recover(&dir, now).map(|(store, index, journal)| {
+                let hints = Hints::open(store.dir());
+                if let Some(h) = &hints {
+                    h.reconcile(&index);
+                }
+                (store, index, journal, hints)
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
         let inner = Arc::new(Inner {
             store,
             index,
             journal,
+            hints,
             sync: Mutex::new(()),
             touches: DashMap::new(),
             fetchers,
@@ -441,10 +477,18 @@ impl Inner {
             .journal
             .lock_shared(Instant::now() + METADATA_WAIT)
             .and_then(|shared| shared.append(events, true));
-        if let Err(e) = appended {
+        match appended {
+            Ok(()) => self.hints_after(events),
             // The module is served from memory all the same; a restart would
             // treat its file as an orphan, or find its file gone.
-            warn!(error = %e, "appending to the wasm cache journal failed");
+            Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
+        }
+    }
+
+    /// Brings the lookup hints up to date with records just journaled.
+    fn hints_after(&self, events: &[IndexEvent]) {
+        if let Some(h) = &self.hints {
+            h.after(&self.index, events);
         }
     }
 

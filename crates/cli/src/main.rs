@@ -502,8 +502,8 @@ async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, 
         ));
     }
     let trust = trust_policy(&args.verify_keys, args.require_reference)?;
-    let (cache, req) = open_for(dir, &args.net, progress).await?;
-    let mut req = req
+    let mut req = GetRequest::new(args.net.url.clone())
+        .timeout(args.net.timeout)
         .resource(args.resource_name, args.resource_version)
         .pull_policy(args.policy.into());
     if let Some(sum) = args.sha256 {
@@ -516,15 +516,28 @@ async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, 
         req = req.signature_url(url);
     }
     let started = Instant::now();
-    let result = cache.get_detailed(&req).await;
+    // A pinned hit is answered from the directory's hints, without opening
+    // the cache (no journal replay, no fetcher, no trust roots).
+    let quick = Cache::hit_in_dir(dir, &req)?;
+    let outcome = match quick {
+        Some(outcome) => outcome,
+        None => {
+            let (cache, common) = open_for(dir, &args.net, progress).await?;
+            if let Some(secret) = common.pull_secret {
+                req = req.pull_secret(secret);
+            }
+            let result = cache.get_detailed(&req).await;
+            // Persist records and last use whatever happened; a failure to do so
+            // does not fail a fetch that succeeded (the module is in place).
+            let closed = cache.shutdown().await;
+            let outcome = result?;
+            if let Err(e) = closed {
+                tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
+            }
+            outcome
+        }
+    };
     let took = started.elapsed();
-    // Persist records and last use whatever happened; a failure to do so
-    // does not fail a fetch that succeeded (the module is in place).
-    let closed = cache.shutdown().await;
-    let outcome = result?;
-    if let Err(e) = closed {
-        tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
-    }
     if outcome.cached {
         debug!(target: TARGET, "{} found in the cache", redact_url(&req.url));
     } else {

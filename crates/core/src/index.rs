@@ -604,6 +604,14 @@ impl Index {
         self.checksums.get(url).map(|r| r.value().clone())
     }
 
+    /// Every per-URL checksum record (URL as given, record), in no order.
+    pub fn checksum_records(&self) -> Vec<(String, ChecksumRecord)> {
+        self.checksums
+            .iter()
+            .map(|r| (r.key().clone(), r.value().clone()))
+            .collect()
+    }
+
     /// Number of per-URL checksum records.
     pub fn record_count(&self) -> usize {
         self.checksums.len()
@@ -800,17 +808,22 @@ impl Index {
         files: &BTreeMap<Sha256Digest, crate::plan::FileFacts>,
         now: Timestamp,
     ) -> crate::plan::Reconciled {
-        let mut dropped = Vec::new();
-        for e in self.entries() {
-            if !files.contains_key(&e.content) {
-                self.remove(&e.key);
-                dropped.push(e.key);
-            }
+        // Keys only, not snapshots: this runs at every open, over every entry.
+        let mut dropped: Vec<ModuleKey> = self
+            .modules
+            .iter()
+            .filter(|e| !files.contains_key(&e.content))
+            .map(|e| e.key().clone())
+            .collect();
+        dropped.sort();
+        for key in &dropped {
+            self.remove(key);
         }
         // One pass each (a pass per entry made opening n modules O(n^2)).
         let wrong_sizes = self.correct_sizes(&|c| files.get(c).map(|f| f.size));
         let future_last_use = self.clamp_future_to(now, &|c| files.get(c).map(|f| f.written));
-        let in_use = crate::plan::contents(&self.entries());
+        let in_use: std::collections::HashSet<Sha256Digest> =
+            self.modules.iter().map(|e| e.content).collect();
         let orphans = files
             .keys()
             .filter(|d| !in_use.contains(*d))

@@ -1,8 +1,9 @@
 //! # wasm-cache-core
 //!
 //! The pure heart of wasm-cache: module keys, URL parsing, pull policy, the
-//! checksum index with expiry and LRU selection, and the [`Fetcher`] trait that
-//! backends implement.
+//! checksum index, purge and recovery planning ([`plan`]: expiry, the byte
+//! budget, orphans, reconciling a journal with the files on disk), and the
+//! [`Fetcher`] trait that backends implement.
 //!
 //! Design choice: this crate does no I/O, reads no clock and needs no async
 //! runtime. Time is a parameter ([`Timestamp`]), so every rule here is

@@ -153,6 +153,7 @@
 //! directory: names not ending in `.wasm` are ignored by recovery.
 
 mod error;
+mod hints;
 mod ingest;
 mod journal;
 mod locks;
@@ -162,6 +163,7 @@ mod store;
 mod writeback;
 
 pub use crate::error::{StoreError, StoreErrorKind};
+pub use crate::hints::{HintDir, check_module};
 pub use crate::ingest::{Committed, Ingest};
 pub use crate::journal::{JOURNAL_LOCK_WAIT, Journal, JournalLock, Replay};
 pub use crate::locks::FileLock;

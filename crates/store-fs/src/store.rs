@@ -723,6 +723,26 @@ impl Inner {
     }
 }
 
+/// [`crate::check_module`]: the file at `path` hashes to `digest` (by its
+/// mark or by reading it) and starts like a Wasm module.
+pub(crate) fn check_file(path: &Path, digest: &Sha256Digest) -> Result<Option<u64>, StoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("reading module file", path, e)),
+    }
+    match hash_file(path, digest, true) {
+        Ok(Hashed::Marked(size)) => Ok(Some(size)),
+        Ok(Hashed::Read(actual, size, header)) => Ok((actual == *digest
+            && check_wasm_header(&header[..header.len().min(size_usize(size))]).is_ok())
+        .then_some(size)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Ok(None),
+        Err(e) => Err(StoreError::io("reading module file", path, e)),
+    }
+}
+
 /// What [`hash_file`] found.
 enum Hashed {
     /// The file carries the verification mark of its current state: not read.

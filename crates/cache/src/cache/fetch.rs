@@ -204,13 +204,12 @@ impl Inner {
             // Journaled after the store's lock of the content is released
             // (never under it), still under the journal's shared lock.
             match &shared {
-                Some(shared) => {
-                    if let Err(e) = shared.append(std::slice::from_ref(&insert), true) {
-                        // Served from memory all the same; the next start finds
-                        // the file as an orphan.
-                        warn!(error = %e, "appending to the wasm cache journal failed");
-                    }
-                }
+                Some(shared) => match shared.append(std::slice::from_ref(&insert), true) {
+                    Ok(()) => me.hints_after(std::slice::from_ref(&insert)),
+                    // Served from memory all the same; the next start finds
+                    // the file as an orphan.
+                    Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
+                },
                 None => me.journal_append(&insert),
             }
             Ok::<_, wasm_cache_core::Error>(Published {

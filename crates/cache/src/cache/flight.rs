@@ -31,12 +31,11 @@ pub(super) type FlightKey = (
     Option<(Vec<KeyFingerprint>, bool)>,
 );
 
-/// The name of the cross-process lock of one download: the URL as given and
-/// the checksum it must have.
-/// The cross-process download lock's key: like the in-process [`FlightKey`],
-/// it names the credentials (by a hash of the pull secret, never the secret),
-/// so a process downloading with one caller's credentials never makes a caller
-/// with other credentials wait for it and then take its module as a hit.
+/// The name of the cross-process lock of one download: the URL as given, the
+/// checksum it must have and, like the in-process [`FlightKey`], the
+/// credentials (by a hash of the pull secret, never the secret), so a process
+/// downloading with one caller's credentials never makes a caller with other
+/// credentials wait for it and then take its module as a hit.
 pub(super) fn flight_key(
     url: &str,
     expected: Option<Sha256Digest>,

@@ -145,12 +145,11 @@ impl Inner {
         }
         self.meters.entries(self.index.len());
         match &exclusive {
-            Some(x) if !events.is_empty() => {
-                if let Err(e) = x.append(&events, true) {
-                    // The files are gone: the next start drops their entries.
-                    warn!(error = %e, "appending to the wasm cache journal failed");
-                }
-            }
+            Some(x) if !events.is_empty() => match x.append(&events, true) {
+                Ok(()) => self.hints_after(&events),
+                // The files are gone: the next start drops their entries.
+                Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
+            },
             Some(_) => {}
             None => self.journal_append_all(&events),
         }
@@ -186,8 +185,10 @@ impl Inner {
                 .store
                 .remove_if(&digest, || !self.index.content_in_use(&digest))
             {
-                Ok(None) => {}
-                Ok(Some(_)) => report.files_removed += 1,
+                // `Some(false)`: the listing was stale, another process
+                // deleted it.
+                Ok(None | Some(false)) => {}
+                Ok(Some(true)) => report.files_removed += 1,
                 Err(e) => {
                     report.failures += 1;
                     warn!(error = %e, "removing an orphaned module failed");

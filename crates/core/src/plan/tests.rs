@@ -59,6 +59,12 @@ fn entries() -> impl Strategy<Value = Vec<EntryInfo>> {
     })
 }
 
+/// Entries, the time now (after every use) and a byte budget in the range of
+/// their totals.
+fn scene() -> impl Strategy<Value = (Vec<EntryInfo>, u64, u64)> {
+    (entries(), 1_000u64..1_600, 0u64..1_500)
+}
+
 /// Checks one eviction plan against the model, by brute force over every
 /// set of contents.
 fn check_eviction(
@@ -184,20 +190,16 @@ proptest! {
 
     #[test]
     fn every_eviction_plan_is_whole_needed_and_lru(
-        entries in entries(),
-        now in 1_000u64..1_600,
+        (entries, now, budget) in scene(),
         grace in 0u64..700,
-        budget in 0u64..1_500,
     ) {
         check_eviction(&entries, Timestamp(now), budget, Duration::from_millis(grace))?;
     }
 
     #[test]
     fn an_entry_used_exactly_grace_ago_is_kept(
-        entries in entries(),
-        now in 1_000u64..1_600,
+        (entries, now, budget) in scene(),
         pick: prop::sample::Index,
-        budget in 0u64..1_500,
     ) {
         prop_assume!(!entries.is_empty());
         // The grace period is exactly the age of one entry: it must stay.
