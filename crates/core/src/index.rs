@@ -295,7 +295,12 @@ impl fmt::Debug for Removed {
 
 /// A change to the index, as persisted in a journal and replayed on restart.
 /// `Debug` redacts the URLs.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialized as a map tagged by `"op"` (written first). Decoding is
+/// hand-written ([`EventVisitor`]) for the open of a large cache: serde's
+/// derived decoding of an internally tagged enum buffers every field before
+/// it knows the variant, which was most of the journal replay's time.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum IndexEvent {
@@ -344,6 +349,142 @@ pub enum IndexEvent {
         /// What the key signed (see [`SignatureRecord`]).
         evidence: String,
     },
+}
+
+impl<'de> Deserialize<'de> for IndexEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EventVisitor)
+    }
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    Insert,
+    Touch,
+    Remove,
+    Record,
+    Signed,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Op,
+    Key,
+    Content,
+    Size,
+    Url,
+    At,
+    Checksum,
+    ResourceName,
+    ResourceVersion,
+    Evidence,
+    #[serde(other)]
+    Other,
+}
+
+/// A `key` read before the `op` said which kind it is.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum KeyField {
+    Module(ModuleKey),
+    Digest(Sha256Digest),
+}
+
+/// Decodes an [`IndexEvent`] field by field, in one pass when `op` comes
+/// first (as this crate writes it); fields in another order decode too.
+/// Unknown fields are ignored; an unknown `op` or a missing field is an error
+/// naming it.
+struct EventVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EventVisitor {
+    type Value = IndexEvent;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an index event (a map with an \"op\")")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<IndexEvent, A::Error> {
+        use serde::de::Error as _;
+        let mut op = None;
+        let mut key: Option<KeyField> = None;
+        let mut content = None;
+        let mut size = None;
+        let mut url: Option<Option<String>> = None;
+        let mut at = None;
+        let mut checksum = None;
+        let mut resource_name = None;
+        let mut resource_version = None;
+        let mut evidence = None;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Op => op = Some(map.next_value::<Op>()?),
+                Field::Key => {
+                    key = Some(match op {
+                        Some(Op::Signed) => KeyField::Digest(map.next_value()?),
+                        Some(_) => KeyField::Module(map.next_value()?),
+                        None => map.next_value::<KeyField>()?,
+                    });
+                }
+                Field::Content => content = Some(map.next_value()?),
+                Field::Size => size = Some(map.next_value()?),
+                Field::Url => url = Some(map.next_value()?),
+                Field::At => at = Some(map.next_value()?),
+                Field::Checksum => checksum = Some(map.next_value()?),
+                Field::ResourceName => resource_name = Some(map.next_value()?),
+                Field::ResourceVersion => resource_version = Some(map.next_value()?),
+                Field::Evidence => evidence = Some(map.next_value()?),
+                Field::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let op = op.ok_or_else(|| A::Error::missing_field("op"))?;
+        let module_key = |k: Option<KeyField>| match k {
+            Some(KeyField::Module(k)) => Ok(k),
+            Some(KeyField::Digest(_)) => Err(A::Error::custom(
+                "key: expected a module key (name and checksum)",
+            )),
+            None => Err(A::Error::missing_field("key")),
+        };
+        fn need<T, E: serde::de::Error>(v: Option<T>, name: &'static str) -> Result<T, E> {
+            v.ok_or_else(|| E::missing_field(name))
+        }
+        Ok(match op {
+            Op::Insert => IndexEvent::Insert {
+                key: module_key(key)?,
+                content: need(content, "content")?,
+                size: need(size, "size")?,
+                url: url.flatten(),
+                at: need(at, "at")?,
+            },
+            Op::Touch => IndexEvent::Touch {
+                key: module_key(key)?,
+                at: need(at, "at")?,
+            },
+            Op::Remove => IndexEvent::Remove {
+                key: module_key(key)?,
+            },
+            Op::Record => IndexEvent::Record {
+                url: need(url.flatten(), "url")?,
+                checksum: need(checksum, "checksum")?,
+                resource_name: need(resource_name, "resource_name")?,
+                resource_version: need(resource_version, "resource_version")?,
+            },
+            Op::Signed => IndexEvent::Signed {
+                checksum: need(checksum, "checksum")?,
+                key: match key {
+                    Some(KeyField::Digest(d)) => d,
+                    Some(KeyField::Module(_)) => {
+                        return Err(A::Error::custom("key: expected a key fingerprint"));
+                    }
+                    None => return Err(A::Error::missing_field("key")),
+                },
+                evidence: need(evidence, "evidence")?,
+            },
+        })
+    }
 }
 
 impl fmt::Debug for IndexEvent {

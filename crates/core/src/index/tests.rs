@@ -850,3 +850,75 @@ proptest! {
         prop_assert!(answers.windows(2).all(|w| w[0] == w[1]), "{:?}", answers);
     }
 }
+
+/// The hand-written decoding reads what the derived encoding writes, in any
+/// field order, ignores unknown fields, and names what is missing or wrong.
+#[test]
+fn events_decode_in_any_field_order_and_name_what_is_wrong() {
+    let events = vec![
+        IndexEvent::Insert {
+            key: ModuleKey::new("https://h/m.wasm", sum(1)),
+            content: sum(1),
+            size: 3,
+            url: Some("https://h/m.wasm".into()),
+            at: Timestamp(9),
+        },
+        IndexEvent::Insert {
+            key: ModuleKey::new("oci://r.io/x", sum(2)),
+            content: sum(3),
+            size: 4,
+            url: None,
+            at: Timestamp(10),
+        },
+        IndexEvent::Touch {
+            key: ModuleKey::new("oci://r.io/x", sum(2)),
+            at: Timestamp(11),
+        },
+        IndexEvent::Remove {
+            key: ModuleKey::new("oci://r.io/x", sum(2)),
+        },
+        IndexEvent::Record {
+            url: "oci://r.io/x:v1".into(),
+            checksum: sum(2),
+            resource_name: "ns/a".into(),
+            resource_version: "7".into(),
+        },
+        IndexEvent::Signed {
+            checksum: sum(2),
+            key: sum(40),
+            evidence: "e".into(),
+        },
+    ];
+    for e in &events {
+        let json = serde_json::to_string(e).unwrap();
+        assert!(json.starts_with("{\"op\":"), "{json}");
+        assert_eq!(&serde_json::from_str::<IndexEvent>(&json).unwrap(), e);
+        // `op` last, and an unknown field: the same event.
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&json).unwrap();
+        let op = v.remove("op").unwrap();
+        v.insert("future".into(), serde_json::json!({"x": [1, 2]}));
+        v.insert("op".into(), op);
+        let reordered = serde_json::to_string(&v).unwrap();
+        assert!(!reordered.starts_with("{\"op\":"), "{reordered}");
+        assert_eq!(&serde_json::from_str::<IndexEvent>(&reordered).unwrap(), e);
+    }
+    let err = |s: &str| {
+        serde_json::from_str::<IndexEvent>(s)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(r#"{"op":"explode"}"#).contains("explode"));
+    assert!(err(r#"{"at":1}"#).contains("missing field `op`"));
+    assert!(err(r#"{"op":"touch","at":1}"#).contains("missing field `key`"));
+    assert!(err(r#"{"op":"remove"}"#).contains("missing field `key`"));
+    let digest = sum(1).to_hex();
+    assert!(
+        err(&format!(r#"{{"op":"touch","key":"{digest}","at":1}}"#)).contains("module key")
+            || err(&format!(r#"{{"op":"touch","key":"{digest}","at":1}}"#)).contains("expected")
+    );
+    assert!(
+        err(r#"{"op":"signed","checksum":"nothex","key":"x","evidence":""}"#).contains("nothex")
+    );
+    assert!(err("[1,2]").contains("index event") || err("[1,2]").contains("map"));
+}
