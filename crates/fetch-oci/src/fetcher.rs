@@ -85,7 +85,7 @@ impl OciFetcherBuilder {
     /// `host` for any port, or `*` for all. For a listed registry, HTTPS
     /// (unverified) is tried first and plain HTTP when TLS cannot be set up;
     /// every other registry gets verified HTTPS only. A listed registry named
-    /// with its port (`localhost:5000`) is asked in plain HTTP first, without
+    /// with a port other than 443 (`localhost:5000`) is asked in plain HTTP first, without
     /// credentials, and over HTTPS when that gets no HTTP answer or a `400`.
     /// Adds to the list.
     #[must_use]
@@ -472,7 +472,9 @@ impl Session<'_> {
         match self.mode() {
             Some(mode) => self.inner.transport.send(request(mode)?).await,
             None if !self.insecure => self.inner.transport.send(request(Mode::Https)?).await,
-            None if has_port(&self.registry) => self.plain_first(path, accept, authorization).await,
+            None if plain_first(&self.registry) => {
+                self.plain_first(path, accept, authorization).await
+            }
             None => match self.inner.transport.send(request(Mode::Https)?).await {
                 Ok(r) => {
                     self.remember_mode(Mode::Https);
@@ -491,7 +493,7 @@ impl Session<'_> {
     }
 
     /// The first request to an insecure-listed registry named with its port
-    /// (`localhost:5000`), whose scheme is not known yet: one port serves
+    /// (`localhost:5000`, not 443), whose scheme is not known yet: one port serves
     /// either TLS or plain HTTP, and such registries are nearly always plain
     /// (a local or test registry), so the request goes in plain HTTP first,
     /// without any `Authorization` (credentials never go in clear to a port
@@ -864,16 +866,19 @@ impl Session<'_> {
     }
 }
 
-/// Whether a registry reference names its port (`host:port`, `[v6]:port`).
-fn has_port(registry: &str) -> bool {
-    match registry.strip_prefix('[') {
+/// Whether an insecure-listed registry is asked in plain HTTP first: it is
+/// named with its port (`host:port`, `[v6]:port`), and that port is not 443
+/// (HTTPS's own).
+fn plain_first(registry: &str) -> bool {
+    let named = match registry.strip_prefix('[') {
         Some(rest) => rest
             .split_once(']')
             .is_some_and(|(_, p)| p.starts_with(':')),
         None => registry
             .rsplit_once(':')
             .is_some_and(|(h, _)| !h.contains(':')),
-    }
+    };
+    named && wasm_fetch_transport::split_registry(registry).1 != 443
 }
 
 /// Reads and discards what is left of a small body (a 401's), so the
@@ -1246,5 +1251,33 @@ impl OciFetcher {
             });
         }
         Ok(Signatures::Cosign(layers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_first;
+
+    #[test]
+    fn which_insecure_registries_are_asked_in_plain_http_first() {
+        for yes in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "r.example:80",
+        ] {
+            assert!(plain_first(yes), "{yes}");
+        }
+        // No port (port 80 may be filtered: a connect timeout on every
+        // pull), or HTTPS's own port: HTTPS first.
+        for no in [
+            "r.example",
+            "r.example:443",
+            "[::1]",
+            "[::1]:443",
+            "10.0.0.1",
+        ] {
+            assert!(!plain_first(no), "{no}");
+        }
     }
 }
