@@ -123,3 +123,47 @@ async fn pump(
     }
     let _ = writer.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_both_ways_in_order_and_counts_connections() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // An echo server upstream.
+        let upstream = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let up_addr = upstream.local_addr().unwrap();
+        rt.spawn(async move {
+            while let Ok((mut c, _)) = upstream.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = c.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let proxy = DelayProxy::start(&rt, up_addr, Duration::from_millis(1)).unwrap();
+        let addr = proxy.addr;
+        rt.block_on(async {
+            for round in 0..2u8 {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8 ^ round).collect();
+                let (mut r, mut w) = c.split();
+                let writer = async {
+                    w.write_all(&sent).await.unwrap();
+                    w.shutdown().await.unwrap();
+                };
+                let mut got = Vec::new();
+                let reader = r.read_to_end(&mut got);
+                let ((), n) = tokio::join!(writer, reader);
+                n.unwrap();
+                assert!(got == sent, "round {round}: bytes changed on the way");
+            }
+        });
+        assert_eq!(proxy.connections(), 2);
+    }
+}
