@@ -1,7 +1,7 @@
 //! Crash safety end to end: a child process doing 50 pulls with the
 //! `wasm-cache` command (a shell loop, one `fetch` per pull, HTTP and OCI,
-//! small and 8 MiB modules) is killed with SIGKILL at seeded random points,
-//! several times. Afterwards every module file on disk hashes to its name,
+//! small and 8 MiB modules) is killed with SIGKILL at seeded random points
+//! (fractions of a whole round's time, measured first), several times. Afterwards every module file on disk hashes to its name,
 //! `wasm-cache verify` reports 0 corrupt modules, every pull that reported
 //! success is intact, the command still works on the directory, and a fresh
 //! cache serves every module with the network down.
@@ -151,6 +151,26 @@ fn sigkilled_pulls_never_leave_a_corrupt_module_and_lose_nothing_committed() {
 
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("cache");
+    // Calibration: one whole round, not killed, timed. The kill points are
+    // fractions of it, so a fast machine (whose rounds finish in well under
+    // the old fixed 3 s window) is still killed mid-run.
+    let log = work.path().join("calibration.log");
+    let order: Vec<usize> = (0..PULLS).collect();
+    let started = std::time::Instant::now();
+    let calibration = Command::new("sh")
+        .arg("-c")
+        .arg(script(bin, &dir, &log, &pulls, &order))
+        .status()
+        .unwrap();
+    let full_round = started.elapsed();
+    assert!(calibration.success());
+    assert_eq!(
+        committed(&log).len(),
+        PULLS,
+        "the calibration round did not complete every pull"
+    );
+    eprintln!("calibration: a whole round takes {full_round:?}");
+
     let mut killed = 0;
     let mut committed_in_killed_rounds = 0;
     for round in 0..KILLED_ROUNDS {
@@ -165,8 +185,9 @@ fn sigkilled_pulls_never_leave_a_corrupt_module_and_lose_nothing_committed() {
             .process_group(0)
             .spawn()
             .unwrap();
-        // The kill point: a seeded random moment of the round, not a wait for state.
-        let at = Duration::from_millis(50 + rng.below(3000));
+        // The kill point: a seeded random moment within the first 85% of a
+        // whole round's measured time, not a wait for state.
+        let at = full_round.mul_f64(0.02 + rng.below(830) as f64 / 1000.0);
         std::thread::sleep(at);
         let pgid = child.id();
         let sent = Command::new("kill")

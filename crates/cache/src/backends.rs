@@ -28,6 +28,9 @@ pub(crate) struct NetOptions {
     pub(crate) insecure: Vec<String>,
     pub(crate) ca_files: Vec<PathBuf>,
     pub(crate) ca_pems: Vec<Vec<u8>>,
+    /// Registry mirrors, in order: (registry, mirror).
+    #[cfg(feature = "oci")]
+    pub(crate) mirrors: Vec<(String, wasm_fetch_oci::Mirror)>,
 }
 
 /// Our HTTP(S) fetcher for these options, built on first use (a cache that
@@ -57,6 +60,9 @@ pub(crate) fn oci(net: &NetOptions) -> Result<LazyFetcher, Error> {
     }
     for pem in &net.ca_pems {
         b = b.ca_pem(pem.clone());
+    }
+    for (registry, mirror) in &net.mirrors {
+        b = b.mirror(registry.clone(), mirror.clone());
     }
     b.check()?;
     Ok(LazyFetcher::new("oci", move || {

@@ -130,6 +130,39 @@ impl CacheBuilder {
         self
     }
 
+    /// Adds a mirror (a pull-through cache) of an OCI `registry` at `url`,
+    /// for our default OCI fetcher: the registry's mirrors are asked in the
+    /// order added, the registry itself last, like containerd's `hosts.toml`.
+    /// Anything pulled by digest may come from any of them (it is checked
+    /// against the digest; wrong bytes move on to the next source and are
+    /// never stored); a tag is resolved at the first mirror that answers,
+    /// moving on when a mirror cannot be reached, answers 5xx or 404, all
+    /// within the request's one timeout. Requests to a mirror use the
+    /// registry's repository path with `?ns=<registry>`. See
+    /// [`mirror_with`](Self::mirror_with) for TLS and credential settings.
+    ///
+    /// ```
+    /// # async fn demo(dir: &std::path::Path) -> Result<(), wasm_cache::Error> {
+    /// let cache = wasm_cache::Cache::builder(dir)
+    ///     .mirror("ghcr.io", "https://mirror.local:5000")
+    ///     .build()
+    ///     .await?;
+    /// # cache.shutdown().await
+    /// # }
+    /// ```
+    #[cfg(feature = "oci")]
+    pub fn mirror(self, registry: impl Into<String>, url: impl Into<String>) -> Self {
+        self.mirror_with(registry, crate::Mirror::new(url))
+    }
+
+    /// Adds a mirror of `registry` with its own settings (`insecure`, a CA
+    /// bundle, credentials): see [`Mirror`](crate::Mirror).
+    #[cfg(feature = "oci")]
+    pub fn mirror_with(mut self, registry: impl Into<String>, mirror: crate::Mirror) -> Self {
+        self.net.mirrors.push((registry.into(), mirror));
+        self
+    }
+
     /// Uses `fetcher` for `scheme`, replacing ours (or adding one).
     pub fn fetcher(mut self, scheme: Scheme, fetcher: Arc<dyn Fetcher>) -> Self {
         self.fetchers.insert(scheme, fetcher);

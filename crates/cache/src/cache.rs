@@ -1,31 +1,47 @@
-//! The composed cache: lookup, single flight, fetch into the store, purge.
+//! The public `Cache` facade and the state its modules share.
+//!
+//! `flight` (single flight, the cross-process download lock), `hit` (the hit
+//! path), `fetch` (download, commit, index), `trust` (signature checks),
+//! `recover` (open-time recovery, other processes' appends) and `purge`
+//! (everything that deletes module files) each add methods to `Inner`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, warn};
 use wasm_cache_core::{
-    EntryInfo, FetchRequest, Fetcher, Index, IndexEvent, Lookup, LookupRequest, ModuleKey,
-    ModuleUrl, PullSecret, Removed, Scheme, Sha256Digest, Signatures, Timestamp,
+    EntryInfo, Fetcher, Index, IndexEvent, ModuleKey, ModuleUrl, Scheme, Sha256Digest, Timestamp,
 };
-use wasm_cache_signature::{CosignLayer, KeyFingerprint, Subject, TrustPolicy};
-use wasm_store_fs::{FsStore, Journal, StoreError, VerifyReport};
+use wasm_cache_signature::{KeyFingerprint, TrustPolicy};
+use wasm_store_fs::{FsStore, Journal, VerifyReport};
 
-use crate::metrics::{FetchResult, Meters};
+use crate::metrics::Meters;
 use crate::outcome::{Outcome, Resolved};
 use crate::{CacheBuilder, Clock, Error, GetRequest};
 
+mod fetch;
+mod flight;
+mod hints;
+mod hit;
+mod purge;
+mod recover;
+mod trust;
+
+use self::flight::{Flight, FlightKey, flight_key};
+use self::hints::Hints;
+use self::hit::Hit;
+pub use self::purge::PurgeReport;
+use self::purge::purge_loop;
+use self::recover::recover;
+
 /// The journal file, beside the modules.
 pub(crate) const JOURNAL_FILE: &str = "index.journal";
-
-/// Stripes of the lock that orders "publish a module" against "delete its file".
-const PUBLISH_STRIPES: usize = 64;
 
 /// A compaction rewrites the journal only once its dead lines outnumber its
 /// live records by more than this (so it stays within twice its live size
@@ -75,33 +91,6 @@ struct Published {
     downloaded: bool,
 }
 
-type Flight = Arc<OnceCell<Result<Published, Error>>>;
-
-/// What callers must have in common to share one download and its outcome:
-/// the URL, the checksum it must have, and the credentials it is fetched
-/// with (a caller with a valid pull secret must never receive the failure of
-/// a caller with a wrong one, nor the reverse), and the trust policy (a
-/// caller without one must never receive another's signature failure, and
-/// a caller with one never a module no key of its policy verified).
-type FlightKey = (
-    String,
-    Option<Sha256Digest>,
-    Option<PullSecret>,
-    Option<(Vec<KeyFingerprint>, bool)>,
-);
-
-/// The outcome of [`Inner::try_hit`].
-enum Hit {
-    /// Served from the cache.
-    Served(Published),
-    /// Not cached (or its file vanished or failed verification): fetch it
-    /// under this module name, checking this checksum if one is pinned.
-    Miss {
-        name: String,
-        expected: Option<Sha256Digest>,
-    },
-}
-
 pub(crate) struct Options {
     pub(crate) purge_interval: Duration,
     pub(crate) expiry: Duration,
@@ -115,6 +104,8 @@ struct Inner {
     store: FsStore,
     index: Index,
     journal: Journal<IndexEvent>,
+    /// The lookup hints beside the modules (`None`: not available here).
+    hints: Option<Hints>,
     /// Serialises reads of other processes' journal appends into the index.
     sync: Mutex<()>,
     /// Last-use updates of hits not yet in the journal: appended as one batch
@@ -131,12 +122,6 @@ struct Inner {
     /// Which keys verified which digest (the manifest digest for OCI, the
     /// module's sha256 otherwise), so a hit under a policy needs no round trip.
     verified: DashMap<Sha256Digest, Vec<KeyFingerprint>>,
-    /// Content recovered from disk and not yet re-hashed in this process.
-    unverified: DashMap<Sha256Digest, ()>,
-    /// Files in the store that no entry references (e.g. a crash between
-    /// commit and journal append); deleted once older than the expiry.
-    orphans: Mutex<HashSet<Sha256Digest>>,
-    publish: [Mutex<()>; PUBLISH_STRIPES],
     closed: AtomicBool,
     task: Mutex<Option<(JoinHandle<()>, watch::Sender<bool>)>>,
     /// A byte-budget purge asked for by a fetch and not started yet: fetches
@@ -159,24 +144,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What one purge did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PurgeReport {
-    /// Entries removed because they were idle longer than the expiry.
-    pub expired: Vec<ModuleKey>,
-    /// Entries removed to fit the byte budget.
-    pub evicted: Vec<ModuleKey>,
-    /// Module files deleted.
-    pub files_removed: usize,
-    /// Files whose removal failed (their entries were kept).
-    pub failures: usize,
-}
-
 impl Cache {
     /// A builder for a cache storing modules in `dir`.
     pub fn builder(dir: impl Into<PathBuf>) -> CacheBuilder {
         CacheBuilder::new(dir.into())
+    }
+
+    /// Answers `req` from the cache directory `dir` without opening a cache
+    /// (no journal replay, no directory scan, no fetcher): the path the
+    /// `wasm-cache fetch` command serves a hit from, in a few milliseconds
+    /// whatever the number of cached modules.
+    ///
+    /// Only a request pinned to a checksum (or an OCI URL pinned with `@`)
+    /// and carrying no trust policy is answered; the entry is found through
+    /// the directory's lookup hints, its file checked against its digest
+    /// (its verification mark, or hashing it), and the hit recorded in the
+    /// journal as [`get`](Self::get) records it: its last use, and the URL's
+    /// checksum record if that changed. `Ok(None)` means "not answered here":
+    /// open a cache and [`get`](Self::get) it (a miss, an unpinned URL, a
+    /// request under a trust policy, a directory without hints). A trust
+    /// policy set on a builder is unknown here: do not use this for a cache
+    /// whose builder sets one.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the module file exists but cannot be read.
+    pub fn hit_in_dir(dir: impl AsRef<Path>, req: &GetRequest) -> Result<Option<Outcome>, Error> {
+        let now = Timestamp::from_system_time(std::time::SystemTime::now());
+        hints::hit_in_dir(dir.as_ref(), req, now)
     }
 
     pub(crate) async fn open(
@@ -187,14 +181,22 @@ impl Cache {
         background: bool,
     ) -> Result<Self, Error> {
         let now = Timestamp::from_system_time(clock.now());
-        let (store, index, journal, unverified, orphans) =
-            tokio::task::spawn_blocking(move || recover(&dir, now))
-                .await
-                .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+        let (store, index, journal, hints) = tokio::task::spawn_blocking(move || {
+            recover(&dir, now).map(|(store, index, journal)| {
+                let hints = Hints::open(store.dir());
+                if let Some(h) = &hints {
+                    h.reconcile(&index);
+                }
+                (store, index, journal, hints)
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
         let inner = Arc::new(Inner {
             store,
             index,
             journal,
+            hints,
             sync: Mutex::new(()),
             touches: DashMap::new(),
             fetchers,
@@ -204,9 +206,6 @@ impl Cache {
             parsed: DashMap::new(),
             meters: Meters::new(),
             verified: DashMap::new(),
-            unverified,
-            orphans: Mutex::new(orphans),
-            publish: std::array::from_fn(|_| Mutex::new(())),
             closed: AtomicBool::new(false),
             task: Mutex::new(None),
             budget_purge_queued: AtomicBool::new(false),
@@ -332,95 +331,6 @@ impl Cache {
         .await
     }
 
-    /// Downloads once for every concurrent caller with the same [`FlightKey`].
-    ///
-    /// Each caller keeps its own deadline: it stops waiting when its own
-    /// timeout is over, and if the download it waited for ran out of the
-    /// leader's time while it still has some, it tries again itself.
-    async fn single_flight(
-        &self,
-        url: &ModuleUrl,
-        name: &str,
-        expected: Option<Sha256Digest>,
-        checksum: Option<Sha256Digest>,
-        req: &GetRequest,
-    ) -> Result<Published, Error> {
-        let deadline = tokio::time::Instant::now() + req.timeout;
-        let policy = req.trust.as_ref().or(self.inner.opts.trust.as_ref());
-        let key: FlightKey = (
-            url.as_str().to_owned(),
-            expected,
-            req.pull_secret.clone(),
-            policy.map(|p| (p.fingerprints(), p.requires_reference())),
-        );
-        loop {
-            let flight = self.inner.flights.entry(key.clone()).or_default().clone();
-            let led = AtomicBool::new(false);
-            let waited = tokio::time::timeout_at(
-                deadline,
-                flight.get_or_init(|| {
-                    led.store(true, Ordering::Relaxed);
-                    let inner = Arc::clone(&self.inner);
-                    async move {
-                        // One download per module across processes too:
-                        // wait (for this module only, bounded by the
-                        // deadline) for another process fetching it, then
-                        // read what it recorded.
-                        let _key_lock = inner
-                            .lock_flight(
-                                url,
-                                expected,
-                                req.pull_secret.as_ref(),
-                                deadline.into_std(),
-                            )
-                            .await?;
-                        inner.sync_journal();
-                        // Checked again inside the flight: a flight that
-                        // finished between our lookup and now has indexed and
-                        // recorded the module, so this is a hit rather than a
-                        // second download.
-                        match inner.try_hit(url, checksum, req, policy).await? {
-                            Hit::Served(p) => Ok(p),
-                            Hit::Miss { .. } => {
-                                inner
-                                    .fetch_and_publish(
-                                        url,
-                                        name.to_owned(),
-                                        expected,
-                                        req,
-                                        deadline.into_std(),
-                                        policy,
-                                    )
-                                    .await
-                            }
-                        }
-                    }
-                }),
-            )
-            .await;
-            let Ok(result) = waited else {
-                // Our own deadline passed while another caller's download
-                // was still running: it goes on for its own callers.
-                return Err(wasm_cache_core::Error::Timeout {
-                    url: url.redacted(),
-                    elapsed: req.timeout,
-                }
-                .into());
-            };
-            let result = result.clone();
-            self.inner
-                .flights
-                .remove_if(&key, |_, f| Arc::ptr_eq(f, &flight));
-            let theirs_timed_out = !led.load(Ordering::Relaxed)
-                && matches!(&result, Err(e) if e.kind() == wasm_cache_core::ErrorKind::Timeout);
-            if theirs_timed_out && tokio::time::Instant::now() < deadline {
-                debug!(url = %url, "the shared download ran out of its caller's time; trying again");
-                continue;
-            }
-            return result;
-        }
-    }
-
     /// Applies expiry and the byte budget now.
     ///
     /// # Errors
@@ -520,132 +430,6 @@ impl Cache {
     }
 }
 
-async fn purge_loop(inner: Weak<Inner>, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let start = tokio::time::Instant::now() + interval;
-    let mut tick = tokio::time::interval_at(start, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let Some(inner) = inner.upgrade() else { return };
-                let done = tokio::task::spawn_blocking(move || inner.purge()).await;
-                if let Err(e) = done {
-                    warn!(error = %e, "wasm cache purge failed");
-                }
-            }
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-type Recovered = (
-    FsStore,
-    Index,
-    Journal<IndexEvent>,
-    DashMap<Sha256Digest, ()>,
-    HashSet<Sha256Digest>,
-);
-
-/// Opens the store and the journal, and rebuilds the index from both: entries
-/// whose file is gone are dropped, sizes come from the files, last-use times
-/// in the future are brought back to `now`, files no entry references are
-/// orphans. Writes nothing unless the journal is worth compacting, and then
-/// only best effort: opening (for a hit, `list`, `verify`) works on a full disk.
-fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
-    let (store, report) = FsStore::open(dir)?;
-    if !report.ignored.is_empty() {
-        warn!(count = report.ignored.len(), dir = %dir.display(), "ignored files that are not modules");
-    }
-    let journal = Journal::open(dir.join(JOURNAL_FILE))?;
-    let index = Index::new();
-    for event in &journal.read_new()?.records {
-        index.apply(event);
-    }
-    let files: HashMap<Sha256Digest, wasm_store_fs::StoredModule> =
-        store.list().into_iter().map(|m| (m.digest, m)).collect();
-    let (unverified, orphans) = reconcile(&index, &files, now);
-    info!(entries = index.len(), orphans = orphans.len(), dir = %dir.display(), "wasm cache opened");
-    if compaction_due(journal.lines(), &index) {
-        match journal.lock_exclusive(Instant::now() + TOUCH_WAIT) {
-            Ok(exclusive) => {
-                // Whatever others appended since our read, then the rewrite.
-                let compacted = exclusive.read_new().and_then(|tail| {
-                    apply_tail(&index, &tail);
-                    exclusive.compact(&index.to_events())
-                });
-                if let Err(e) = compacted {
-                    warn!(error = %e, "compacting the wasm cache journal failed");
-                }
-            }
-            Err(e) => debug!(error = %e, "journal compaction skipped"),
-        }
-    }
-    Ok((store, index, journal, unverified, orphans))
-}
-
-/// Checks replayed journal values against the files on disk and the clock:
-/// entries without a file are dropped, sizes come from the files, future
-/// last-use times become `now`. Returns the content to re-hash before serving
-/// it and the files no entry references.
-fn reconcile(
-    index: &Index,
-    files: &HashMap<Sha256Digest, wasm_store_fs::StoredModule>,
-    now: Timestamp,
-) -> (DashMap<Sha256Digest, ()>, HashSet<Sha256Digest>) {
-    for e in index.entries() {
-        if !files.contains_key(&e.content) {
-            debug!(module = %e.key.redacted_name(), "dropping an entry whose file is gone");
-            index.remove(&e.key);
-        }
-    }
-    // One pass (a pass per entry made opening n modules O(n^2)).
-    let wrong_sizes = index.correct_sizes(&|c| files.get(c).map(|m| m.size));
-    // A future last use becomes the time the file was written (or now).
-    let future = index.clamp_future_to(now, &|c| {
-        files
-            .get(c)
-            .map(|m| Timestamp::from_system_time(m.modified))
-    });
-    if wrong_sizes > 0 || future > 0 {
-        warn!(
-            wrong_sizes,
-            future_last_use = future,
-            "corrected journal values that disagree with the files or the clock"
-        );
-    }
-    // One pass over the entries: `Index::content_in_use` scans them all, and
-    // calling it per file made opening a store of n modules O(n^2).
-    let in_use: HashSet<Sha256Digest> = index.entries().iter().map(|e| e.content).collect();
-    let unverified = DashMap::new();
-    let mut orphans = HashSet::new();
-    for (digest, m) in files {
-        if !in_use.contains(digest) {
-            orphans.insert(*digest);
-        } else if !m.verified {
-            unverified.insert(*digest, ());
-        }
-    }
-    (unverified, orphans)
-}
-
-/// Whether the journal's dead lines outweigh its live records enough to
-/// rewrite it.
-fn compaction_due(lines: u64, index: &Index) -> bool {
-    let live = index.event_count() as u64;
-    lines > live.saturating_mul(2).saturating_add(COMPACT_SLACK)
-}
-
-/// Applies records read from the journal; a restarted read (the file was
-/// replaced by someone's compaction) rebuilds the index from it.
-fn apply_tail(index: &Index, tail: &wasm_store_fs::Replay<IndexEvent>) {
-    if tail.restarted {
-        index.clear();
-    }
-    for event in &tail.records {
-        index.apply(event);
-    }
-}
-
 /// How many parsed URLs [`Inner::parse_url`] keeps before starting afresh.
 const PARSED_URLS: usize = 16_384;
 
@@ -672,253 +456,38 @@ impl Inner {
         Ok(url)
     }
 
-    /// REFERENCE §3 steps 1-4 and the existence check. A hit records the
-    /// checksum for the URL and the asking resource's version, exactly as a
-    /// download does (§3.4, Istio's `touchEntry`); that writes to the journal
-    /// only when the record changed.
-    ///
-    /// Under a trust policy, a hit is served only once the digest is verified
-    /// (recorded earlier, or checked now by fetching the signature only), and
-    /// a hit that fails records nothing.
-    async fn try_hit(
-        self: &Arc<Self>,
-        url: &ModuleUrl,
-        checksum: Option<Sha256Digest>,
-        req: &GetRequest,
-        policy: Option<&Arc<TrustPolicy>>,
-    ) -> Result<Hit, Error> {
-        let lookup = LookupRequest::new(
-            url,
-            checksum,
-            &req.resource_name,
-            &req.resource_version,
-            req.pull_policy,
-        );
-        Ok(match self.index.lookup(&lookup, self.now()) {
-            Lookup::Hit { key, content } => match self.serve(&key, content).await? {
-                Some(path) => {
-                    if let Some(policy) = policy {
-                        let deadline = Instant::now() + req.timeout;
-                        self.ensure_verified(url, key.checksum, policy, req, deadline)
-                            .await?;
-                    }
-                    self.note_touch(&key);
-                    if let Some(event) = self.index.record_hit(&lookup, &key) {
-                        self.journal_append(&event);
-                    }
-                    Hit::Served(Published {
-                        path,
-                        checksum: key.checksum,
-                        key,
-                        content,
-                        downloaded: false,
-                    })
-                }
-                None => Hit::Miss {
-                    name: key.name,
-                    expected: checksum.or_else(|| url.pinned_digest()),
-                },
-            },
-            Lookup::Miss { name, expected } => Hit::Miss { name, expected },
-            other => {
-                return Err(Error::Internal(format!(
-                    "unknown index lookup outcome {other:?}"
-                )));
-            }
-        })
-    }
-
     fn now(&self) -> Timestamp {
         Timestamp::from_system_time(self.clock.now())
     }
 
-    /// Remembers that `key` was used now, for the next batch of last-use
-    /// records (the index itself was touched by the lookup).
-    fn note_touch(self: &Arc<Self>, key: &ModuleKey) {
-        let now = self.now();
-        match self.touches.get_mut(key) {
-            Some(mut at) => *at = (*at).max(now),
-            None => {
-                self.touches.insert(key.clone(), now);
-                if self.touches.len() >= TOUCH_BATCH {
-                    let me = Arc::clone(self);
-                    tokio::task::spawn_blocking(move || {
-                        me.flush_touches(Instant::now() + TOUCH_WAIT);
-                    });
-                }
-            }
-        }
+    fn journal_append(&self, event: &IndexEvent) {
+        self.journal_append_all(std::slice::from_ref(event));
     }
 
-    /// Appends the pending last-use updates as one batch (one `write`, no
-    /// `fsync`: losing them to a power cut only makes modules look older).
-    /// Best effort: a failure is a warning, never an error.
-    fn flush_touches(&self, deadline: Instant) {
-        let keys: Vec<ModuleKey> = self.touches.iter().map(|e| e.key().clone()).collect();
-        let events: Vec<IndexEvent> = keys
-            .iter()
-            .filter_map(|k| self.touches.remove(k))
-            .map(|(key, at)| IndexEvent::Touch { key, at })
-            .collect();
+    /// Appends `events` as one durable batch under the journal's shared lock
+    /// (waiting [`METADATA_WAIT`] at most). Best effort: the index in memory
+    /// has them all the same, so a failure is a warning. Never called under
+    /// the store's lock of a content (see the lock order in ARCHITECTURE.md).
+    fn journal_append_all(&self, events: &[IndexEvent]) {
         if events.is_empty() {
             return;
         }
         let appended = self
             .journal
-            .lock_shared(deadline)
-            .and_then(|shared| shared.append(&events, false));
-        if let Err(e) = appended {
-            // The index in memory has them; a later compaction persists them.
-            warn!(error = %e, records = events.len(), "could not record last use of wasm modules in the journal");
-        }
-    }
-
-    /// Takes the cross-process lock of the download of `url`, waiting (for
-    /// another process fetching the same module) until `deadline` at most,
-    /// and saying so once at info level.
-    async fn lock_flight(
-        self: &Arc<Self>,
-        url: &ModuleUrl,
-        expected: Option<Sha256Digest>,
-        secret: Option<&PullSecret>,
-        deadline: Instant,
-    ) -> Result<wasm_store_fs::FileLock, Error> {
-        let key = flight_key(url.as_str(), expected, secret);
-        // A little before the request's own deadline, so that the caller
-        // learns what it waited for rather than only that time ran out.
-        let margin = Duration::from_millis(100);
-        let deadline = deadline.checked_sub(margin).unwrap_or(deadline);
-        let store = self.store.clone();
-        let redacted = url.redacted();
-        tokio::task::spawn_blocking(move || {
-            store.lock_key(&key, deadline, &mut |lock: &Path| {
-                info!(url = %redacted, lock = %lock.display(), "waiting for another process downloading this module");
-            })
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("lock task failed: {e}")))?
-        .map_err(Error::from)
-    }
-
-    /// Applies what other processes appended to the journal since the last
-    /// read (best effort: a failure leaves the index as it was). Content new
-    /// to this process is re-hashed once before it is served.
-    fn sync_journal(&self) {
-        let _serial = lock(&self.sync);
-        let tail = match self.journal.read_new() {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(error = %e, "reading other processes' wasm cache journal records failed");
-                return;
-            }
-        };
-        self.apply_synced(&tail);
-    }
-
-    fn apply_synced(&self, tail: &wasm_store_fs::Replay<IndexEvent>) {
-        if tail.records.is_empty() && !tail.restarted {
-            return;
-        }
-        apply_tail(&self.index, tail);
-        let contents: HashSet<Sha256Digest> = if tail.restarted {
-            self.index.entries().iter().map(|e| e.content).collect()
-        } else {
-            tail.records
-                .iter()
-                .filter_map(|e| match e {
-                    IndexEvent::Insert { content, .. } => Some(*content),
-                    _ => None,
-                })
-                .collect()
-        };
-        for content in contents {
-            let known = self.store.get(&content).filter(|m| m.verified);
-            let file = known.or_else(|| self.store.refresh(&content));
-            // No file: `serve` drops the entry when it is asked for.
-            if let Some(m) = file {
-                self.index.correct_size(&content, m.size);
-                if !m.verified {
-                    self.unverified.insert(content, ());
-                }
-                lock(&self.orphans).remove(&content);
-            }
-        }
-        self.index.clamp_future(self.now());
-        self.meters.entries(self.index.len());
-    }
-
-    fn publish_lock(&self, content: &Sha256Digest) -> std::sync::MutexGuard<'_, ()> {
-        lock(&self.publish[usize::from(content.as_bytes()[0]) % PUBLISH_STRIPES])
-    }
-
-    /// The path of the entry's file if it can be served: re-hashed once if it
-    /// was recovered from disk, and still there. Otherwise the entry is
-    /// dropped and `None` returned (a miss, never a dangling path).
-    async fn serve(
-        self: &Arc<Self>,
-        key: &ModuleKey,
-        content: Sha256Digest,
-    ) -> Result<Option<PathBuf>, Error> {
-        if self.unverified.contains_key(&content) {
-            let me = Arc::clone(self);
-            let ok = tokio::task::spawn_blocking(move || me.store.verify(&content))
-                .await
-                .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
-            match ok {
-                Ok(true) => {
-                    self.unverified.remove(&content);
-                }
-                Ok(false) | Err(StoreError::NotFound { .. }) => {
-                    warn!(module = %key.redacted_name(), content = %content, "cached module failed verification; fetching again");
-                    self.drop_content(&content);
-                    return Ok(None);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let path = self.store.path_of(&content);
-        if self.store.contains(&content) {
-            return Ok(Some(path));
-        }
-        warn!(module = %key.redacted_name(), path = %path.display(), "cached module file vanished; fetching again");
-        self.forget(key);
-        Ok(None)
-    }
-
-    /// Drops an entry from the index (and journal), leaving files alone.
-    fn forget(&self, key: &ModuleKey) {
-        if self.index.remove(key).is_some() {
-            self.journal_append(&IndexEvent::Remove { key: key.clone() });
-            self.meters.entries(self.index.len());
-        }
-    }
-
-    /// Drops every entry of a content digest and its file.
-    fn drop_content(&self, content: &Sha256Digest) {
-        let _guard = self.publish_lock(content);
-        if let Err(e) = self.drop_content_locked(content) {
-            warn!(error = %e, "removing a corrupt module failed");
-        }
-    }
-
-    /// [`Inner::drop_content`] for a caller holding the content's publish
-    /// lock; whether a file was removed.
-    fn drop_content_locked(&self, content: &Sha256Digest) -> Result<bool, StoreError> {
-        for e in self.index.entries() {
-            if e.content == *content {
-                self.forget(&e.key);
-            }
-        }
-        self.unverified.remove(content);
-        lock(&self.orphans).remove(content);
-        self.store.remove(content)
-    }
-
-    fn journal_append(&self, event: &IndexEvent) {
-        if let Err(e) = self.journal.append(event) {
+            .lock_shared(Instant::now() + METADATA_WAIT)
+            .and_then(|shared| shared.append(events, true));
+        match appended {
+            Ok(()) => self.hints_after(events),
             // The module is served from memory all the same; a restart would
-            // treat its file as an orphan.
-            warn!(error = %e, "appending to the wasm cache journal failed");
+            // treat its file as an orphan, or find its file gone.
+            Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
+        }
+    }
+
+    /// Brings the lookup hints up to date with records just journaled.
+    fn hints_after(&self, events: &[IndexEvent]) {
+        if let Some(h) = &self.hints {
+            h.after(&self.index, events);
         }
     }
 
@@ -939,580 +508,5 @@ impl Inner {
             resource_name: req.resource_name.clone(),
             resource_version: req.resource_version.clone(),
         });
-    }
-
-    async fn fetch_and_publish(
-        self: Arc<Self>,
-        url: &ModuleUrl,
-        name: String,
-        expected: Option<Sha256Digest>,
-        req: &GetRequest,
-        deadline: Instant,
-        policy: Option<&Arc<TrustPolicy>>,
-    ) -> Result<Published, Error> {
-        let fetcher = self.fetcher_for(url)?;
-        let mut freq = FetchRequest::new(url.clone(), deadline)
-            .with_pull_secret(req.pull_secret.clone())
-            .with_max_size(self.opts.max_module_size);
-        let resolved = fetcher.resolve(&freq).await.inspect_err(|e| {
-            debug!(url = %url, error = %e, "resolve failed");
-            self.meters.fetch(FetchResult::ManifestFailure);
-        })?;
-        if let Some(digest) = resolved {
-            if let Some(want) = expected.filter(|w| *w != digest) {
-                self.meters.fetch(FetchResult::ChecksumMismatched);
-                return Err(wasm_cache_core::Error::ChecksumMismatch {
-                    url: url.redacted(),
-                    actual: digest.to_hex(),
-                    expected: want.to_hex(),
-                }
-                .into());
-            }
-            // Under a trust policy the manifest digest is verified before
-            // anything is served or downloaded: a failure fetches no layer.
-            if let Some(policy) = policy {
-                self.ensure_verified(url, digest, policy, req, deadline)
-                    .await?;
-            }
-            // REFERENCE §3 step 5: look again before downloading any layer.
-            let key = ModuleKey::new(name.clone(), digest);
-            if let Some(content) = self.index.touch(&key, self.now())
-                && let Some(path) = self.serve(&key, content).await?
-            {
-                self.note_touch(&key);
-                if url.records_checksum() {
-                    self.record(url, digest, req);
-                }
-                return Ok(Published {
-                    path,
-                    checksum: digest,
-                    key,
-                    content,
-                    downloaded: false,
-                });
-            }
-            freq = freq.with_digest(Some(digest));
-        }
-        // The pinned module's file may already be on disk without an entry
-        // (its journal record lost, e.g. to a full disk, or written by a
-        // process whose record this one has not read): adopt it after one
-        // re-hash instead of downloading it again.
-        if resolved.is_none()
-            && let Some(want) = expected
-            && let Some(published) = self.adopt(url, &name, want, req).await
-        {
-            // Adopted like a hit: under a trust policy, served only verified.
-            if let Some(policy) = policy {
-                self.ensure_verified(url, want, policy, req, deadline)
-                    .await?;
-            }
-            return Ok(published);
-        }
-        // Content-addressed sources are checked by digest above; otherwise the
-        // store checks the module's own hash.
-        let store_expected = if resolved.is_none() { expected } else { None };
-        let mut ingest = self
-            .store
-            .ingest(store_expected, self.opts.max_module_size)
-            .inspect_err(|_| self.meters.fetch(FetchResult::FetchFailure))?;
-        let mut sink = VerifyingSink {
-            ingest: &mut ingest,
-            content: None,
-        };
-        let fetched = fetcher.fetch(&freq, &mut sink).await;
-        let content_expected = sink.content;
-        // A fetcher that handed the content digest check to us (an OCI raw
-        // layer: its digest is the module's) gets it here, from the store's
-        // own hash: one SHA-256 pass over the bytes.
-        let fetched = fetched.and_then(|f| match content_expected {
-            Some(want) if ingest.digest() != want => Err(wasm_cache_core::Error::DigestMismatch {
-                url: url.redacted(),
-                expected: want.to_prefixed(),
-                actual: ingest.digest().to_prefixed(),
-            }),
-            _ => Ok(f),
-        });
-        let fetched = match fetched {
-            Ok(f) => f,
-            Err(e) => {
-                // A limit or check of the store surfaces as a sink error; report it as itself.
-                let e = match ingest.into_error() {
-                    Some(store_err) => store_err.into_core_error(&url.redacted()),
-                    None => e,
-                };
-                self.meters.fetch(result_label(&e));
-                debug!(url = %url, error = %e, "fetch failed");
-                return Err(e.into());
-            }
-        };
-        // Not content-addressed: the module's own sha256 is the signed digest,
-        // known only now that it is hashed; verified before the commit, so a
-        // failure leaves nothing in the store (the temporary file is dropped).
-        if resolved.is_none()
-            && let Some(policy) = policy
-        {
-            self.ensure_verified(url, ingest.digest(), policy, req, deadline)
-                .await?;
-        }
-        let me = Arc::clone(&self);
-        let url_s = url.as_str().to_owned();
-        let redacted = url.redacted();
-        let published = tokio::task::spawn_blocking(move || {
-            // The journal's lock, shared, from before the rename to after the
-            // append: a purge in another process (which holds it exclusively)
-            // sees the file only with its entry. Best effort: a lock held too
-            // long by someone else costs that guarantee, not the module.
-            let shared = me
-                .journal
-                .lock_shared(deadline.max(Instant::now() + Duration::from_millis(200)))
-                .inspect_err(
-                    |e| warn!(error = %e, "publishing a wasm module without the journal's lock"),
-                )
-                .ok();
-            // Commit and index under the content's publish lock, so a purge
-            // cannot delete the file between the two (a commit that finds the
-            // file already in place must not lose it to a purge that saw no
-            // entry for it before the index insert).
-            let _guard = me.publish_lock(&ingest.digest());
-            let committed = ingest.commit().map_err(|e| e.into_core_error(&redacted))?;
-            // Read after the commit (an fsync can take a while): a caller that
-            // missed while it ran and waits for this flight asked no earlier
-            // than this, so its grace period is counted from its own request.
-            let now = me.now();
-            let checksum = resolved.or(fetched.digest).unwrap_or(committed.digest);
-            let key = ModuleKey::new(name, checksum);
-            me.index.insert(
-                key.clone(),
-                committed.digest,
-                committed.size,
-                Some(&url_s),
-                now,
-            );
-            lock(&me.orphans).remove(&committed.digest);
-            me.unverified.remove(&committed.digest);
-            let insert = IndexEvent::Insert {
-                key: key.clone(),
-                content: committed.digest,
-                size: committed.size,
-                url: Some(url_s),
-                at: now,
-            };
-            // The module is committed: from here on nothing fails the fetch.
-            let appended = match &shared {
-                Some(shared) => shared.append(std::slice::from_ref(&insert), true),
-                None => me.journal.append(&insert),
-            };
-            if let Err(e) = appended {
-                // Served from memory all the same; the next start finds the
-                // file as an orphan.
-                warn!(error = %e, "appending to the wasm cache journal failed");
-            }
-            Ok::<_, wasm_cache_core::Error>(Published {
-                path: committed.path,
-                checksum,
-                key,
-                content: committed.digest,
-                downloaded: true,
-            })
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("commit task failed: {e}")))?
-        .inspect_err(|e| self.meters.fetch(result_label(e)))?;
-        // Recorded before the flight ends, so a caller that arrives just after
-        // finds the record instead of starting a second download.
-        if url.records_checksum() {
-            self.record(url, published.checksum, req);
-        }
-        self.meters.fetch(FetchResult::Success);
-        self.meters.entries(self.index.len());
-        info!(url = %url, checksum = %published.checksum, "fetched wasm module");
-        if self
-            .opts
-            .max_bytes
-            .is_some_and(|b| self.index.total_bytes() > b)
-        {
-            self.queue_budget_purge();
-        }
-        Ok(published)
-    }
-
-    /// Checks that `digest` of `url` is signed by a key of `policy`: free when
-    /// a key of the policy verified it before, otherwise the signature alone
-    /// is fetched (never the module) and checked, and the key remembered.
-    ///
-    /// # Errors
-    /// [`wasm_cache_core::Error::NoValidSignature`] (metric `signature`), or
-    /// the error fetching the signature material.
-    async fn ensure_verified(
-        &self,
-        url: &ModuleUrl,
-        digest: Sha256Digest,
-        policy: &TrustPolicy,
-        req: &GetRequest,
-        deadline: Instant,
-    ) -> Result<(), Error> {
-        if let Some(keys) = self.verified.get(&digest)
-            && policy.accepts_recorded(keys.iter()).is_some()
-        {
-            return Ok(());
-        }
-        let fetcher = self.fetcher_for(url)?;
-        let signature_url = req
-            .signature_url
-            .as_deref()
-            .map(ModuleUrl::parse)
-            .transpose()?;
-        let freq = FetchRequest::new(url.clone(), deadline)
-            .with_pull_secret(req.pull_secret.clone())
-            .with_max_size(self.opts.max_module_size)
-            .with_digest(Some(digest))
-            .with_signature_url(signature_url);
-        let material = match fetcher.signatures(&freq, &digest).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == wasm_cache_core::ErrorKind::NotFound => {
-                Signatures::Missing(e.to_string())
-            }
-            Err(e) => {
-                self.meters.fetch(result_label(&e));
-                debug!(url = %url, error = %e, "fetching signatures failed");
-                return Err(e.into());
-            }
-        };
-        let reference = url.redacted();
-        let repository = url
-            .oci()
-            .map(|o| format!("{}/{}", o.registry(), o.repository()));
-        let subject = Subject {
-            reference: &reference,
-            repository: repository.as_deref(),
-            digest: &digest,
-        };
-        let verdict = match &material {
-            Signatures::Cosign(layers) => policy.verify_cosign(
-                &subject,
-                layers.iter().map(|l| CosignLayer {
-                    media_type: &l.media_type,
-                    payload: &l.payload,
-                    signature: l.signature.as_deref(),
-                }),
-            ),
-            Signatures::Detached(signature) => policy.verify_blob(&subject, signature),
-            Signatures::Missing(reason) => Err(policy.rejection(&subject, vec![reason.clone()])),
-            _ => Err(policy.rejection(
-                &subject,
-                vec!["the fetcher returned signature material of an unknown kind".to_owned()],
-            )),
-        };
-        match verdict {
-            Ok(verified) => {
-                info!(url = %url, digest = %digest.to_prefixed(), key = %verified.key, "signature verified");
-                let mut keys = self.verified.entry(digest).or_default();
-                if !keys.contains(&verified.key) {
-                    keys.push(verified.key);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.meters.fetch(FetchResult::Signature);
-                debug!(url = %url, digest = %digest.to_prefixed(), reasons = ?e.reasons(), "signature verification failed");
-                Err(signature_error(e).into())
-            }
-        }
-    }
-
-    /// Indexes an orphaned module file already in the store under `want`
-    /// (checked by a full re-hash first); `None` if there is none, it is
-    /// referenced by another entry, or it does not verify.
-    async fn adopt(
-        self: &Arc<Self>,
-        url: &ModuleUrl,
-        name: &str,
-        want: Sha256Digest,
-        req: &GetRequest,
-    ) -> Option<Published> {
-        // Only a file no entry references: a module already cached under
-        // another name is downloaded again for this one, as the reference does.
-        if !self.store.contains(&want) || self.index.content_in_use(&want) {
-            return None;
-        }
-        let me = Arc::clone(self);
-        let verified = tokio::task::spawn_blocking(move || me.store.verify(&want))
-            .await
-            .ok()?;
-        if !matches!(verified, Ok(true)) {
-            return None;
-        }
-        let size = self.store.get(&want)?.size;
-        let key = ModuleKey::new(name, want);
-        let now = self.now();
-        self.index
-            .insert(key.clone(), want, size, Some(url.as_str()), now);
-        lock(&self.orphans).remove(&want);
-        self.unverified.remove(&want);
-        self.journal_append(&IndexEvent::Insert {
-            key: key.clone(),
-            content: want,
-            size,
-            url: Some(url.as_str().to_owned()),
-            at: now,
-        });
-        if url.records_checksum() {
-            self.record(url, want, req);
-        }
-        info!(url = %url.redacted(), checksum = %want, "adopted a module file already in the store");
-        Some(Published {
-            path: self.store.path_of(&want),
-            checksum: want,
-            key,
-            content: want,
-            downloaded: false,
-        })
-    }
-
-    /// Runs a purge soon, off this task, unless one is already queued or the
-    /// cache is shutting down; [`Cache::shutdown`] waits for it.
-    fn queue_budget_purge(self: &Arc<Self>) {
-        if self.closed.load(Ordering::Acquire)
-            || self.budget_purge_queued.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        let me = Arc::clone(self);
-        let handle = tokio::task::spawn_blocking(move || {
-            me.budget_purge_queued.store(false, Ordering::Release);
-            if !me.closed.load(Ordering::Acquire) {
-                me.purge();
-            }
-        });
-        let mut running = lock(&self.budget_purges);
-        running.retain(|h| !h.is_finished());
-        running.push(handle);
-    }
-
-    /// One purge: pending last-use updates are appended; then, holding the
-    /// journal's lock exclusively (metadata work only: reading others'
-    /// appends, unlinking files, appending the removals), expiry, the byte
-    /// budget and orphans; then the journal is compacted if its dead records
-    /// outweigh its live ones. Without the lock (held by someone else too
-    /// long), orphans are kept (they may be another process's module about
-    /// to be recorded) and no compaction happens.
-    fn purge(&self) -> PurgeReport {
-        self.flush_touches(Instant::now() + TOUCH_WAIT);
-        let exclusive = self
-            .journal
-            .lock_exclusive(Instant::now() + METADATA_WAIT)
-            .inspect_err(|e| warn!(error = %e, "purging without the journal's lock: orphaned files are kept"))
-            .ok();
-        if let Some(x) = &exclusive {
-            let _serial = lock(&self.sync);
-            match x.read_new() {
-                Ok(tail) => self.apply_synced(&tail),
-                Err(e) => {
-                    warn!(error = %e, "reading other processes' wasm cache journal records failed")
-                }
-            }
-        }
-        let now = self.now();
-        let mut report = PurgeReport::default();
-        let mut removed = Vec::new();
-        for key in self.index.expired(now, self.opts.expiry) {
-            if let Some(r) = self.index.remove_if_idle(&key, now, self.opts.expiry) {
-                report.expired.push(key);
-                removed.push(r);
-            }
-        }
-        if let Some(budget) = self.opts.max_bytes {
-            for key in self.index.select_lru(now, budget, self.opts.grace) {
-                if let Some(r) = self.index.remove_if_idle(&key, now, self.opts.grace) {
-                    report.evicted.push(key);
-                    removed.push(r);
-                }
-            }
-        }
-        let mut events = Vec::new();
-        for e in removed {
-            let content = e.entry.content;
-            let _guard = self.publish_lock(&content);
-            events.push(IndexEvent::Remove {
-                key: e.entry.key.clone(),
-            });
-            if self.index.content_in_use(&content) {
-                continue;
-            }
-            match self.store.remove(&content) {
-                Ok(_) => {
-                    report.files_removed += 1;
-                    self.unverified.remove(&content);
-                    debug!(module = %e.entry.key.redacted_name(), "removed stale wasm module");
-                }
-                Err(err) => {
-                    // REFERENCE §5: a failed removal keeps the entry.
-                    warn!(module = %e.entry.key.redacted_name(), error = %err, "failed to purge wasm module");
-                    report.failures += 1;
-                    events.extend(self.restore(&e));
-                }
-            }
-        }
-        if exclusive.is_some() {
-            self.purge_orphans(now, &mut report);
-        }
-        self.meters.entries(self.index.len());
-        if !events.is_empty() {
-            let appended = match &exclusive {
-                Some(x) => x.append(&events, true),
-                None => self
-                    .journal
-                    .lock_shared(Instant::now() + METADATA_WAIT)
-                    .and_then(|shared| shared.append(&events, true)),
-            };
-            if let Err(e) = appended {
-                // The files are gone: the next start drops their entries.
-                warn!(error = %e, "appending to the wasm cache journal failed");
-            }
-        }
-        if let Some(x) = &exclusive
-            && compaction_due(x.lines(), &self.index)
-            && let Err(e) = x.compact(&self.index.to_events())
-        {
-            warn!(error = %e, "compacting the wasm cache journal failed");
-        }
-        report
-    }
-
-    /// Puts back an entry whose file could not be removed, with its URLs and
-    /// checksum records, in the index; returns the journal records saying so.
-    fn restore(&self, removed: &Removed) -> Vec<IndexEvent> {
-        self.index.restore(removed)
-    }
-
-    fn purge_orphans(&self, now: Timestamp, report: &mut PurgeReport) {
-        let orphans: Vec<Sha256Digest> = lock(&self.orphans).iter().copied().collect();
-        for digest in orphans {
-            let _guard = self.publish_lock(&digest);
-            if self.index.content_in_use(&digest) {
-                lock(&self.orphans).remove(&digest);
-                continue;
-            }
-            let Some(m) = self.store.get(&digest) else {
-                lock(&self.orphans).remove(&digest);
-                continue;
-            };
-            let age = now.since(Timestamp::from_system_time(m.modified));
-            if age > self.opts.expiry {
-                match self.store.remove(&digest) {
-                    Ok(_) => {
-                        report.files_removed += 1;
-                        lock(&self.orphans).remove(&digest);
-                    }
-                    Err(e) => {
-                        report.failures += 1;
-                        warn!(error = %e, "removing an orphaned module failed");
-                    }
-                }
-            }
-        }
-    }
-
-    /// [`Cache::verify`]: the store finds the mismatches (reading no lock but
-    /// each file's own); each one is checked again and removed under its
-    /// publish lock.
-    fn verify_all(&self, repair: bool) -> Result<VerifyReport, Error> {
-        let mut report = self.store.verify_all(false)?;
-        for digest in &report.ok {
-            self.unverified.remove(digest);
-        }
-        if repair {
-            for m in &report.mismatched {
-                let _guard = self.publish_lock(&m.digest);
-                // A fetch may have replaced the file with a good one meanwhile.
-                match self.store.verify(&m.digest) {
-                    Ok(false) => {}
-                    Ok(true) | Err(StoreError::NotFound { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-                if self.drop_content_locked(&m.digest)? {
-                    report.removed.push(m.digest);
-                }
-            }
-        }
-        Ok(report)
-    }
-}
-
-/// The name of the cross-process lock of one download: the URL as given and
-/// the checksum it must have.
-/// The cross-process download lock's key: like the in-process [`FlightKey`],
-/// it names the credentials (by a hash of the pull secret, never the secret),
-/// so a process downloading with one caller's credentials never makes a caller
-/// with other credentials wait for it and then take its module as a hit.
-pub(crate) fn flight_key(
-    url: &str,
-    expected: Option<Sha256Digest>,
-    secret: Option<&PullSecret>,
-) -> String {
-    let mut key = match expected {
-        Some(d) => format!("{url}\n{}", d.to_hex()),
-        None => format!("{url}\n"),
-    };
-    if let Some(secret) = secret {
-        let hash = ring::digest::digest(&ring::digest::SHA256, secret.expose());
-        key.push('\n');
-        for b in hash.as_ref() {
-            key.push_str(&format!("{b:02x}"));
-        }
-    }
-    key
-}
-
-fn result_label(e: &wasm_cache_core::Error) -> FetchResult {
-    use wasm_cache_core::ErrorKind as K;
-    match e.kind() {
-        K::Integrity => FetchResult::ChecksumMismatched,
-        K::Manifest => FetchResult::ManifestFailure,
-        K::InvalidModule | K::Storage | K::InvalidInput => FetchResult::FetchFailure,
-        _ => FetchResult::DownloadFailure,
-    }
-}
-
-/// The store's ingest as the fetcher's sink; takes on the content digest
-/// check a fetcher offers ([`ModuleSink::verify_sha256`]), which the cache
-/// then does with the store's hash before committing.
-struct VerifyingSink<'a> {
-    ingest: &'a mut wasm_store_fs::Ingest,
-    content: Option<Sha256Digest>,
-}
-
-impl wasm_cache_core::ModuleSink for VerifyingSink<'_> {
-    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        wasm_cache_core::ModuleSink::write(self.ingest, chunk)
-    }
-
-    fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
-        self.content = Some(digest);
-        true
-    }
-}
-
-/// The signature crate's failure in the fetch error enum's terms.
-fn signature_error(e: wasm_cache_signature::Error) -> wasm_cache_core::Error {
-    match e {
-        wasm_cache_signature::Error::NoValidSignature {
-            reference,
-            digest,
-            keys,
-            reasons,
-        } => wasm_cache_core::Error::NoValidSignature {
-            reference,
-            digest,
-            keys: keys
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            reasons,
-        },
-        other => wasm_cache_core::Error::InvalidConfig {
-            reason: other.to_string(),
-        },
     }
 }

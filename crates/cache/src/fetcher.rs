@@ -40,8 +40,9 @@ pub use crate::lazy::LazyFetcher;
 pub use async_trait::async_trait;
 pub use wasm_cache_core::retry::Backoff;
 pub use wasm_cache_core::{
-    BoxError, Error, ErrorKind, FetchRequest, Fetched, Fetcher, IoSink, ModuleSink, ModuleUrl,
-    OciReference, PullSecret, Scheme, Sha256Digest, WASM_MAGIC, check_wasm_header, redact_url,
+    BoxError, Error, ErrorKind, FetchRequest, FetchSource, Fetched, Fetcher, IoSink, ModuleSink,
+    ModuleUrl, OciReference, PullSecret, Scheme, Sha256Digest, WASM_MAGIC, check_wasm_header,
+    redact_url,
 };
 
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};

@@ -47,7 +47,8 @@
 //! [`metrics`](::metrics) facade, with Istio's names: [`metrics::CACHE_ENTRIES`]
 //! (`wasm_cache_entries`, gauge), [`metrics::LOOKUP_COUNT`]
 //! (`wasm_cache_lookup_count{hit}`) and [`metrics::REMOTE_FETCH_COUNT`]
-//! (`wasm_remote_fetch_count{result}`).
+//! (`wasm_remote_fetch_count{result,source}`, `source` being `upstream` or
+//! `mirror`: which kind of host served it, see [`CacheBuilder::mirror`]).
 //!
 //! ## Example
 //! A cache whose `https` fetcher is replaced by an in-memory one (any
@@ -139,5 +140,5 @@ pub use wasm_cache_signature::{KeyFingerprint, PublicKey, TrustPolicy};
 #[cfg(feature = "http")]
 pub use wasm_fetch_http::HttpFetcher;
 #[cfg(feature = "oci")]
-pub use wasm_fetch_oci::OciFetcher;
+pub use wasm_fetch_oci::{Mirror, OciFetcher};
 pub use wasm_store_fs::{FsStore, Mismatch, VerifyReport};

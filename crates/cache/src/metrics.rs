@@ -6,8 +6,13 @@
 pub const CACHE_ENTRIES: &str = "wasm_cache_entries";
 /// Counter with label `hit` = `true` | `false`: lookups.
 pub const LOOKUP_COUNT: &str = "wasm_cache_lookup_count";
-/// Counter with label `result`: remote fetches, see [`FetchResult`].
+/// Counter with labels `result` (see [`FetchResult`]) and `source`
+/// (`upstream` | `mirror`, [`FetchSource`]): remote fetches. `source` says
+/// which kind of host served a successful fetch; a failed fetch is counted
+/// against the upstream, the last resort every attempt ends with.
 pub const REMOTE_FETCH_COUNT: &str = "wasm_remote_fetch_count";
+
+pub use wasm_cache_core::FetchSource;
 
 /// The `result` label of [`REMOTE_FETCH_COUNT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +52,8 @@ impl FetchResult {
 pub(crate) struct Meters {
     hit: metrics::Counter,
     miss: metrics::Counter,
-    fetch: [metrics::Counter; 6],
+    /// Per result, `[upstream, mirror]`.
+    fetch: [[metrics::Counter; 2]; 6],
     entries: metrics::Gauge,
 }
 
@@ -60,12 +66,18 @@ const RESULTS: [FetchResult; 6] = [
     FetchResult::Signature,
 ];
 
+const SOURCES: [FetchSource; 2] = [FetchSource::Upstream, FetchSource::Mirror];
+
 impl Meters {
     pub(crate) fn new() -> Self {
         Self {
             hit: metrics::counter!(LOOKUP_COUNT, "hit" => "true"),
             miss: metrics::counter!(LOOKUP_COUNT, "hit" => "false"),
-            fetch: RESULTS.map(|r| metrics::counter!(REMOTE_FETCH_COUNT, "result" => r.as_str())),
+            fetch: RESULTS.map(|r| {
+                SOURCES.map(|s| {
+                    metrics::counter!(REMOTE_FETCH_COUNT, "result" => r.as_str(), "source" => s.as_str())
+                })
+            }),
             entries: metrics::gauge!(CACHE_ENTRIES),
         }
     }
@@ -74,9 +86,15 @@ impl Meters {
         if hit { &self.hit } else { &self.miss }.increment(1);
     }
 
+    /// A fetch that failed or was refused: counted against the upstream.
     pub(crate) fn fetch(&self, result: FetchResult) {
+        self.fetch_from(result, FetchSource::Upstream);
+    }
+
+    pub(crate) fn fetch_from(&self, result: FetchResult, source: FetchSource) {
         let i = RESULTS.iter().position(|r| *r == result).unwrap_or(0);
-        self.fetch[i].increment(1);
+        let j = SOURCES.iter().position(|s| *s == source).unwrap_or(0);
+        self.fetch[i][j].increment(1);
     }
 
     pub(crate) fn entries(&self, n: usize) {

@@ -322,12 +322,12 @@ fn metrics_use_the_reference_names() {
         "{seen:?}"
     );
     assert_eq!(
-        seen.get("wasm_remote_fetch_count{result=success}"),
+        seen.get("wasm_remote_fetch_count{result=success,source=upstream}"),
         Some(&1.0),
         "{seen:?}"
     );
     assert_eq!(
-        seen.get("wasm_remote_fetch_count{result=download_failure}"),
+        seen.get("wasm_remote_fetch_count{result=download_failure,source=upstream}"),
         Some(&1.0),
         "{seen:?}"
     );

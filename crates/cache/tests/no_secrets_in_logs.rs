@@ -299,6 +299,47 @@ async fn no_log_line_and_no_debug_output_holds_a_secret() {
     };
     out.error("a shut-down error", &e);
 
+    // A mirror with credentials (the basic-auth registry standing in for a
+    // mirror of a plain upstream): served with the right password, refused
+    // with a wrong one (the upstream then serves); every mirror failed with
+    // the upstream gone.
+    let upstream = Registry::start(RegistryKind::Plain);
+    let mirrored = push_oci_image(&upstream, "org/private", "v1", &image).await;
+    let mirror_url = format!("http://{}", registry.host());
+    for (password, n) in [(OCI_PASSWORD, 1), ("wrong-SECRET", 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::builder(dir.path())
+            .background_purge(false)
+            .insecure_hosts([upstream.host()])
+            .mirror_with(
+                upstream.host(),
+                wasm_cache::Mirror::new(&mirror_url).credentials(USER, password),
+            )
+            .build()
+            .await
+            .unwrap();
+        out.debug(&format!("a cache with mirror credentials ({n})"), &cache);
+        assert_module_at(&cache.get(&req(&mirrored.url, "1")).await.unwrap(), &image);
+        cache.shutdown().await.unwrap();
+    }
+    let gone = mirrored.url.clone();
+    let upstream_host = upstream.host();
+    drop(upstream);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::builder(dir.path())
+        .background_purge(false)
+        .insecure_hosts([upstream_host.clone()])
+        .mirror_with(
+            upstream_host,
+            wasm_cache::Mirror::new(&mirror_url).credentials(USER, "wrong-SECRET"),
+        )
+        .build()
+        .await
+        .unwrap();
+    let e = cache.get(&req(&gone, "1")).await.unwrap_err();
+    out.error("every mirror and the registry failed", &e);
+    cache.shutdown().await.unwrap();
+
     out.assert_clean();
     let captured = lock(&lines).clone();
     eprintln!("{} log lines and spans captured", captured.len());
@@ -311,6 +352,8 @@ async fn no_log_line_and_no_debug_output_holds_a_secret() {
         "fetched wasm module",
         "vanished",
         "removed stale wasm module",
+        "served by mirror",
+        "every mirror failed",
     ] {
         assert!(
             captured.iter().any(|l| l.contains(expected)),

@@ -17,6 +17,7 @@ macro_rules! say {
     };
 }
 
+mod config;
 mod logging;
 mod outfile;
 mod output;
@@ -153,9 +154,15 @@ struct NetArgs {
     /// Registry or host reached without TLS verification (plain HTTP allowed for registries); `*` for all.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
-    /// Extra PEM bundle of trusted CAs.
+    /// Extra PEM bundle of trusted CAs (replaces the config file's `ca_file`).
     #[arg(long, value_name = "PEM")]
     ca_file: Option<PathBuf>,
+    /// A mirror of an OCI registry, asked before it (repeatable, in order; before the config file's).
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = config::parse_mirror_flag)]
+    registry_mirrors: Vec<(String, String)>,
+    /// TOML config file: mirrors per registry, insecure registries, CA file (docs/CLI.md).
+    #[arg(long, env = "WASM_CACHE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Largest module accepted, after unboxing (bytes, or 512K, 1G, 1.5GiB, ...).
     #[arg(long, default_value = DEFAULT_MAX_SIZE_ARG.as_str(), value_parser = parse_size, value_name = "SIZE")]
     max_size: u64,
@@ -423,6 +430,22 @@ async fn open_for(
         })?)),
         None => None,
     };
+    let config = match net.config.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => Some((
+            path,
+            config::load(path).map_err(|e| Failure::new(USAGE, e))?,
+        )),
+        None => None,
+    };
+    let file = config.as_ref().map(|(p, c)| (*p, c));
+    let mut insecure: Vec<String> = file
+        .map(|(_, c)| c.insecure_registries.clone())
+        .unwrap_or_default();
+    insecure.extend(net.insecure_registries.iter().cloned());
+    let ca_file = net
+        .ca_file
+        .clone()
+        .or_else(|| file.and_then(|(_, c)| c.ca_file.clone()));
     let mut cache = builder(dir).max_module_size(net.max_size);
     // A URL that does not parse gets no fetcher, and the cache reports the
     // reference's error for it.
@@ -430,9 +453,8 @@ async fn open_for(
         // Each fetcher is built on first use (LazyFetcher): a hit builds none
         // and loads no trust roots. Its options are checked now all the same.
         Ok(Scheme::Http | Scheme::Https) => {
-            let mut http =
-                HttpFetcher::builder().insecure_hosts(net.insecure_registries.iter().cloned());
-            if let Some(ca) = &net.ca_file {
+            let mut http = HttpFetcher::builder().insecure_hosts(insecure);
+            if let Some(ca) = &ca_file {
                 http = http.ca_file(ca);
             }
             http.check()?;
@@ -446,10 +468,14 @@ async fn open_for(
                 .fetcher(Scheme::Https, http);
         }
         Ok(Scheme::Oci) => {
-            let mut oci =
-                OciFetcher::builder().insecure_hosts(net.insecure_registries.iter().cloned());
-            if let Some(ca) = &net.ca_file {
+            let mut oci = OciFetcher::builder().insecure_hosts(insecure);
+            if let Some(ca) = &ca_file {
                 oci = oci.ca_file(ca);
+            }
+            for (registry, mirror) in
+                config::mirrors(file, &net.registry_mirrors).map_err(|e| Failure::new(USAGE, e))?
+            {
+                oci = oci.mirror(registry, mirror);
             }
             oci.check()?;
             let lazy = LazyFetcher::new("oci", move || {
@@ -514,8 +540,8 @@ async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, 
         ));
     }
     let trust = trust_policy(&args.verify_keys, args.require_reference)?;
-    let (cache, req) = open_for(dir, &args.net, progress).await?;
-    let mut req = req
+    let mut req = GetRequest::new(args.net.url.clone())
+        .timeout(args.net.timeout)
         .resource(args.resource_name, args.resource_version)
         .pull_policy(args.policy.into());
     if let Some(sum) = args.sha256 {
@@ -528,15 +554,28 @@ async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, 
         req = req.signature_url(url);
     }
     let started = Instant::now();
-    let result = cache.get_detailed(&req).await;
+    // A pinned hit is answered from the directory's hints, without opening
+    // the cache (no journal replay, no fetcher, no trust roots).
+    let quick = Cache::hit_in_dir(dir, &req)?;
+    let outcome = match quick {
+        Some(outcome) => outcome,
+        None => {
+            let (cache, common) = open_for(dir, &args.net, progress).await?;
+            if let Some(secret) = common.pull_secret {
+                req = req.pull_secret(secret);
+            }
+            let result = cache.get_detailed(&req).await;
+            // Persist records and last use whatever happened; a failure to do so
+            // does not fail a fetch that succeeded (the module is in place).
+            let closed = cache.shutdown().await;
+            let outcome = result?;
+            if let Err(e) = closed {
+                tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
+            }
+            outcome
+        }
+    };
     let took = started.elapsed();
-    // Persist records and last use whatever happened; a failure to do so
-    // does not fail a fetch that succeeded (the module is in place).
-    let closed = cache.shutdown().await;
-    let outcome = result?;
-    if let Err(e) = closed {
-        tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
-    }
     if outcome.cached {
         debug!(target: TARGET, "{} found in the cache", redact_url(&req.url));
     } else {

@@ -52,6 +52,14 @@ impl ModuleSink for Counting<'_> {
     fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
         self.sink.verify_sha256(digest)
     }
+
+    fn restart(&mut self) -> bool {
+        let restarted = self.sink.restart();
+        if restarted {
+            self.bar.set_position(0);
+        }
+        restarted
+    }
 }
 
 #[async_trait]

@@ -144,12 +144,28 @@ pub trait ModuleSink: Send {
         let _ = digest;
         false
     }
+
+    /// Asks the sink to forget everything written so far (and any
+    /// [`verify_sha256`](Self::verify_sha256) it took on), so the module can
+    /// be written again from its first byte: a fetcher that found one source
+    /// (an untrusted registry mirror) served bytes that do not match their
+    /// digest, and has another source to try. Returns `true` when the sink
+    /// did; the default, `false`, means it cannot, and the fetcher then fails
+    /// with the error it had. Wrapping sinks forward it.
+    fn restart(&mut self) -> bool {
+        false
+    }
 }
 
 impl ModuleSink for Vec<u8> {
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         self.extend_from_slice(chunk);
         Ok(())
+    }
+
+    fn restart(&mut self) -> bool {
+        self.clear();
+        true
     }
 }
 
@@ -163,6 +179,10 @@ impl<S: ModuleSink + ?Sized> ModuleSink for &mut S {
 
     fn verify_sha256(&mut self, digest: Sha256Digest) -> bool {
         (**self).verify_sha256(digest)
+    }
+
+    fn restart(&mut self) -> bool {
+        (**self).restart()
     }
 }
 
@@ -220,12 +240,48 @@ pub struct Fetched {
     /// For content-addressed sources, the digest of what was fetched (the OCI
     /// manifest digest); `None` when the module's own hash is the checksum.
     pub digest: Option<Sha256Digest>,
+    /// Which kind of host served the module's bytes.
+    pub source: FetchSource,
 }
 
 impl Fetched {
-    /// A fetch that wrote `size` bytes and reports `digest`.
+    /// A fetch that wrote `size` bytes and reports `digest`, served by the
+    /// URL's own host ([`FetchSource::Upstream`]).
     pub fn new(size: u64, digest: Option<Sha256Digest>) -> Self {
-        Self { size, digest }
+        Self {
+            size,
+            digest,
+            source: FetchSource::Upstream,
+        }
+    }
+
+    /// Sets which kind of host served the bytes.
+    #[must_use]
+    pub fn with_source(mut self, source: FetchSource) -> Self {
+        self.source = source;
+        self
+    }
+}
+
+/// Which kind of host served a fetch: the URL's own (the upstream) or a
+/// mirror configured for it (a registry mirror or pull-through cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum FetchSource {
+    /// The host the URL names.
+    #[default]
+    Upstream,
+    /// A mirror of that host.
+    Mirror,
+}
+
+impl FetchSource {
+    /// The metrics label value: `upstream` or `mirror`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::Mirror => "mirror",
+        }
     }
 }
 

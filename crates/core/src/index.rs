@@ -545,6 +545,14 @@ impl Index {
         self.checksums.get(url).map(|r| r.value().clone())
     }
 
+    /// Every per-URL checksum record (URL as given, record), in no order.
+    pub fn checksum_records(&self) -> Vec<(String, ChecksumRecord)> {
+        self.checksums
+            .iter()
+            .map(|r| (r.key().clone(), r.value().clone()))
+            .collect()
+    }
+
     /// Number of per-URL checksum records.
     pub fn record_count(&self) -> usize {
         self.checksums.len()
@@ -575,7 +583,7 @@ impl Index {
     ) -> Option<Removed> {
         let (key, e) = self
             .modules
-            .remove_if(key, |_, e| is_idle(now, e.last_use, idle))?;
+            .remove_if(key, |_, e| crate::plan::is_idle(now, e.last_use, idle))?;
         let mut records = Vec::new();
         for u in &e.urls {
             if let Some((u, r)) = self
@@ -635,68 +643,71 @@ impl Index {
     /// The keys of entries unused for longer than `expiry` at `now` (REFERENCE
     /// §5). The caller removes them with [`Index::remove_if_idle`].
     pub fn expired(&self, now: Timestamp, expiry: Duration) -> Vec<ModuleKey> {
-        let mut out: Vec<ModuleKey> = self
-            .modules
-            .iter()
-            .filter(|e| is_idle(now, e.value().last_use, expiry))
-            .map(|e| e.key().clone())
-            .collect();
-        out.sort();
-        out
+        crate::plan::plan_purge(&self.entries(), now, expiry, None, Duration::ZERO).expired
     }
 
-    /// The eviction plan for a byte budget: the entries to remove so that the
-    /// total size ([`Index::total_bytes`]) fits in `budget`, least recently
-    /// used first, never an entry used within `grace` of `now` (see
-    /// [`Index::remove_if_idle`] for the boundary).
-    ///
-    /// Content is the unit of eviction, because the store keeps one file per
-    /// content digest: an entry is picked only together with every other
-    /// entry sharing its content, and only when none of them is protected, so
-    /// every pick frees its bytes. Contents are taken in the order of their
-    /// most recent use and the plan stops as soon as the budget holds, so no
-    /// shorter prefix of it would do. If only protected or empty content
-    /// remains, the total may stay above the budget. The result is ordered by
-    /// content (oldest first), then key.
+    /// The eviction plan for a byte budget over the current entries: see
+    /// [`plan_eviction`](crate::plan::plan_eviction) (content is the unit,
+    /// least recently used first, every pick needed, nothing used within
+    /// `grace` of `now`). The caller removes them with
+    /// [`Index::remove_if_idle`].
     pub fn select_lru(&self, now: Timestamp, budget: u64, grace: Duration) -> Vec<ModuleKey> {
-        struct Group {
-            size: u64,
-            newest: Timestamp,
-            protected: bool,
-            keys: Vec<ModuleKey>,
-        }
-        let mut groups: BTreeMap<Sha256Digest, Group> = BTreeMap::new();
-        for e in &self.modules {
-            let g = groups.entry(e.value().content).or_insert_with(|| Group {
-                size: 0,
-                newest: Timestamp(0),
-                protected: false,
-                keys: Vec::new(),
-            });
-            g.size = g.size.max(e.value().size);
-            g.newest = g.newest.max(e.value().last_use);
-            g.protected |= !is_idle(now, e.value().last_use, grace);
-            g.keys.push(e.key().clone());
-        }
-        let mut total = groups
-            .values()
-            .fold(0u64, |sum, g| sum.saturating_add(g.size));
-        let mut candidates: Vec<(Timestamp, Sha256Digest, Group)> = groups
-            .into_iter()
-            .filter(|(_, g)| !g.protected && g.size > 0)
-            .map(|(c, g)| (g.newest, c, g))
+        crate::plan::plan_eviction(self.entries().iter(), now, budget, grace)
+    }
+
+    /// [`plan_purge`](crate::plan::plan_purge) over the current entries.
+    pub fn plan_purge(
+        &self,
+        now: Timestamp,
+        expiry: Duration,
+        budget: Option<u64>,
+        grace: Duration,
+    ) -> crate::plan::PurgePlan {
+        crate::plan::plan_purge(&self.entries(), now, expiry, budget, grace)
+    }
+
+    /// Brings the index, as replayed from a journal, in line with the module
+    /// files on disk (`files`, by content digest) and the clock: entries whose
+    /// file is gone are dropped, sizes come from the files, a last use after
+    /// `now` becomes the time the file was written (or `now`). Reports what it
+    /// changed and the files no entry refers to (orphans). Reads no file and
+    /// no clock.
+    ///
+    /// Afterwards every entry's content is a file of `files` with that file's
+    /// size, every file is either referred to or an orphan (never both), and
+    /// the checksum records of surviving entries are kept.
+    pub fn reconcile(
+        &self,
+        files: &BTreeMap<Sha256Digest, crate::plan::FileFacts>,
+        now: Timestamp,
+    ) -> crate::plan::Reconciled {
+        // Keys only, not snapshots: this runs at every open, over every entry.
+        let mut dropped: Vec<ModuleKey> = self
+            .modules
+            .iter()
+            .filter(|e| !files.contains_key(&e.content))
+            .map(|e| e.key().clone())
             .collect();
-        candidates.sort_by_key(|c| (c.0, c.1));
-        let mut out = Vec::new();
-        for (_, _, mut g) in candidates {
-            if total <= budget {
-                break;
-            }
-            total = total.saturating_sub(g.size);
-            g.keys.sort();
-            out.append(&mut g.keys);
+        dropped.sort();
+        for key in &dropped {
+            self.remove(key);
         }
-        out
+        // One pass each (a pass per entry made opening n modules O(n^2)).
+        let wrong_sizes = self.correct_sizes(&|c| files.get(c).map(|f| f.size));
+        let future_last_use = self.clamp_future_to(now, &|c| files.get(c).map(|f| f.written));
+        let in_use: std::collections::HashSet<Sha256Digest> =
+            self.modules.iter().map(|e| e.content).collect();
+        let orphans = files
+            .keys()
+            .filter(|d| !in_use.contains(*d))
+            .copied()
+            .collect();
+        crate::plan::Reconciled {
+            dropped,
+            wrong_sizes,
+            future_last_use,
+            orphans,
+        }
     }
 
     /// Snapshots of every entry, sorted by key.
@@ -854,13 +865,6 @@ impl Index {
         }
         out
     }
-}
-
-/// Whether an entry last used at `last_use` has been unused for strictly
-/// longer than `idle` at `now`: the one boundary for expiry, eviction grace
-/// and [`Index::remove_if_idle`].
-fn is_idle(now: Timestamp, last_use: Timestamp, idle: Duration) -> bool {
-    now.since(last_use) > idle
 }
 
 fn info(key: &ModuleKey, e: &Entry) -> EntryInfo {

@@ -1,8 +1,9 @@
 //! # wasm-cache-core
 //!
 //! The pure heart of wasm-cache: module keys, URL parsing, pull policy, the
-//! checksum index with expiry and LRU selection, and the [`Fetcher`] trait that
-//! backends implement.
+//! checksum index, purge and recovery planning ([`plan`]: expiry, the byte
+//! budget, orphans, reconciling a journal with the files on disk), and the
+//! [`Fetcher`] trait that backends implement.
 //!
 //! Design choice: this crate does no I/O, reads no clock and needs no async
 //! runtime. Time is a parameter ([`Timestamp`]), so every rule here is
@@ -27,6 +28,7 @@ pub mod digest;
 mod error;
 mod fetcher;
 pub mod index;
+pub mod plan;
 mod policy;
 pub mod retry;
 mod url;
@@ -34,8 +36,8 @@ mod url;
 pub use crate::digest::Sha256Digest;
 pub use crate::error::{BoxError, Error, ErrorKind, shorten};
 pub use crate::fetcher::{
-    DEFAULT_MAX_MODULE_SIZE, FetchRequest, Fetched, Fetcher, IoSink, ModuleSink, PullSecret,
-    SignatureLayer, Signatures, WASM_MAGIC, check_wasm_header,
+    DEFAULT_MAX_MODULE_SIZE, FetchRequest, FetchSource, Fetched, Fetcher, IoSink, ModuleSink,
+    PullSecret, SignatureLayer, Signatures, WASM_MAGIC, check_wasm_header,
 };
 pub use crate::index::{
     ChecksumRecord, EntryInfo, Index, IndexEvent, Lookup, LookupRequest, ModuleKey, Removed,

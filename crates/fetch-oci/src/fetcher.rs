@@ -32,6 +32,7 @@ use wasm_fetch_transport::{
 use crate::auth::{self, Credentials, Source};
 use crate::errors::{MAX_ERROR_BODY, registry_error, shorten};
 use crate::layout::{self, LayerChoice, LayoutError, Parsed};
+use crate::mirror::{Chain, Mirror, MirrorTarget, Mirrors};
 use crate::realm::{self, Challenge};
 use crate::verify::{BlobVerifier, sha256};
 
@@ -52,7 +53,7 @@ const MEMO_BYTES: usize = 8 * 1024 * 1024;
 /// How long a resolved manifest is kept for the fetch that follows.
 const MEMO_TTL: Duration = Duration::from_secs(60);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -64,6 +65,7 @@ pub struct OciFetcherBuilder {
     allow_private_realms: bool,
     docker_config_dir: Option<Option<PathBuf>>,
     credential_helper_path: Option<OsString>,
+    mirrors: Vec<(String, Mirror)>,
 }
 
 impl Default for OciFetcherBuilder {
@@ -74,6 +76,7 @@ impl Default for OciFetcherBuilder {
             allow_private_realms: false,
             docker_config_dir: None,
             credential_helper_path: None,
+            mirrors: Vec::new(),
         }
     }
 }
@@ -190,14 +193,26 @@ impl OciFetcherBuilder {
         self
     }
 
-    /// Checks the options as [`build`](Self::build) would, building nothing
-    /// (see [`TransportBuilder::check`]): a caller that builds the fetcher on
-    /// first use can report a bad option at once.
+    /// Adds a mirror of `registry` (as written in references: `ghcr.io`,
+    /// `127.0.0.1:5000`), tried after the mirrors added before it for that
+    /// registry and before the registry itself. See [`Mirror`] for what a
+    /// mirror is trusted with (nothing a digest does not check).
+    #[must_use]
+    pub fn mirror(mut self, registry: impl Into<String>, mirror: Mirror) -> Self {
+        self.mirrors.push((registry.into(), mirror));
+        self
+    }
+
+    /// Checks the options as [`build`](Self::build) would (the transport's,
+    /// see [`TransportBuilder::check`], and the mirrors'), building no
+    /// fetcher: a caller that builds it on first use can report a bad option
+    /// at once.
     ///
     /// # Errors
     /// As [`build`](Self::build).
     pub fn check(&self) -> Result<(), Error> {
-        self.transport.check()
+        self.transport.check()?;
+        crate::mirror::endpoints(&self.transport, &self.mirrors).map(drop)
     }
 
     /// Builds the fetcher: reads the CA bundles; the system's trust roots
@@ -206,9 +221,12 @@ impl OciFetcherBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an unreadable CA file, a bundle with no PEM
-    /// certificate, a malformed insecure-registry entry or proxy variable.
+    /// certificate, a malformed insecure-registry entry or proxy variable, a
+    /// mirror whose URL or registry is not usable.
     pub fn build(self) -> Result<OciFetcher, Error> {
+        let mirrors = crate::mirror::endpoints(&self.transport, &self.mirrors)?;
         let transport = self.transport.build()?;
+        let mirrors = crate::mirror::with_shared(mirrors, &transport);
         let docker_config_dir = self
             .docker_config_dir
             .unwrap_or_else(auth::default_docker_config_dir);
@@ -223,6 +241,7 @@ impl OciFetcherBuilder {
                 modes: Mutex::new(HashMap::new()),
                 auth: Mutex::new(HashMap::new()),
                 memo: Mutex::new(Memo::default()),
+                mirrors,
             }),
         })
     }
@@ -231,7 +250,7 @@ impl OciFetcherBuilder {
 /// A [`Fetcher`] for `oci://` URLs. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct OciFetcher {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// How a registry's requests are authorized, once learnt.
@@ -271,9 +290,9 @@ impl Memo {
     }
 }
 
-struct Inner {
-    transport: Transport,
-    backoff: Backoff,
+pub(crate) struct Inner {
+    pub(crate) transport: Transport,
+    pub(crate) backoff: Backoff,
     allow_private_realms: bool,
     docker_config_dir: Option<PathBuf>,
     helper_path: Option<OsString>,
@@ -285,10 +304,12 @@ struct Inner {
     /// Keyed by a hash of (registry, repository, credentials); never the secret.
     auth: Mutex<HashMap<[u8; 32], Authz>>,
     memo: Mutex<Memo>,
+    /// Each registry's mirrors, in order (keys lower-cased).
+    pub(crate) mirrors: Mirrors,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Https,
     Http,
 }
@@ -301,26 +322,38 @@ impl fmt::Debug for OciFetcher {
             .field("backoff", &i.backoff)
             .field("allow_private_realms", &i.allow_private_realms)
             .field("docker_config_dir", &i.docker_config_dir)
+            .field("mirrors", &i.mirrors)
             .field("cached_authorizations", &lock(&i.auth).len())
             .finish()
     }
 }
 
-/// Everything one operation (resolve or fetch) needs to talk to the registry.
-struct Session<'a> {
-    inner: &'a Inner,
+/// Everything one operation (resolve or fetch) needs to talk to one host:
+/// the registry itself, or one of its mirrors.
+pub(crate) struct Session<'a> {
+    pub(crate) inner: &'a Inner,
     /// The module URL, redacted: what errors name.
-    url: String,
-    registry: String,
-    repository: String,
-    creds: Credentials,
-    creds_key: [u8; 32],
+    pub(crate) url: String,
+    /// The host talked to (`host[:port]`): the registry, or a mirror.
+    pub(crate) registry: String,
+    /// For a mirror: the registry it mirrors (sent as `ns=`), its fixed
+    /// scheme and path prefix.
+    pub(crate) mirror: Option<MirrorTarget>,
+    /// The transport of this host (a mirror with its own CA or insecure
+    /// setting has its own, built by the same transport code).
+    pub(crate) transport: Transport,
+    /// The retry schedule: a mirror gets one attempt per operation, the next
+    /// source being the retry.
+    pub(crate) backoff: Backoff,
+    pub(crate) repository: String,
+    pub(crate) creds: Credentials,
+    pub(crate) creds_key: [u8; 32],
     /// The helper-cache entry the credentials came from, if any: dropped
     /// when the registry refuses them (a rotated or expired credential), so
     /// the next operation asks the helper again.
-    helper_key: Option<(String, String)>,
-    insecure: bool,
-    deadline: Instant,
+    pub(crate) helper_key: Option<(String, String)>,
+    pub(crate) insecure: bool,
+    pub(crate) deadline: Instant,
 }
 
 fn header(value: &str) -> Option<HeaderValue> {
@@ -348,6 +381,9 @@ impl Session<'_> {
     }
 
     fn mode(&self) -> Option<Mode> {
+        if let Some(m) = &self.mirror {
+            return Some(m.mode);
+        }
         lock(&self.inner.modes)
             .get(&self.registry)
             .filter(|(_, at)| at.elapsed() < MODE_TTL)
@@ -401,14 +437,21 @@ impl Session<'_> {
             Mode::Https => "https",
             Mode::Http => "http",
         };
-        Url::parse(&format!(
-            "{scheme}://{}/v2/{}/{path}",
+        let prefix = self.mirror.as_ref().map_or("", |m| m.prefix.as_str());
+        let mut url = Url::parse(&format!(
+            "{scheme}://{}{prefix}/v2/{}/{path}",
             self.registry, self.repository
         ))
         .map_err(|e| Error::InvalidUrl {
             url: self.url.clone(),
             reason: format!("cannot form a registry URL: {e}"),
-        })
+        })?;
+        // As containerd asks a mirror: the upstream's repository path, and the
+        // upstream named by `ns`, for mirrors serving several registries.
+        if let Some(m) = &self.mirror {
+            url.query_pairs_mut().append_pair("ns", &m.ns);
+        }
+        Ok(url)
     }
 
     /// One request to the registry: over the known scheme (for an
@@ -470,12 +513,14 @@ impl Session<'_> {
             Ok(r)
         };
         match self.mode() {
-            Some(mode) => self.inner.transport.send(request(mode)?).await,
-            None if !self.insecure => self.inner.transport.send(request(Mode::Https)?).await,
+            Some(mode) => self.transport.send(request(mode)?).await,
+            None if !self.insecure => self.transport.send(request(Mode::Https)?).await,
+            // Boxed: its futures would otherwise make every request's future
+            // (and so resolve's and fetch's) larger for a first request only.
             None if plain_first(&self.registry) => {
-                self.plain_first(path, accept, authorization).await
+                Box::pin(self.plain_first(path, accept, authorization)).await
             }
-            None => match self.inner.transport.send(request(Mode::Https)?).await {
+            None => match self.transport.send(request(Mode::Https)?).await {
                 Ok(r) => {
                     self.remember_mode(Mode::Https);
                     Ok(r)
@@ -483,7 +528,7 @@ impl Session<'_> {
                 // TLS cannot be set up with this registry: plain HTTP (listed registries only).
                 Err(e @ Error::Transport { .. }) => {
                     tracing::debug!(registry = %self.registry, error = %e, "https failed; trying http");
-                    let r = self.inner.transport.send(request(Mode::Http)?).await?;
+                    let r = self.transport.send(request(Mode::Http)?).await?;
                     self.remember_mode(Mode::Http);
                     Ok(r)
                 }
@@ -519,14 +564,13 @@ impl Session<'_> {
             }
             Ok(r)
         };
-        let plain = match self.inner.transport.send(request(Mode::Http, None)?).await {
+        let plain = match self.transport.send(request(Mode::Http, None)?).await {
             Ok(r) if r.status == StatusCode::BAD_REQUEST => Some(r),
             Ok(mut r) => {
                 self.remember_mode(Mode::Http);
                 if r.status == StatusCode::UNAUTHORIZED && authorization.is_some() {
                     drop_body(&mut r).await;
                     return self
-                        .inner
                         .transport
                         .send(request(Mode::Http, authorization.as_ref())?)
                         .await;
@@ -538,7 +582,6 @@ impl Session<'_> {
         };
         tracing::debug!(registry = %self.registry, "no plain HTTP answer; trying https");
         match self
-            .inner
             .transport
             .send(request(Mode::Https, authorization.as_ref())?)
             .await
@@ -624,15 +667,10 @@ impl Session<'_> {
         {
             request = request.header(AUTHORIZATION, v);
         }
-        let response = self
-            .inner
-            .transport
-            .send(request)
-            .await
-            .map_err(|e| match e {
-                Error::Blocked { reason, .. } => self.refused_realm(&reason),
-                other => other,
-            })?;
+        let response = self.transport.send(request).await.map_err(|e| match e {
+            Error::Blocked { reason, .. } => self.refused_realm(&reason),
+            other => other,
+        })?;
         let status = response.status;
         let body = match response.bytes_limited(MAX_TOKEN_RESPONSE).await {
             Ok(b) => b,
@@ -691,7 +729,7 @@ impl Session<'_> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let mut retry = RetryDriver::new(self.inner.backoff, self.deadline);
+        let mut retry = RetryDriver::new(self.backoff, self.deadline);
         loop {
             let attempt = retry.start();
             let e = match op().await {
@@ -939,7 +977,7 @@ impl OciFetcher {
         }
     }
 
-    async fn session<'a>(
+    pub(crate) async fn session<'a>(
         &'a self,
         req: &FetchRequest,
         oci: &OciReference,
@@ -955,6 +993,9 @@ impl OciFetcher {
             insecure: self.inner.transport.insecure().matches_registry(&registry),
             repository: oci.repository().to_owned(),
             registry,
+            mirror: None,
+            transport: self.inner.transport.clone(),
+            backoff: self.inner.backoff,
             deadline: req.deadline,
         })
     }
@@ -964,7 +1005,7 @@ impl OciFetcher {
     /// (`credHelpers[registry]`, else `credsStore`, else `auths`), else
     /// anonymous. Logs which source answered, never the credentials.
     /// With the credentials comes the helper-cache key they were kept under.
-    async fn credentials(
+    pub(crate) async fn credentials(
         &self,
         req: &FetchRequest,
         registry: &str,
@@ -1042,25 +1083,29 @@ impl OciFetcher {
         req: &FetchRequest,
         oci: &OciReference,
     ) -> Result<Sha256Digest, Error> {
-        let s = self.session(req, oci).await?;
         let reference = oci
             .digest()
             .map_or_else(|| oci.tag().unwrap_or("latest").to_owned(), str::to_owned);
         let pinned = oci.sha256_digest();
-        // One GET: the bytes are kept for the fetch that follows, so a cold
-        // pull reads the manifest once (no HEAD, then GET).
-        let (body, digest) = s.retrying(|| s.manifest_once(&reference, None)).await?;
-        if let Some(pinned) = pinned
-            && pinned != digest
-        {
-            return Err(Error::DigestMismatch {
-                url: s.url.clone(),
-                expected: pinned.to_prefixed(),
-                actual: digest.to_prefixed(),
-            });
+        // The registry's mirrors first, then the registry (see `mirror`).
+        let mut chain = Chain::new(self, req, oci, "manifest");
+        loop {
+            let s = chain.next().await?;
+            // One GET: the bytes are kept for the fetch that follows, so a
+            // cold pull reads the manifest once (no HEAD, then GET). A pinned
+            // digest is checked against the bytes, whoever served them.
+            match chain
+                .attempt(s.retrying(|| s.manifest_once(&reference, pinned)))
+                .await
+            {
+                Ok((body, digest)) => {
+                    chain.served();
+                    lock(&self.inner.memo).put(s.memo_key(digest), body);
+                    return Ok(digest);
+                }
+                Err(e) => chain.failed(e)?,
+            }
         }
-        lock(&self.inner.memo).put(s.memo_key(digest), body);
-        Ok(digest)
     }
 
     async fn fetch_inner(
@@ -1069,7 +1114,48 @@ impl OciFetcher {
         oci: &OciReference,
         sink: &mut dyn ModuleSink,
     ) -> Result<Fetched, Error> {
-        let s = self.session(req, oci).await?;
+        // The registry's mirrors first, then the registry: everything is
+        // asked by digest and checked, so any source may serve it; one that
+        // fails (or serves wrong bytes) hands over to the next, the sink
+        // restarted if it had received bytes.
+        let mut chain = Chain::new(self, req, oci, "module");
+        loop {
+            let s = chain.next().await?;
+            let mut touched = false;
+            match chain
+                .attempt(Box::pin(self.fetch_at(
+                    req,
+                    oci,
+                    &s,
+                    &mut *sink,
+                    &mut touched,
+                )))
+                .await
+            {
+                Ok((written, top_digest)) => {
+                    let source = chain.served();
+                    return Ok(Fetched::new(written, Some(top_digest)).with_source(source));
+                }
+                Err(e) => {
+                    if touched && !sink.restart() {
+                        // The sink cannot take the module again: no other source.
+                        return Err(e);
+                    }
+                    chain.failed(e)?;
+                }
+            }
+        }
+    }
+
+    /// The whole fetch from one source: manifest, index entry, layer.
+    async fn fetch_at(
+        &self,
+        req: &FetchRequest,
+        oci: &OciReference,
+        s: &Session<'_>,
+        sink: &mut dyn ModuleSink,
+        touched: &mut bool,
+    ) -> Result<(u64, Sha256Digest), Error> {
         let url = s.url.clone();
         let expected = req.digest.or_else(|| oci.sha256_digest());
         let reference = oci
@@ -1108,8 +1194,8 @@ impl OciFetcher {
                 limit: req.max_size,
             });
         }
-        let written = self.stream_layer(req, &s, &choice, sink).await?;
-        Ok(Fetched::new(written, Some(top_digest)))
+        let written = self.stream_layer(req, s, &choice, sink, touched).await?;
+        Ok((written, top_digest))
     }
 
     /// Streams the layer: size (and, unless the sink checks it, digest)
@@ -1120,6 +1206,7 @@ impl OciFetcher {
         s: &Session<'_>,
         choice: &LayerChoice,
         sink: &mut dyn ModuleSink,
+        touched: &mut bool,
     ) -> Result<u64, Error> {
         let url = &s.url;
         let digest = choice.digest.to_prefixed();
@@ -1150,10 +1237,14 @@ impl OciFetcher {
             if unboxer.is_none()
                 && let Some(sink) = sink.take()
             {
+                *touched = true;
                 // A raw Wasm layer goes to the sink byte for byte: its digest
                 // is the module's, so the sink's own hash can verify it (and
-                // the verifier hashes nothing, not even this first chunk).
-                if choice.layout.is_raw()
+                // the verifier hashes nothing, not even this first chunk). Not
+                // from a mirror: its bytes are checked here, before the fetch
+                // returns, so that wrong ones can go to the next source.
+                if s.mirror.is_none()
+                    && choice.layout.is_raw()
                     && bytes.starts_with(&WASM_MAGIC)
                     && sink.verify_sha256(choice.digest)
                 {
@@ -1225,13 +1316,57 @@ impl Fetcher for OciFetcher {
 }
 
 impl OciFetcher {
+    /// The signature material from the registry's mirrors, then the
+    /// registry (like the module: a mirror that has none, or fails, hands
+    /// over to the next source; what any source serves is verified by the
+    /// caller's policy against the digest).
     async fn signatures_inner(
         &self,
         req: &FetchRequest,
         oci: &OciReference,
         digest: &Sha256Digest,
     ) -> Result<Signatures, Error> {
-        let s = self.session(req, oci).await?;
+        let mut chain = Chain::new(self, req, oci, "signatures");
+        let mut missing_at_mirror = None;
+        loop {
+            let s = match chain.next().await {
+                Ok(s) => s,
+                // Nothing left: a mirror's "none" says more than the
+                // registry's failure (and fails closed all the same).
+                Err(e) => return missing_at_mirror.ok_or(e),
+            };
+            let at_mirror = s.mirror.is_some();
+            let failure = match chain.attempt(self.signatures_at(&s, digest)).await {
+                Ok(Signatures::Missing(reason)) if at_mirror => {
+                    let e = Error::Manifest {
+                        url: s.url.clone(),
+                        reason: reason.clone(),
+                        source: None,
+                    };
+                    missing_at_mirror = Some(Signatures::Missing(reason));
+                    e
+                }
+                Ok(found) => {
+                    chain.served();
+                    return Ok(found);
+                }
+                Err(e) => e,
+            };
+            if let Err(e) = chain.failed(failure) {
+                return match (e, missing_at_mirror) {
+                    (e @ (Error::Timeout { .. } | Error::Sink { .. }), _) | (e, None) => Err(e),
+                    (_, Some(missing)) => Ok(missing),
+                };
+            }
+        }
+    }
+
+    /// cosign's signature manifest for `digest` and its payloads, from one source.
+    async fn signatures_at(
+        &self,
+        s: &Session<'_>,
+        digest: &Sha256Digest,
+    ) -> Result<Signatures, Error> {
         let tag = signature_tag(digest);
         let body = match s.retrying(|| s.signature_manifest_once(&tag)).await? {
             Ok(body) => body,

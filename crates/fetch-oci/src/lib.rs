@@ -46,6 +46,15 @@
 //!   cannot be set up; a registry that is not listed and answers HTTPS with
 //!   plain HTTP fails at once: `server gave an HTTP response to an HTTPS
 //!   request; list it with --insecure-registry`.
+//! - **mirrors**: [`OciFetcherBuilder::mirror`] adds a [`Mirror`] (a
+//!   pull-through cache) of a registry; a registry's mirrors are asked in
+//!   order, the registry last, like containerd's `hosts.toml`, with the
+//!   registry's repository path and `?ns=<registry>`. Mirrors are untrusted:
+//!   whatever they serve is checked against its digest, and a mirror that
+//!   fails (unreachable, 5xx, 404, 401, wrong bytes, more than half the time
+//!   left) hands over to the next source within the deadline. A tag is taken
+//!   from the first mirror that answers. [`Fetched::source`] says whether a
+//!   mirror served the module.
 //! - **deadline and retries**: every call runs under `req.deadline`;
 //!   transient failures (transport errors, retryable 5xx) before any module
 //!   byte reached the sink are retried with
@@ -80,17 +89,19 @@ mod errors;
 mod fetcher;
 mod helper;
 pub mod layout;
+mod mirror;
 mod realm;
 mod verify;
 
 pub use crate::fetcher::{MAX_MANIFEST_SIZE, MAX_TOKEN_RESPONSE, OciFetcher, OciFetcherBuilder};
 pub use crate::helper::MAX_HELPER_OUTPUT;
+pub use crate::mirror::Mirror;
 /// The core types this crate's API uses, so that using the fetcher alone needs
 /// no direct dependency on `wasm-cache-core`.
 pub use wasm_cache_core::retry::Backoff;
 pub use wasm_cache_core::{
-    Error, ErrorKind, FetchRequest, Fetched, Fetcher, ModuleSink, ModuleUrl, OciReference,
-    PullSecret, Sha256Digest,
+    Error, ErrorKind, FetchRequest, FetchSource, Fetched, Fetcher, ModuleSink, ModuleUrl,
+    OciReference, PullSecret, Sha256Digest,
 };
 
 /// Parses `config` as a pull secret for `registry` exactly as a fetch does,

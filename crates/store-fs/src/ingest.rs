@@ -235,7 +235,23 @@ impl Ingest {
     /// # Errors
     /// As listed above, plus [`StoreError::Io`] for a failed flush, fsync or
     /// rename.
-    pub fn commit(mut self) -> Result<Committed, StoreError> {
+    pub fn commit(self) -> Result<Committed, StoreError> {
+        self.commit_then(|_| ()).map(|(committed, ())| committed)
+    }
+
+    /// [`commit`](Self::commit), then `then` under the same digest lock, before
+    /// anything else can remove the file: the one way to publish a module and
+    /// record that something refers to it (the cache indexes it there) with no
+    /// window in which a concurrent [`FsStore::remove_if`](crate::FsStore::remove_if)
+    /// sees the file unreferenced. `then` must not call back into the store
+    /// for the same digest, nor block.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit); `then` does not run on an error.
+    pub fn commit_then<R>(
+        mut self,
+        then: impl FnOnce(&Committed) -> R,
+    ) -> Result<(Committed, R), StoreError> {
         if let Some(e) = self.failure.take() {
             return Err(e);
         }
@@ -264,7 +280,7 @@ impl Ingest {
             .map_err(|e| StoreError::io("syncing temporary file", &self.temp, e))?;
         // Still open (and so still locked: see `create_owned_temp`) while it is
         // renamed, so no other process's recovery can take it for abandoned.
-        let committed = self.store.install(&self.temp, actual, self.size);
+        let committed = self.store.install(&self.temp, actual, self.size, then);
         drop(file);
         let committed = committed?;
         self.finished = true;
@@ -377,6 +393,31 @@ impl ModuleSink for Ingest {
         self.size = new_size;
         Ok(())
     }
+
+    /// Empties the temporary file (same file, same lock) and the hash, so the
+    /// module can be written again from its first byte (a fetcher moving to
+    /// another source). An ingest whose write already failed cannot restart.
+    fn restart(&mut self) -> bool {
+        use std::io::Seek as _;
+        if self.failure.is_some() {
+            return false;
+        }
+        let Some(out) = self.out.take() else {
+            return false;
+        };
+        // The buffered bytes are dropped, not written.
+        let mut file = out.file;
+        if let Err(e) = file.set_len(0).and_then(|()| file.rewind()) {
+            let err = StoreError::io("emptying temporary file", &self.temp, e);
+            let _ = self.fail(err);
+            return false;
+        }
+        self.out = Some(Output::new(file));
+        self.hasher = HashContext(ring::digest::Context::new(&ring::digest::SHA256));
+        self.size = 0;
+        self.header = [0; 8];
+        true
+    }
 }
 
 impl Drop for Ingest {
@@ -394,5 +435,44 @@ impl Drop for Ingest {
                 tracing::warn!(path = %self.temp.display(), error = %e, "could not remove temporary file of an abandoned ingest");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use wasm_cache_core::ModuleSink;
+
+    use crate::FsStore;
+
+    fn sha(bytes: &[u8]) -> wasm_cache_core::Sha256Digest {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(bytes);
+        super::finish_digest(ctx)
+    }
+
+    #[test]
+    fn a_restarted_ingest_holds_only_what_came_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        let good = wasm_cache_testkit::modules::sample_module(200_000, 1);
+        let mut wrong = good.clone();
+        wrong[150_000] ^= 1;
+        let mut ingest = store.ingest(Some(sha(&good)), 1 << 20).unwrap();
+        // Most of a wrong module (past the 64 KiB buffer), then a restart.
+        ingest.write(&wrong[..180_000]).unwrap();
+        let temp = ingest.temp_path().to_owned();
+        assert!(ingest.restart());
+        assert_eq!(ingest.size(), 0);
+        assert_eq!(std::fs::metadata(&temp).unwrap().len(), 0);
+        for c in good.chunks(7_000) {
+            ingest.write(c).unwrap();
+        }
+        let committed = ingest.commit().unwrap();
+        assert_eq!(committed.digest, sha(&good));
+        assert_eq!(std::fs::read(&committed.path).unwrap(), good);
+        // An ingest whose write failed cannot restart.
+        let mut small = store.ingest(None, 10).unwrap();
+        small.write(&good[..100]).unwrap_err();
+        assert!(!small.restart());
     }
 }

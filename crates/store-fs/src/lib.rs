@@ -118,8 +118,17 @@
 //! exists-check-and-rename: either the remove runs first (and the ingest then
 //! installs the file), or the ingest installs first (and the remove then
 //! deletes it). There is no third outcome such as an index entry without a
-//! file or a file deleted between the check and the rename. Deciding which
-//! order is wanted is the cache's job (it serialises `get` and eviction per key).
+//! file or a file deleted between the check and the rename.
+//!
+//! That lock is the only one that orders publishing against deleting, for
+//! the store and for whoever keeps references to its modules (the cache's
+//! index): [`Ingest::commit_then`] runs the caller's "record the reference"
+//! under it right after the install, [`FsStore::remove_if`] runs the caller's
+//! "is it still unreferenced?" under it right before the unlink, and
+//! [`FsStore::verify_then`] / [`FsStore::verify_all_then`] do the same around
+//! a re-hash. Those callbacks must stay short and must not call back into the
+//! store for the same digest. The store also keeps the one record of which
+//! modules this process has re-hashed ([`StoredModule::verified`]).
 //!
 //! Across processes, the final rename is atomic and content-addressed (two
 //! processes installing one digest install the same bytes). A second
@@ -144,6 +153,7 @@
 //! directory: names not ending in `.wasm` are ignored by recovery.
 
 mod error;
+mod hints;
 mod ingest;
 mod journal;
 mod locks;
@@ -153,6 +163,7 @@ mod store;
 mod writeback;
 
 pub use crate::error::{StoreError, StoreErrorKind};
+pub use crate::hints::{HintDir, check_module};
 pub use crate::ingest::{Committed, Ingest};
 pub use crate::journal::{JOURNAL_LOCK_WAIT, Journal, JournalLock, Replay};
 pub use crate::locks::FileLock;

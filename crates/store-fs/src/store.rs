@@ -327,6 +327,31 @@ impl FsStore {
         self.inner.remove_locked(digest)
     }
 
+    /// Deletes a module only if `decide`, run under the digest's lock, says so:
+    /// the one way to delete a file that something may still refer to. The
+    /// caller checks in `decide` that nothing refers to the content (and may
+    /// drop its own references there); a concurrent
+    /// [`Ingest::commit_then`](crate::Ingest::commit_then) of the same digest
+    /// runs entirely before or entirely after. `decide` must not call back
+    /// into the store for the same digest, nor block.
+    ///
+    /// Returns `None` when `decide` said no, otherwise whether there was a
+    /// file to delete.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the file cannot be deleted; the module stays.
+    pub fn remove_if(
+        &self,
+        digest: &Sha256Digest,
+        decide: impl FnOnce() -> bool,
+    ) -> Result<Option<bool>, StoreError> {
+        let _guard = lock(self.inner.stripe(digest));
+        if !decide() {
+            return Ok(None);
+        }
+        self.inner.remove_locked(digest).map(Some)
+    }
+
     /// Whether a regular file for this digest exists right now (an `lstat`,
     /// nothing more: it says nothing about the content; see
     /// [`verify`](Self::verify)). A symlink at the name does not count.
@@ -453,11 +478,24 @@ impl FsStore {
     /// [`StoreError::NotFound`] if there is no file (the index entry is dropped);
     /// [`StoreError::Io`] if it cannot be read.
     pub fn verify(&self, digest: &Sha256Digest) -> Result<bool, StoreError> {
+        self.verify_then(digest, |_| ()).map(|(ok, ())| ok)
+    }
+
+    /// [`verify`](Self::verify), then `then(verdict)` under the same digest
+    /// lock, so that what the caller records about a verified file (the cache
+    /// indexes an adopted one there) cannot race its removal. `then` must not
+    /// call back into the store for the same digest, nor block.
+    ///
+    /// # Errors
+    /// As [`verify`](Self::verify); `then` does not run on an error.
+    pub fn verify_then<R>(
+        &self,
+        digest: &Sha256Digest,
+        then: impl FnOnce(bool) -> R,
+    ) -> Result<(bool, R), StoreError> {
         let _guard = lock(self.inner.stripe(digest));
-        Ok(matches!(
-            self.inner.verify_locked(digest, true)?,
-            Verdict::Ok
-        ))
+        let ok = matches!(self.inner.verify_locked(digest, true)?, Verdict::Ok);
+        Ok((ok, then(ok)))
     }
 
     /// Re-hashes every module in the index (verification marks are not
@@ -467,6 +505,22 @@ impl FsStore {
     /// # Errors
     /// The first [`StoreError::Io`] met while reading or deleting.
     pub fn verify_all(&self, repair: bool) -> Result<VerifyReport, StoreError> {
+        self.verify_all_then(repair, &mut |_| {})
+    }
+
+    /// [`verify_all`](Self::verify_all), calling `on_remove(digest)` under the
+    /// digest's lock just before a mismatching file is deleted (with `repair`),
+    /// so that the caller drops its references to it with no window in which
+    /// they name a deleted file. `on_remove` must not call back into the store
+    /// for the same digest, nor block.
+    ///
+    /// # Errors
+    /// As [`verify_all`](Self::verify_all).
+    pub fn verify_all_then(
+        &self,
+        repair: bool,
+        on_remove: &mut dyn FnMut(&Sha256Digest),
+    ) -> Result<VerifyReport, StoreError> {
         let digests: Vec<Sha256Digest> = self.list().into_iter().map(|m| m.digest).collect();
         let mut report = VerifyReport::default();
         for digest in digests {
@@ -476,8 +530,11 @@ impl FsStore {
                 Ok(Verdict::Mismatch(reason)) => {
                     let path = self.path_of(&digest);
                     tracing::warn!(path = %path.display(), %reason, "module file does not match its name");
-                    if repair && self.inner.remove_locked(&digest)? {
-                        report.removed.push(digest);
+                    if repair {
+                        on_remove(&digest);
+                        if self.inner.remove_locked(&digest)? {
+                            report.removed.push(digest);
+                        }
                     }
                     report.mismatched.push(Mismatch {
                         digest,
@@ -529,12 +586,13 @@ impl Inner {
     /// and the temporary file is deleted; otherwise the temporary file is
     /// renamed over the final name (atomically replacing an unverified or
     /// foreign file), the directory is fsynced, and the index updated.
-    pub(crate) fn install(
+    pub(crate) fn install<R>(
         &self,
         temp: &Path,
         digest: Sha256Digest,
         size: u64,
-    ) -> Result<Committed, StoreError> {
+        then: impl FnOnce(&Committed) -> R,
+    ) -> Result<(Committed, R), StoreError> {
         let _guard = lock(self.stripe(&digest));
         let path = self.path_of(&digest);
         let known_good = lock(&self.index)
@@ -545,12 +603,14 @@ impl Inner {
                 // Harmless: the next open removes it.
                 tracing::warn!(path = %temp.display(), error = %e, "could not remove temporary file");
             }
-            return Ok(Committed {
+            let committed = Committed {
                 digest,
                 size,
                 path,
                 already_present: true,
-            });
+            };
+            let r = then(&committed);
+            return Ok((committed, r));
         }
         fs::rename(temp, &path)
             .map_err(|e| StoreError::io("renaming temporary file into", &path, e))?;
@@ -568,12 +628,14 @@ impl Inner {
             },
         );
         sync_dir(&self.dir)?;
-        Ok(Committed {
+        let committed = Committed {
             digest,
             size,
             path,
             already_present: false,
-        })
+        };
+        let r = then(&committed);
+        Ok((committed, r))
     }
 
     /// Deletes a module's file; the caller holds the digest's lock.
@@ -658,6 +720,26 @@ impl Inner {
         });
         entry.size = size;
         entry.verified = true;
+    }
+}
+
+/// [`crate::check_module`]: the file at `path` hashes to `digest` (by its
+/// mark or by reading it) and starts like a Wasm module.
+pub(crate) fn check_file(path: &Path, digest: &Sha256Digest) -> Result<Option<u64>, StoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("reading module file", path, e)),
+    }
+    match hash_file(path, digest, true) {
+        Ok(Hashed::Marked(size)) => Ok(Some(size)),
+        Ok(Hashed::Read(actual, size, header)) => Ok((actual == *digest
+            && check_wasm_header(&header[..header.len().min(size_usize(size))]).is_ok())
+        .then_some(size)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Ok(None),
+        Err(e) => Err(StoreError::io("reading module file", path, e)),
     }
 }
 

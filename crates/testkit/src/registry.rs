@@ -90,6 +90,26 @@ pub enum RegistryKind {
         /// The password.
         password: String,
     },
+    /// Plain HTTP, anonymous, configured as a pull-through cache (a mirror)
+    /// of the registry at `remote_url` (`proxy: remoteurl:` in its config,
+    /// e.g. `http://127.0.0.1:PORT` of another test registry). It fetches
+    /// what it does not hold from there, keeps it, and serves it from its
+    /// storage afterwards (tags are checked with the remote while it answers).
+    /// Pushing to it is refused.
+    PullThrough {
+        /// The registry it mirrors.
+        remote_url: String,
+    },
+}
+
+impl RegistryKind {
+    /// A pull-through cache of `upstream` (see [`RegistryKind::PullThrough`]).
+    pub fn mirror_of(upstream: &Registry) -> Self {
+        let scheme = if upstream.is_tls() { "https" } else { "http" };
+        Self::PullThrough {
+            remote_url: format!("{scheme}://{}", upstream.host()),
+        }
+    }
 }
 
 /// One request from the registry's access log.
@@ -223,7 +243,7 @@ impl Registry {
             RegistryKind::BasicAuthWith { user, password } => {
                 Some((user.clone(), password.clone()))
             }
-            RegistryKind::Plain | RegistryKind::Tls => None,
+            RegistryKind::Plain | RegistryKind::Tls | RegistryKind::PullThrough { .. } => None,
         };
         let token_server = if kind == RegistryKind::TokenAuth {
             let server = TokenServer::start(
@@ -251,6 +271,9 @@ impl Registry {
                 "auth:\n  htpasswd:\n    realm: wasm-cache-test\n    path: {}\n",
                 file.display()
             ));
+        }
+        if let RegistryKind::PullThrough { remote_url } = &kind {
+            config.push_str(&format!("proxy:\n  remoteurl: {remote_url}\n"));
         }
         let config_file = dir.path().join("config.yml");
         std::fs::write(&config_file, config).map_err(|e| fail(format!("config: {e}")))?;
@@ -388,6 +411,7 @@ impl Registry {
             RegistryKind::Tls => "tls",
             RegistryKind::BasicAuth | RegistryKind::BasicAuthWith { .. } => "basic-auth",
             RegistryKind::TokenAuth => "token-auth",
+            RegistryKind::PullThrough { .. } => "pull-through",
         }
     }
 

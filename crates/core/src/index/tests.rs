@@ -450,6 +450,12 @@ enum Op {
         budget: u64,
         grace: u64,
     },
+    /// Evicts with a grace period of exactly the age of the `entry`-th entry
+    /// (modulo their number): that entry is on the boundary and must stay.
+    EvictAtBoundary {
+        budget: u64,
+        entry: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -469,7 +475,10 @@ fn op() -> impl Strategy<Value = Op> {
         (u.clone(), 1u8..5, 0u8..3).prop_map(|(url, sum, rv)| Op::Record { url, sum, rv }),
         (u, 1u8..5).prop_map(|(url, sum)| Op::Remove { url, sum }),
         (0u64..8_000).prop_map(|expiry| Op::Purge { expiry }),
-        (0u64..300, 0u64..4_000).prop_map(|(budget, grace)| Op::Evict { budget, grace }),
+        // Budgets across the whole range of totals (three contents of
+        // 2,300 to 2,346 bytes), so that plans of every length come up.
+        (0u64..7_200, 0u64..4_000).prop_map(|(budget, grace)| Op::Evict { budget, grace }),
+        (0u64..7_200, 0usize..8).prop_map(|(budget, entry)| Op::EvictAtBoundary { budget, entry }),
     ]
 }
 
@@ -624,7 +633,18 @@ proptest! {
                         prop_assert!(now.saturating_sub(e.last_use.0) <= expiry);
                     }
                 }
-                Op::Evict { budget, grace } => {
+                Op::Evict { .. } | Op::EvictAtBoundary { .. } => {
+                    let (budget, grace, boundary) = match op {
+                        Op::EvictAtBoundary { budget, entry } => {
+                            let at = entry.checked_rem(model.modules.len()).and_then(|i| model.modules.iter().nth(i));
+                            match at {
+                                Some((k, m)) => (budget, now - m.1, Some(k.clone())),
+                                None => (budget, 0, None),
+                            }
+                        }
+                        Op::Evict { budget, grace } => (budget, grace, None),
+                        _ => unreachable!("matched above"),
+                    };
                     let grace_d = Duration::from_millis(grace);
                     let chosen = idx.select_lru(Timestamp(now), budget, grace_d);
                     let protected = |last: u64| now.saturating_sub(last) <= grace;
@@ -647,19 +667,42 @@ proptest! {
                         prop_assert!(!g.2, "picked content a protected entry holds");
                         prop_assert!(g.0 > 0, "picked content that frees nothing");
                         prop_assert!(g.3.is_subset(&chosen_set), "picked part of a content only");
-                        // LRU by content: nothing evictable left behind is older.
-                        for (oc, og) in &groups {
-                            if !picked.contains(oc) && !og.2 && og.0 > 0 {
-                                prop_assert!(og.1 >= g.1, "{:?} older than picked {:?}", oc, c);
-                            }
+                    }
+                    // The grace boundary: nothing used within the grace period
+                    // (exactly `grace` ago included) goes.
+                    for k in &chosen {
+                        prop_assert!(!protected(model.modules[k].1), "evicted within grace");
+                    }
+                    if let Some(k) = &boundary {
+                        prop_assert!(!chosen_set.contains(k), "evicted the entry used exactly grace ago");
+                    }
+                    // The whole plan: no smaller plan fits. Every set of the
+                    // picked contents but the whole leaves the budget exceeded
+                    // (at most three contents: eight sets).
+                    let left = |gone: &BTreeSet<Sha256Digest>| -> u64 {
+                        groups.iter().filter(|(c, _)| !gone.contains(c)).map(|(_, g)| g.0).sum()
+                    };
+                    let evictable: BTreeSet<Sha256Digest> = groups.iter().filter(|(_, g)| !g.2 && g.0 > 0).map(|(c, _)| *c).collect();
+                    if left(&picked) <= budget {
+                        let picks: Vec<Sha256Digest> = picked.iter().copied().collect();
+                        for mask in 0u32..(1 << picks.len()) - 1 {
+                            let subset: BTreeSet<Sha256Digest> = picks.iter().enumerate()
+                                .filter(|(i, _)| mask & (1 << i) != 0).map(|(_, c)| *c).collect();
+                            prop_assert!(left(&subset) > budget, "{:?} of {:?} would do", subset, picked);
                         }
+                    } else {
+                        prop_assert_eq!(&picked, &evictable, "over budget with evictable content left");
                     }
-                    // No shorter plan: without the last content picked the budget would not hold.
-                    if let Some(last) = chosen.last() {
-                        let last = group_of(last);
-                        let left: u64 = groups.iter().filter(|(c, _)| **c == last || !picked.contains(c)).map(|(_, g)| g.0).sum();
-                        prop_assert!(left > budget, "the plan is longer than needed");
+                    // Least recently used first: nothing newer than the
+                    // shortest LRU prefix that fits goes.
+                    let mut lru: Vec<(u64, Sha256Digest)> = evictable.iter().map(|c| (groups[c].1, *c)).collect();
+                    lru.sort();
+                    let mut prefix = BTreeSet::new();
+                    for (_, c) in lru {
+                        if left(&prefix) <= budget { break; }
+                        prefix.insert(c);
                     }
+                    prop_assert!(picked.is_subset(&prefix), "picked newer content than needed");
                     for k in &chosen {
                         prop_assert!(idx.remove(k).is_some());
                         model.remove(k);

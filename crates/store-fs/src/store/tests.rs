@@ -507,6 +507,87 @@ fn concurrent_remove_and_ingest_of_one_digest() {
     assert!(store.verify(&d).unwrap());
 }
 
+/// The store's lock of a content is the one lock that orders publishing
+/// against deleting (issue 14): a holder that records its reference in
+/// `commit_then` never sees the file deleted by a `remove_if` that deletes
+/// only unreferenced content, however the threads interleave.
+#[test]
+fn commit_then_and_remove_if_never_delete_a_referenced_module() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    let m = Arc::new(module(64 * 1024, 13));
+    let d = sha(&m);
+    // A stand-in for the cache's index: how many holders refer to the content.
+    let refs = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let (store, m, refs) = (store.clone(), Arc::clone(&m), Arc::clone(&refs));
+        threads.push(std::thread::spawn(move || {
+            for i in 0..40 {
+                if t % 2 == 0 {
+                    let mut ing = store.ingest(Some(d), u64::MAX).unwrap();
+                    feed(&mut ing, &m, 4096 + i);
+                    let (c, ()) = ing
+                        .commit_then(|_| {
+                            refs.fetch_add(1, Ordering::SeqCst);
+                        })
+                        .unwrap();
+                    // Referenced: no remover may have deleted it.
+                    assert_eq!(fs::read(&c.path).unwrap().as_slice(), m.as_slice());
+                    refs.fetch_sub(1, Ordering::SeqCst);
+                } else {
+                    let _ = store
+                        .remove_if(&d, || refs.load(Ordering::SeqCst) == 0)
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(store.get(&d).is_some(), store.path_of(&d).exists());
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+#[test]
+fn remove_if_verify_then_and_verify_all_then_report_what_they_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    let m = module(4096, 14);
+    let c = put(&store, &m);
+    assert_eq!(store.remove_if(&c.digest, || false).unwrap(), None);
+    assert!(c.path.exists(), "kept when the caller says no");
+    assert_eq!(store.verify_then(&c.digest, |ok| ok).unwrap(), (true, true));
+    assert!(store.get(&c.digest).unwrap().verified);
+    // Changed behind the store's back: the verdict reaches the callback and
+    // the store's record says unverified.
+    let mut bad = m.clone();
+    bad[100] ^= 0xff;
+    fs::set_permissions(&c.path, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&c.path, &bad).unwrap();
+    assert_eq!(
+        store.verify_then(&c.digest, |ok| ok).unwrap(),
+        (false, false)
+    );
+    assert!(!store.get(&c.digest).unwrap().verified);
+    let mut seen = Vec::new();
+    let report = store
+        .verify_all_then(false, &mut |d| seen.push(*d))
+        .unwrap();
+    assert_eq!(report.mismatched.len(), 1);
+    assert!(seen.is_empty(), "nothing removed without repair");
+    let report = store.verify_all_then(true, &mut |d| seen.push(*d)).unwrap();
+    assert_eq!(report.removed, vec![c.digest]);
+    assert_eq!(seen, vec![c.digest], "told just before the removal");
+    assert!(!c.path.exists());
+    assert_eq!(store.remove_if(&c.digest, || true).unwrap(), Some(false));
+    let c = put(&store, &m);
+    assert_eq!(store.remove_if(&c.digest, || true).unwrap(), Some(true));
+    assert!(!c.path.exists() && store.get(&c.digest).is_none());
+}
+
 /// Open must not read module content: 10,000 modules open with one readdir and
 /// one stat each. The time is printed, not asserted (timing assertions are
 /// flaky on a shared machine).

@@ -1,0 +1,270 @@
+//! Hints beside the modules that let one lookup be answered without reading
+//! the journal ([`Cache::hit_in_dir`](crate::Cache::hit_in_dir), what the
+//! `wasm-cache fetch` command tries first):
+//!
+//! - `.keys/<sha256 of the module name>-<checksum>`: the content digest of
+//!   that entry (written after its `Insert` record, removed after its
+//!   `Remove` record);
+//! - `.urls/<sha256 of the URL>`: the URL's checksum record as JSON (written
+//!   after each `Record`).
+//!
+//! Names are hashes, so no URL (nor the credentials one may carry) is a file
+//! name. The journal stays the only source of truth: hints are written after
+//! it, best effort and without `fsync`; a missing one costs the full path,
+//! and what a key hint names is a module file checked against its digest
+//! before it is served. Every full open makes the hint directories agree with
+//! the index again when their counts differ (after a crash, an older binary
+//! or a full disk). Known gap: removing an entry also drops the checksum
+//! records of its URLs, which the `.urls` hints do not learn; a later quick
+//! hit on such a URL then skips re-recording its checksum, which costs an
+//! unpinned request for that URL one download, never a wrong module.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+use wasm_cache_core::{
+    ChecksumRecord, Index, IndexEvent, ModuleKey, ModuleUrl, Scheme, Sha256Digest, Timestamp,
+};
+use wasm_store_fs::{HintDir, Journal};
+
+use super::JOURNAL_FILE;
+use crate::outcome::Outcome;
+use crate::{Error, GetRequest};
+
+const KEYS: &str = ".keys";
+const URLS: &str = ".urls";
+
+/// How long a quick hit waits for the journal's shared lock to append its
+/// last-use record: best effort, like every last-use record.
+const QUICK_WAIT: Duration = Duration::from_millis(500);
+
+fn sha_hex(s: &str) -> String {
+    Sha256Digest::from_bytes(
+        ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+            .as_ref()
+            .try_into()
+            .unwrap_or([0; 32]),
+    )
+    .to_hex()
+}
+
+fn key_hint(key: &ModuleKey) -> String {
+    format!("{}-{}", sha_hex(&key.name), key.checksum.to_hex())
+}
+
+fn url_hint(url: &str) -> String {
+    sha_hex(url)
+}
+
+/// The two hint directories of a cache directory.
+pub(super) struct Hints {
+    keys: HintDir,
+    urls: HintDir,
+}
+
+impl Hints {
+    /// Opens (creating) the hint directories; `None` (and a debug line) if
+    /// that fails: the cache works without them.
+    pub(super) fn open(dir: &Path) -> Option<Self> {
+        let opened = HintDir::open(dir, KEYS)
+            .and_then(|keys| HintDir::open(dir, URLS).map(|urls| Self { keys, urls }));
+        match opened {
+            Ok(h) => Some(h),
+            Err(e) => {
+                debug!(error = %e, "no lookup hints in this cache directory");
+                None
+            }
+        }
+    }
+
+    /// Brings the hints up to date with journal records just appended (and
+    /// applied to `index`). Best effort.
+    pub(super) fn after(&self, index: &Index, events: &[IndexEvent]) {
+        for event in events {
+            let done = match event {
+                IndexEvent::Insert { key, content, .. } => self
+                    .keys
+                    .put(&key_hint(key), format!("{}\n", content.to_hex()).as_bytes()),
+                IndexEvent::Remove { key } => self.keys.remove(&key_hint(key)),
+                IndexEvent::Record { url, .. } => self.put_url(url, index.checksum_record(url)),
+                IndexEvent::Touch { .. } => Ok(()),
+                _ => Ok(()),
+            };
+            if let Err(e) = done {
+                debug!(error = %e, "updating a lookup hint failed");
+            }
+        }
+    }
+
+    fn put_url(
+        &self,
+        url: &str,
+        rec: Option<ChecksumRecord>,
+    ) -> Result<(), wasm_store_fs::StoreError> {
+        match rec.and_then(|r| serde_json::to_vec(&r).ok()) {
+            Some(json) => self.urls.put(&url_hint(url), &json),
+            None => self.urls.remove(&url_hint(url)),
+        }
+    }
+
+    /// Makes the hints agree with `index` (after recovery) when their
+    /// numbers differ from the index's entries and records. Best effort.
+    pub(super) fn reconcile(&self, index: &Index) {
+        let started = Instant::now();
+        match self.keys.names() {
+            Ok(have) if have.len() != index.len() => {
+                let want: HashMap<String, Sha256Digest> = index
+                    .entries()
+                    .into_iter()
+                    .map(|e| (key_hint(&e.key), e.content))
+                    .collect();
+                let have: HashSet<String> = have.into_iter().collect();
+                for name in have.iter().filter(|n| !want.contains_key(*n)) {
+                    let _ = self.keys.remove(name);
+                }
+                for (name, content) in want.iter().filter(|(n, _)| !have.contains(*n)) {
+                    if self
+                        .keys
+                        .put(name, format!("{}\n", content.to_hex()).as_bytes())
+                        .is_err()
+                    {
+                        break; // A full disk: the next open tries again.
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "listing key hints failed"),
+        }
+        match self.urls.names() {
+            Ok(have) if have.len() != index.record_count() => {
+                let want: HashMap<String, ChecksumRecord> = index
+                    .checksum_records()
+                    .into_iter()
+                    .map(|(url, rec)| (url_hint(&url), rec))
+                    .collect();
+                let have: HashSet<String> = have.into_iter().collect();
+                for name in have.iter().filter(|n| !want.contains_key(*n)) {
+                    let _ = self.urls.remove(name);
+                }
+                for (name, rec) in want.into_iter().filter(|(n, _)| !have.contains(n)) {
+                    let Ok(json) = serde_json::to_vec(&rec) else {
+                        continue;
+                    };
+                    if self.urls.put(&name, &json).is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "listing URL hints failed"),
+        }
+        debug!(took = ?started.elapsed(), "lookup hints reconciled");
+    }
+}
+
+/// [`Cache::hit_in_dir`](crate::Cache::hit_in_dir).
+pub(crate) fn hit_in_dir(
+    dir: &Path,
+    req: &GetRequest,
+    now: Timestamp,
+) -> Result<Option<Outcome>, Error> {
+    // Only what needs no index: a pinned checksum (or digest), no trust
+    // policy on the request.
+    if req.trust.is_some() {
+        return Ok(None);
+    }
+    let Ok(url) = ModuleUrl::parse(&req.url) else {
+        return Ok(None); // The full path reports the error.
+    };
+    let checksum = match req.checksum.as_deref().map(Sha256Digest::parse) {
+        Some(Ok(c)) => c,
+        Some(Err(_)) => return Ok(None),
+        None => match url.pinned_digest() {
+            Some(c) => c,
+            None => return Ok(None),
+        },
+    };
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    // Nothing is created here: a directory without hints is a miss.
+    if !dir.join(KEYS).is_dir() || !dir.join(URLS).is_dir() {
+        return Ok(None);
+    }
+    let Some(hints) = Hints::open(&dir) else {
+        return Ok(None);
+    };
+    let key = ModuleKey::new(url.module_name(), checksum);
+    let Some(content) = hints
+        .keys
+        .get(&key_hint(&key))
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| Sha256Digest::parse(s.trim()).ok())
+    else {
+        return Ok(None);
+    };
+    // Only OCI keys name a manifest digest; any other key's checksum is its
+    // content's, so a hint saying otherwise is not believed.
+    if content != checksum && url.scheme() != Scheme::Oci {
+        return Ok(None);
+    }
+    // The file must be there and hash to its name (its verification mark,
+    // or reading it); anything else is for the full path to sort out.
+    let Some(size) = wasm_store_fs::check_module(&dir, &content)? else {
+        return Ok(None);
+    };
+    let mut events = Vec::with_capacity(2);
+    let mut new_record = None;
+    if url.records_checksum() {
+        let rec: Option<ChecksumRecord> = hints
+            .urls
+            .get(&url_hint(url.as_str()))
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let same = rec.as_ref().is_some_and(|r| {
+            r.checksum == checksum
+                && r.resource_versions.get(&req.resource_name) == Some(&req.resource_version)
+        });
+        if !same {
+            let mut r = rec.unwrap_or_default();
+            r.checksum = checksum;
+            r.resource_versions
+                .insert(req.resource_name.clone(), req.resource_version.clone());
+            new_record = Some(r);
+            events.push(IndexEvent::Record {
+                url: url.as_str().to_owned(),
+                checksum,
+                resource_name: req.resource_name.clone(),
+                resource_version: req.resource_version.clone(),
+            });
+        }
+    }
+    events.push(IndexEvent::Touch {
+        key: key.clone(),
+        at: now,
+    });
+    // Best effort, like every last-use record: the module is served anyway.
+    let appended = Journal::<IndexEvent>::open(dir.join(JOURNAL_FILE)).and_then(|j| {
+        j.lock_shared(Instant::now() + QUICK_WAIT)
+            .and_then(|shared| shared.append(&events, new_record.is_some()))
+    });
+    match appended {
+        Ok(()) => {
+            if let Some(r) = new_record
+                && let Err(e) = hints.put_url(url.as_str(), Some(r))
+            {
+                debug!(error = %e, "updating a lookup hint failed");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record the use of a wasm module in the journal");
+        }
+    }
+    let path: PathBuf = dir.join(content.file_name());
+    Ok(Some(Outcome {
+        path,
+        sha256: content,
+        size,
+        manifest_digest: (checksum != content).then_some(checksum),
+        cached: true,
+    }))
+}

@@ -1,0 +1,203 @@
+//! The hit path: index lookup, the existence check, lazy re-verification of
+//! recovered content, the checksum record a hit makes, and batched last-use
+//! records.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::warn;
+use wasm_cache_core::{IndexEvent, Lookup, LookupRequest, ModuleKey, ModuleUrl, Sha256Digest};
+use wasm_cache_signature::TrustPolicy;
+use wasm_store_fs::StoreError;
+
+use super::{Inner, Published, TOUCH_BATCH, TOUCH_WAIT};
+use crate::{Error, GetRequest};
+
+/// The outcome of [`Inner::try_hit`].
+pub(super) enum Hit {
+    /// Served from the cache.
+    Served(Published),
+    /// Not cached (or its file vanished or failed verification): fetch it
+    /// under this module name, checking this checksum if one is pinned.
+    Miss {
+        name: String,
+        expected: Option<Sha256Digest>,
+    },
+}
+
+impl Inner {
+    /// REFERENCE §3 steps 1-4 and the existence check. A hit records the
+    /// checksum for the URL and the asking resource's version, exactly as a
+    /// download does (§3.4, Istio's `touchEntry`); that writes to the journal
+    /// only when the record changed.
+    ///
+    /// Under a trust policy, a hit is served only once the digest is verified
+    /// (recorded earlier, or checked now by fetching the signature only), and
+    /// a hit that fails records nothing.
+    pub(super) async fn try_hit(
+        self: &Arc<Self>,
+        url: &ModuleUrl,
+        checksum: Option<Sha256Digest>,
+        req: &GetRequest,
+        policy: Option<&Arc<TrustPolicy>>,
+    ) -> Result<Hit, Error> {
+        let lookup = LookupRequest::new(
+            url,
+            checksum,
+            &req.resource_name,
+            &req.resource_version,
+            req.pull_policy,
+        );
+        Ok(match self.index.lookup(&lookup, self.now()) {
+            Lookup::Hit { key, content } => match self.serve(&key, content).await? {
+                Some(path) => {
+                    if let Some(policy) = policy {
+                        let deadline = Instant::now() + req.timeout;
+                        self.ensure_verified(url, key.checksum, policy, req, deadline)
+                            .await?;
+                    }
+                    self.note_touch(&key);
+                    if let Some(event) = self.index.record_hit(&lookup, &key) {
+                        self.journal_append(&event);
+                    }
+                    Hit::Served(Published {
+                        path,
+                        checksum: key.checksum,
+                        key,
+                        content,
+                        downloaded: false,
+                    })
+                }
+                None => Hit::Miss {
+                    name: key.name,
+                    expected: checksum.or_else(|| url.pinned_digest()),
+                },
+            },
+            Lookup::Miss { name, expected } => Hit::Miss { name, expected },
+            other => {
+                return Err(Error::Internal(format!(
+                    "unknown index lookup outcome {other:?}"
+                )));
+            }
+        })
+    }
+
+    /// Remembers that `key` was used now, for the next batch of last-use
+    /// records (the index itself was touched by the lookup).
+    pub(super) fn note_touch(self: &Arc<Self>, key: &ModuleKey) {
+        let now = self.now();
+        match self.touches.get_mut(key) {
+            Some(mut at) => *at = (*at).max(now),
+            None => {
+                self.touches.insert(key.clone(), now);
+                if self.touches.len() >= TOUCH_BATCH {
+                    let me = Arc::clone(self);
+                    tokio::task::spawn_blocking(move || {
+                        me.flush_touches(Instant::now() + TOUCH_WAIT);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Appends the pending last-use updates as one batch (one `write`, no
+    /// `fsync`: losing them to a power cut only makes modules look older).
+    /// Best effort: a failure is a warning, never an error.
+    pub(super) fn flush_touches(&self, deadline: Instant) {
+        let keys: Vec<ModuleKey> = self.touches.iter().map(|e| e.key().clone()).collect();
+        let events: Vec<IndexEvent> = keys
+            .iter()
+            .filter_map(|k| self.touches.remove(k))
+            .map(|(key, at)| IndexEvent::Touch { key, at })
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        let appended = self
+            .journal
+            .lock_shared(deadline)
+            .and_then(|shared| shared.append(&events, false));
+        if let Err(e) = appended {
+            // The index in memory has them; a later compaction persists them.
+            warn!(error = %e, records = events.len(), "could not record last use of wasm modules in the journal");
+        }
+    }
+
+    /// The path of the entry's file if it can be served: re-hashed once if it
+    /// was recovered from disk, and still there. Otherwise the entry is
+    /// dropped and `None` returned (a miss, never a dangling path).
+    pub(super) async fn serve(
+        self: &Arc<Self>,
+        key: &ModuleKey,
+        content: Sha256Digest,
+    ) -> Result<Option<PathBuf>, Error> {
+        // The store is the one record of what this process has re-hashed:
+        // content recovered from disk, written by another process or found
+        // wrong by `verify` is checked (again) before it is served.
+        let known = self.store.get(&content);
+        if !known.as_ref().is_some_and(|m| m.verified)
+            && (known.is_some() || self.store.contains(&content))
+        {
+            let me = Arc::clone(self);
+            let ok = tokio::task::spawn_blocking(move || me.store.verify(&content))
+                .await
+                .map_err(|e| Error::Internal(format!("verify task failed: {e}")))?;
+            match ok {
+                Ok(true) => {}
+                Ok(false) | Err(StoreError::NotFound { .. }) => {
+                    warn!(module = %key.redacted_name(), content = %content, "cached module failed verification; fetching again");
+                    self.drop_content(&content);
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let path = self.store.path_of(&content);
+        if self.store.contains(&content) {
+            return Ok(Some(path));
+        }
+        warn!(module = %key.redacted_name(), path = %path.display(), "cached module file vanished; fetching again");
+        self.forget(key);
+        Ok(None)
+    }
+
+    /// Drops an entry from the index (and journal), leaving files alone.
+    pub(super) fn forget(&self, key: &ModuleKey) {
+        if self.index.remove(key).is_some() {
+            self.journal_append(&IndexEvent::Remove { key: key.clone() });
+            self.meters.entries(self.index.len());
+        }
+    }
+
+    /// Drops every entry of a content digest and its file, deciding under the
+    /// store's lock of that content (so a concurrent commit of it comes
+    /// entirely before, and is dropped too, or entirely after); the removals
+    /// are journaled once that lock is released.
+    pub(super) fn drop_content(&self, content: &Sha256Digest) {
+        let mut events = Vec::new();
+        let removed = self.store.remove_if(content, || {
+            events = self.forget_content(content);
+            true
+        });
+        if let Err(e) = removed {
+            warn!(error = %e, "removing a corrupt module failed");
+        }
+        self.journal_append_all(&events);
+    }
+
+    /// Drops every entry of a content digest from the index, leaving the file
+    /// alone, and returns the journal records saying so: for a caller about
+    /// to delete the file under the store's lock of that content, which
+    /// journals them after releasing it.
+    pub(super) fn forget_content(&self, content: &Sha256Digest) -> Vec<IndexEvent> {
+        let mut events = Vec::new();
+        for e in self.index.entries() {
+            if e.content == *content && self.index.remove(&e.key).is_some() {
+                events.push(IndexEvent::Remove { key: e.key });
+            }
+        }
+        self.meters.entries(self.index.len());
+        events
+    }
+}

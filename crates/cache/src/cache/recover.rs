@@ -1,0 +1,135 @@
+//! Open-time recovery (the journal replayed against the files on disk) and
+//! reading other processes' journal appends.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+use wasm_cache_core::plan::FileFacts;
+use wasm_cache_core::{Index, IndexEvent, Sha256Digest, Timestamp};
+use wasm_store_fs::{FsStore, Journal};
+
+use super::{COMPACT_SLACK, Inner, JOURNAL_FILE, TOUCH_WAIT, lock};
+use crate::Error;
+
+pub(super) type Recovered = (FsStore, Index, Journal<IndexEvent>);
+
+/// Opens the store and the journal, and rebuilds the index from both: entries
+/// whose file is gone are dropped, sizes come from the files, last-use times
+/// in the future are brought back to `now` ([`Index::reconcile`]); files no
+/// entry references are orphans, deleted by a purge once older than the
+/// expiry. Writes nothing unless the journal is worth compacting, and then
+/// only best effort: opening (for a hit, `list`, `verify`) works on a full disk.
+pub(super) fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
+    let (store, report) = FsStore::open(dir)?;
+    if !report.ignored.is_empty() {
+        warn!(count = report.ignored.len(), dir = %dir.display(), "ignored files that are not modules");
+    }
+    let journal = Journal::open(dir.join(JOURNAL_FILE))?;
+    let index = Index::new();
+    for event in &journal.read_new()?.records {
+        index.apply(event);
+    }
+    let files: BTreeMap<Sha256Digest, FileFacts> = store
+        .list()
+        .into_iter()
+        .map(|m| {
+            let written = Timestamp::from_system_time(m.modified);
+            (m.digest, FileFacts::new(m.size, written))
+        })
+        .collect();
+    let r = index.reconcile(&files, now);
+    for key in &r.dropped {
+        debug!(module = %key.redacted_name(), "dropping an entry whose file is gone");
+    }
+    if r.wrong_sizes > 0 || r.future_last_use > 0 {
+        warn!(
+            wrong_sizes = r.wrong_sizes,
+            future_last_use = r.future_last_use,
+            "corrected journal values that disagree with the files or the clock"
+        );
+    }
+    info!(entries = index.len(), orphans = r.orphans.len(), dir = %dir.display(), "wasm cache opened");
+    if compaction_due(journal.lines(), &index) {
+        match journal.lock_exclusive(Instant::now() + TOUCH_WAIT) {
+            Ok(exclusive) => {
+                // Whatever others appended since our read, then the rewrite.
+                let compacted = exclusive.read_new().and_then(|tail| {
+                    apply_tail(&index, &tail);
+                    exclusive.compact(&index.to_events())
+                });
+                if let Err(e) = compacted {
+                    warn!(error = %e, "compacting the wasm cache journal failed");
+                }
+            }
+            Err(e) => debug!(error = %e, "journal compaction skipped"),
+        }
+    }
+    Ok((store, index, journal))
+}
+
+/// Whether the journal's dead lines outweigh its live records enough to
+/// rewrite it.
+pub(super) fn compaction_due(lines: u64, index: &Index) -> bool {
+    let live = index.event_count() as u64;
+    lines > live.saturating_mul(2).saturating_add(COMPACT_SLACK)
+}
+
+/// Applies records read from the journal; a restarted read (the file was
+/// replaced by someone's compaction) rebuilds the index from it.
+pub(super) fn apply_tail(index: &Index, tail: &wasm_store_fs::Replay<IndexEvent>) {
+    if tail.restarted {
+        index.clear();
+    }
+    for event in &tail.records {
+        index.apply(event);
+    }
+}
+
+impl Inner {
+    /// Applies what other processes appended to the journal since the last
+    /// read (best effort: a failure leaves the index as it was). Content new
+    /// to this process is re-hashed once before it is served.
+    pub(super) fn sync_journal(&self) {
+        let _serial = lock(&self.sync);
+        let tail = match self.journal.read_new() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "reading other processes' wasm cache journal records failed");
+                return;
+            }
+        };
+        self.apply_synced(&tail);
+    }
+
+    pub(super) fn apply_synced(&self, tail: &wasm_store_fs::Replay<IndexEvent>) {
+        if tail.records.is_empty() && !tail.restarted {
+            return;
+        }
+        apply_tail(&self.index, tail);
+        let contents: HashSet<Sha256Digest> = if tail.restarted {
+            self.index.entries().iter().map(|e| e.content).collect()
+        } else {
+            tail.records
+                .iter()
+                .filter_map(|e| match e {
+                    IndexEvent::Insert { content, .. } => Some(*content),
+                    _ => None,
+                })
+                .collect()
+        };
+        for content in contents {
+            let known = self.store.get(&content).filter(|m| m.verified);
+            let file = known.or_else(|| self.store.refresh(&content));
+            // No file: `serve` drops the entry when it is asked for. An
+            // unverified one (the store keeps that record) is re-hashed
+            // before it is first served.
+            if let Some(m) = file {
+                self.index.correct_size(&content, m.size);
+            }
+        }
+        self.index.clamp_future(self.now());
+        self.meters.entries(self.index.len());
+    }
+}

@@ -1,0 +1,234 @@
+//! Hint files: one small record per file in a subdirectory of the store
+//! (the cache keeps `.keys/` and `.urls/` there), so that a process can
+//! answer a single lookup with one `open` instead of reading the whole
+//! journal.
+//!
+//! A hint is never the source of truth: the journal is. A missing,
+//! unreadable or stale hint only sends the reader down the full path, and
+//! whatever a hint names is checked against the files before it is used.
+//! So hints are written without `fsync`, best effort, and a failure to write
+//! one is a debug line, never an error of the command.
+//!
+//! The same file rules as the rest of the store: the directory is opened
+//! `O_NOFOLLOW | O_DIRECTORY` (a symlink or a file at its name is replaced by
+//! a fresh directory), every hint is opened `O_NOFOLLOW`, written to a fresh
+//! temporary file (`O_EXCL`, mode 0600) and renamed over its name, and names
+//! are checked to be plain (no `/`, no leading dot).
+
+use std::fs::File;
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::StoreError;
+use crate::locks::{open_dir, open_subdir};
+
+/// A hint larger than this is not a hint (nothing the cache writes is).
+const MAX_HINT: u64 = 4096;
+
+/// A subdirectory of hint files.
+#[derive(Debug)]
+pub struct HintDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn plain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn invalid(name: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{name:?} is not a plain hint name"),
+    )
+}
+
+impl HintDir {
+    /// Opens (creating if needed, mode 0700) the hint directory `name` (a
+    /// dot-name such as `.keys`) of the store directory `store_dir`.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] naming the directory if it cannot be created or opened.
+    pub fn open(store_dir: &Path, name: &str) -> Result<Self, StoreError> {
+        let parent = open_dir(store_dir)
+            .map_err(|e| StoreError::io("opening store directory", store_dir, e))?;
+        let fd = open_subdir(&parent, store_dir, name)?;
+        Ok(Self {
+            fd,
+            path: store_dir.join(name),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The content of hint `name`, or `None` if there is none (or it is not a
+    /// regular file, or is too large to be one).
+    pub fn get(&self, name: &str) -> Option<Vec<u8>> {
+        if !plain(name) {
+            return None;
+        }
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = rfs::fstat(&fd).ok()?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+            || u64::try_from(st.st_size).unwrap_or(u64::MAX) > MAX_HINT
+        {
+            return None;
+        }
+        let mut out = Vec::new();
+        File::from(fd)
+            .take(MAX_HINT + 1)
+            .read_to_end(&mut out)
+            .ok()?;
+        (out.len() as u64 <= MAX_HINT).then_some(out)
+    }
+
+    /// Writes hint `name` (a fresh file renamed over the old one: a reader
+    /// sees the old content or the new, never a mix).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the name is not plain or the file cannot be written.
+    pub fn put(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.path.join(name);
+        if !plain(name) {
+            return Err(StoreError::io("writing hint", &path, invalid(name)));
+        }
+        let temp = crate::names::temp_name();
+        let fd = rfs::openat(
+            &self.fd,
+            &temp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| StoreError::io("writing hint", &path, e.into()))?;
+        let written = File::from(fd).write_all(bytes);
+        let renamed = written
+            .and_then(|()| rfs::renameat(&self.fd, &temp, &self.fd, name).map_err(io::Error::from));
+        if let Err(e) = renamed {
+            let _ = rfs::unlinkat(&self.fd, &temp, AtFlags::empty());
+            return Err(StoreError::io("writing hint", &path, e));
+        }
+        Ok(())
+    }
+
+    /// Removes hint `name` (no error if there is none).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if it exists and cannot be removed.
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.path.join(name);
+        if !plain(name) {
+            return Err(StoreError::io("removing hint", &path, invalid(name)));
+        }
+        match rfs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(StoreError::io("removing hint", &path, e.into())),
+        }
+    }
+
+    /// The names of every hint, and removes temporary files left by
+    /// interrupted writes.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the directory cannot be listed.
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        let dir = std::fs::read_dir(&self.path)
+            .map_err(|e| StoreError::io("listing hints", &self.path, e))?;
+        let mut out = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(|e| StoreError::io("listing hints", &self.path, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with(crate::names::TEMP_PREFIX) {
+                let _ = rfs::unlinkat(&self.fd, name.as_str(), AtFlags::empty());
+            } else if plain(&name) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Checks the module file `<digest>.wasm` in `store_dir` without opening the
+/// store (no directory scan): `Some(size)` if it is a regular file whose
+/// content hashes to `digest` and starts like a Wasm module, by its
+/// verification mark or by hashing it (which then marks it); `None` if it
+/// is missing or anything else.
+///
+/// # Errors
+/// [`StoreError::Io`] if it exists but cannot be read.
+pub fn check_module(
+    store_dir: &Path,
+    digest: &crate::Sha256Digest,
+) -> Result<Option<u64>, StoreError> {
+    crate::store::check_file(&store_dir.join(digest.file_name()), digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_remove_and_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HintDir::open(dir.path(), ".keys").unwrap();
+        assert_eq!(h.get("abc"), None);
+        h.put("abc", b"one").unwrap();
+        h.put("abc", b"two").unwrap();
+        assert_eq!(h.get("abc").as_deref(), Some(&b"two"[..]));
+        assert_eq!(h.names().unwrap(), vec!["abc".to_owned()]);
+        h.remove("abc").unwrap();
+        h.remove("abc").unwrap();
+        assert_eq!(h.get("abc"), None);
+        assert!(h.put("../x", b"").is_err());
+        assert!(h.put(".hidden", b"").is_err());
+        assert_eq!(h.get("../x"), None);
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        // A symlink where the directory belongs is replaced by a directory.
+        std::os::unix::fs::symlink(dir.path(), dir.path().join(".keys")).unwrap();
+        let h = HintDir::open(dir.path(), ".keys").unwrap();
+        assert!(
+            std::fs::symlink_metadata(dir.path().join(".keys"))
+                .unwrap()
+                .is_dir()
+        );
+        // A symlink at a hint's name is neither read nor written through.
+        std::os::unix::fs::symlink(&victim, h.path().join("k")).unwrap();
+        assert_eq!(h.get("k"), None);
+        h.put("k", b"hint").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(h.get("k").as_deref(), Some(&b"hint"[..]));
+    }
+
+    #[test]
+    fn an_oversized_hint_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HintDir::open(dir.path(), ".urls").unwrap();
+        std::fs::write(h.path().join("big"), vec![b'x'; 10_000]).unwrap();
+        assert_eq!(h.get("big"), None);
+    }
+}
