@@ -18,7 +18,7 @@ use tracing::{Instrument, warn};
 use wasm_cache_core::{
     EntryInfo, Fetcher, Index, IndexEvent, ModuleKey, ModuleUrl, Scheme, Sha256Digest, Timestamp,
 };
-use wasm_cache_signature::{KeyFingerprint, TrustPolicy};
+use wasm_cache_signature::TrustPolicy;
 use wasm_store_fs::{FsStore, Journal, VerifyReport};
 
 use crate::metrics::Meters;
@@ -121,7 +121,8 @@ struct Inner {
     meters: Meters,
     /// Which keys verified which digest (the manifest digest for OCI, the
     /// module's sha256 otherwise), so a hit under a policy needs no round trip.
-    verified: DashMap<Sha256Digest, Vec<KeyFingerprint>>,
+    /// Journaled with their evidence for other processes (see `trust`).
+    verified: trust::Verifications,
     closed: AtomicBool,
     task: Mutex<Option<(JoinHandle<()>, watch::Sender<bool>)>>,
     /// A byte-budget purge asked for by a fetch and not started yet: fetches
@@ -184,9 +185,6 @@ impl Cache {
         let (store, index, journal, hints) = tokio::task::spawn_blocking(move || {
             recover(&dir, now).map(|(store, index, journal)| {
                 let hints = Hints::open(store.dir());
-                if let Some(h) = &hints {
-                    h.reconcile(&index);
-                }
                 (store, index, journal, hints)
             })
         })
@@ -205,13 +203,22 @@ impl Cache {
             flights: DashMap::new(),
             parsed: DashMap::new(),
             meters: Meters::new(),
-            verified: DashMap::new(),
+            verified: trust::Verifications::default(),
             closed: AtomicBool::new(false),
             task: Mutex::new(None),
             budget_purge_queued: AtomicBool::new(false),
             budget_purges: Mutex::new(Vec::new()),
         });
         inner.meters.entries(inner.index.len());
+        if inner.hints.is_some() {
+            // Off the open's path: a missing hint only costs a full open later.
+            let me = Arc::clone(&inner);
+            tokio::task::spawn_blocking(move || {
+                if let Some(h) = &me.hints {
+                    h.reconcile(&me.index);
+                }
+            });
+        }
         if background {
             let (stop_tx, stop_rx) = watch::channel(false);
             let task = tokio::spawn(purge_loop(

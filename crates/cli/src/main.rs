@@ -194,7 +194,7 @@ struct FetchArgs {
     /// Serve the module only if signed by this public key (PEM, e.g. cosign.pub); repeatable, any one suffices.
     #[arg(long = "verify-key", value_name = "FILE")]
     verify_keys: Vec<PathBuf>,
-    /// With --verify-key: the cosign payload must name the repository fetched.
+    /// With --verify-key: the cosign payload (or bundle statement) must name the repository fetched.
     #[arg(long, requires = "verify_keys")]
     require_reference: bool,
     /// With --verify-key, for http(s): the detached signature's URL (default: <url>.sig).

@@ -358,7 +358,14 @@ fn verify_key_serves_only_what_a_trusted_key_signed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let module = sample_module(20_000, 7);
     let signed = rt.block_on(push_oci_image(&r, "org/signed", "v1", &module));
-    let unsigned = rt.block_on(push_oci_image(&r, "org/unsigned", "v1", &module));
+    // Other content: the same manifest, signed in org/signed, is signed
+    // wherever it is (the journal remembers the digest as verified).
+    let unsigned = rt.block_on(push_oci_image(
+        &r,
+        "org/unsigned",
+        "v1",
+        &sample_module(20_000, 8),
+    ));
     let key = cosign::generate_p256();
     rt.block_on(cosign::sign_image(
         &r,

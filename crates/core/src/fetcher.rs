@@ -308,6 +308,18 @@ pub enum Signatures {
     Detached(String),
     /// The source has no signature for the digest; why (for the error's reasons).
     Missing(String),
+    /// What an OCI registry holds for the digest by both discovery methods:
+    /// cosign's classic `sha256-<hex>.sig` layers and sigstore bundles
+    /// attached as OCI 1.1 referrers.
+    Oci {
+        /// The layers of the `sha256-<hex>.sig` manifest (may be empty).
+        cosign: Vec<SignatureLayer>,
+        /// Sigstore bundles (their JSON, checked against their descriptors).
+        bundles: Vec<Vec<u8>>,
+        /// Why a method found nothing, or skipped a candidate (for the
+        /// error's reasons).
+        notes: Vec<String>,
+    },
 }
 
 /// A source of Wasm modules for one or more URL schemes.

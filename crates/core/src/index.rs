@@ -238,6 +238,45 @@ pub struct Removed {
     pub entry: EntryInfo,
     /// The checksum records (by URL as given) that pointed at its checksum.
     pub records: Vec<(String, ChecksumRecord)>,
+    /// The signature records of its checksum, when no other entry kept them.
+    pub signatures: Vec<SignatureRecord>,
+}
+
+/// Most signature records kept per checksum (one per key); more are not kept.
+pub const MAX_SIGNATURES_PER_CHECKSUM: usize = 8;
+
+/// A record that a key verified a checksum (the manifest digest for OCI, the
+/// module's sha256 otherwise), with the evidence it verified on.
+///
+/// The index does not judge it: a record read back from a journal proves
+/// nothing by itself, and the cache checks its evidence again (no network)
+/// before trusting it. `Debug` shows the evidence's length only.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SignatureRecord {
+    /// The key's fingerprint (sha256 of its SubjectPublicKeyInfo DER).
+    pub key: Sha256Digest,
+    /// What the key signed, as the signature crate writes it (opaque here).
+    pub evidence: String,
+}
+
+impl SignatureRecord {
+    /// A record from its parts.
+    pub fn new(key: Sha256Digest, evidence: impl Into<String>) -> Self {
+        Self {
+            key,
+            evidence: evidence.into(),
+        }
+    }
+}
+
+impl fmt::Debug for SignatureRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignatureRecord")
+            .field("key", &self.key)
+            .field("evidence_len", &self.evidence.len())
+            .finish()
+    }
 }
 
 impl fmt::Debug for Removed {
@@ -296,6 +335,15 @@ pub enum IndexEvent {
         /// The resource version.
         resource_version: String,
     },
+    /// A key verified a checksum; kept while an entry has that checksum.
+    Signed {
+        /// The checksum verified.
+        checksum: Sha256Digest,
+        /// The key's fingerprint.
+        key: Sha256Digest,
+        /// What the key signed (see [`SignatureRecord`]).
+        evidence: String,
+    },
 }
 
 impl fmt::Debug for IndexEvent {
@@ -333,6 +381,16 @@ impl fmt::Debug for IndexEvent {
                 .field("resource_name", resource_name)
                 .field("resource_version", resource_version)
                 .finish(),
+            Self::Signed {
+                checksum,
+                key,
+                evidence,
+            } => f
+                .debug_struct("Signed")
+                .field("checksum", checksum)
+                .field("key", key)
+                .field("evidence_len", &evidence.len())
+                .finish(),
         }
     }
 }
@@ -344,6 +402,7 @@ impl fmt::Debug for IndexEvent {
 pub struct Index {
     modules: DashMap<ModuleKey, Entry>,
     checksums: DashMap<String, ChecksumRecord>,
+    signatures: DashMap<Sha256Digest, Vec<SignatureRecord>>,
 }
 
 impl fmt::Debug for Index {
@@ -558,10 +617,68 @@ impl Index {
         self.checksums.len()
     }
 
+    /// Remembers that `key` verified `checksum` on `evidence`. One record per
+    /// key (a new one replaces its evidence), at most
+    /// [`MAX_SIGNATURES_PER_CHECKSUM`] per checksum. Returns whether the
+    /// records changed, i.e. whether a journal needs the event.
+    pub fn record_signature(
+        &self,
+        checksum: Sha256Digest,
+        key: Sha256Digest,
+        evidence: &str,
+    ) -> bool {
+        let mut records = self.signatures.entry(checksum).or_default();
+        let full = records.len() >= MAX_SIGNATURES_PER_CHECKSUM;
+        match records.iter_mut().find(|r| r.key == key) {
+            Some(r) if r.evidence == evidence => false,
+            Some(r) => {
+                evidence.clone_into(&mut r.evidence);
+                true
+            }
+            None if full => false,
+            None => {
+                records.push(SignatureRecord::new(key, evidence));
+                true
+            }
+        }
+    }
+
+    /// The signature records of `checksum` (unjudged: see [`SignatureRecord`]).
+    pub fn signatures(&self, checksum: &Sha256Digest) -> Vec<SignatureRecord> {
+        self.signatures
+            .get(checksum)
+            .map(|r| r.value().clone())
+            .unwrap_or_default()
+    }
+
+    /// Drops the record of `key` for `checksum` (its evidence did not verify);
+    /// the next compaction leaves it out of the journal.
+    pub fn forget_signature(&self, checksum: &Sha256Digest, key: &Sha256Digest) {
+        if let Some(mut records) = self.signatures.get_mut(checksum) {
+            records.retain(|r| r.key != *key);
+        }
+        self.signatures.remove_if(checksum, |_, r| r.is_empty());
+    }
+
+    /// Drops the signature records of `checksum` once no entry has it, and
+    /// returns them.
+    fn drop_unused_signatures(&self, checksum: &Sha256Digest) -> Vec<SignatureRecord> {
+        if !self.signatures.contains_key(checksum)
+            || self.modules.iter().any(|e| e.key().checksum == *checksum)
+        {
+            return Vec::new();
+        }
+        self.signatures
+            .remove(checksum)
+            .map(|(_, r)| r)
+            .unwrap_or_default()
+    }
+
     /// Removes the entry under `key` and every checksum record of its
     /// referencing URLs that still points at its checksum.
     pub fn remove(&self, key: &ModuleKey) -> Option<EntryInfo> {
         let (key, e) = self.modules.remove(key)?;
+        self.drop_unused_signatures(&key.checksum);
         for u in &e.urls {
             self.checksums
                 .remove_if(u, |_, r| r.checksum == key.checksum);
@@ -596,6 +713,7 @@ impl Index {
         Some(Removed {
             entry: info(&key, &e),
             records,
+            signatures: self.drop_unused_signatures(&key.checksum),
         })
     }
 
@@ -623,6 +741,15 @@ impl Index {
                 url: Some(u.clone()),
                 at: e.last_use,
             });
+        }
+        for sig in &removed.signatures {
+            if self.record_signature(e.key.checksum, sig.key, &sig.evidence) {
+                events.push(IndexEvent::Signed {
+                    checksum: e.key.checksum,
+                    key: sig.key,
+                    evidence: sig.evidence.clone(),
+                });
+            }
         }
         for (url, rec) in &removed.records {
             if let dashmap::Entry::Vacant(v) = self.checksums.entry(url.clone()) {
@@ -782,6 +909,7 @@ impl Index {
     pub fn clear(&self) {
         self.modules.clear();
         self.checksums.clear();
+        self.signatures.clear();
     }
 
     /// Number of journal records [`to_events`](Self::to_events) would write:
@@ -793,7 +921,26 @@ impl Index {
             .iter()
             .map(|r| r.value().resource_versions.len())
             .sum();
-        entries + records
+        entries + records + self.live_signatures().len()
+    }
+
+    /// The signature records of checksums some entry has, sorted.
+    fn live_signatures(&self) -> Vec<(Sha256Digest, SignatureRecord)> {
+        let live: BTreeSet<Sha256Digest> = self.modules.iter().map(|e| e.key().checksum).collect();
+        let mut out: Vec<(Sha256Digest, SignatureRecord)> = self
+            .signatures
+            .iter()
+            .filter(|r| live.contains(r.key()))
+            .flat_map(|r| {
+                let checksum = *r.key();
+                r.value()
+                    .iter()
+                    .map(move |s| (checksum, s.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by_key(|a| (a.0, a.1.key));
+        out
     }
 
     /// Applies a persisted change.
@@ -821,6 +968,13 @@ impl Index {
                 resource_version,
             } => {
                 self.record_checksum(url, *checksum, resource_name, resource_version);
+            }
+            IndexEvent::Signed {
+                checksum,
+                key,
+                evidence,
+            } => {
+                self.record_signature(*checksum, *key, evidence);
             }
         }
     }
@@ -862,6 +1016,13 @@ impl Index {
                     resource_version: version,
                 });
             }
+        }
+        for (checksum, sig) in self.live_signatures() {
+            out.push(IndexEvent::Signed {
+                checksum,
+                key: sig.key,
+                evidence: sig.evidence,
+            });
         }
         out
     }

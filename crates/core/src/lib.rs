@@ -40,8 +40,8 @@ pub use crate::fetcher::{
     PullSecret, SignatureLayer, Signatures, WASM_MAGIC, check_wasm_header,
 };
 pub use crate::index::{
-    ChecksumRecord, EntryInfo, Index, IndexEvent, Lookup, LookupRequest, ModuleKey, Removed,
-    Timestamp,
+    ChecksumRecord, EntryInfo, Index, IndexEvent, Lookup, LookupRequest,
+    MAX_SIGNATURES_PER_CHECKSUM, ModuleKey, Removed, SignatureRecord, Timestamp,
 };
 pub use crate::policy::PullPolicy;
 pub use crate::url::{

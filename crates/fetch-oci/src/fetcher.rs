@@ -53,6 +53,8 @@ const MEMO_BYTES: usize = 8 * 1024 * 1024;
 /// How long a resolved manifest is kept for the fetch that follows.
 const MEMO_TTL: Duration = Duration::from_secs(60);
 
+mod referrers;
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -1302,9 +1304,12 @@ impl Fetcher for OciFetcher {
     /// cosign's classic layout: the manifest at `sha256-<hex>.sig` in the same
     /// repository (read up to [`MAX_SIGNATURE_MANIFEST_LEN`]) and each
     /// simple-signing payload it names (read up to its declared size, checked
-    /// against its digest), through the same session, retries and deadline.
-    /// No tag, a manifest over the cap or one that is not a signature
-    /// manifest is [`Signatures::Missing`] with the reason.
+    /// against its digest); and sigstore bundles attached as OCI 1.1
+    /// referrers (the referrers API, or the `sha256-<hex>` tag schema where
+    /// the registry has none; indexes, manifests and bundles capped while
+    /// reading). All through the same session, retries and deadline.
+    /// Neither found is [`Signatures::Missing`] with the reasons; otherwise
+    /// [`Signatures::Oci`].
     async fn signatures(
         &self,
         req: &FetchRequest,
@@ -1367,14 +1372,51 @@ impl OciFetcher {
         s: &Session<'_>,
         digest: &Sha256Digest,
     ) -> Result<Signatures, Error> {
+        let mut notes = Vec::new();
+        let cosign = match Self::cosign_layers(s, digest).await? {
+            Ok(layers) => layers,
+            Err(reason) => {
+                notes.push(reason);
+                Vec::new()
+            }
+        };
+        let bundles = match s.bundles(digest).await {
+            Ok(found) => {
+                notes.extend(found.notes);
+                found.bundles
+            }
+            // With a classic signature in hand, a failing referrers lookup
+            // only loses a candidate; without one, it is the error.
+            Err(e) if !cosign.is_empty() => {
+                notes.push(format!("referrers: {e}"));
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        if cosign.is_empty() && bundles.is_empty() {
+            return Ok(Signatures::Missing(notes.join("; ")));
+        }
+        Ok(Signatures::Oci {
+            cosign,
+            bundles,
+            notes,
+        })
+    }
+
+    /// cosign's classic layout: the layers of the `sha256-<hex>.sig`
+    /// manifest with their payloads; `Ok(Err(reason))` when there is none.
+    async fn cosign_layers(
+        s: &Session<'_>,
+        digest: &Sha256Digest,
+    ) -> Result<Result<Vec<SignatureLayer>, String>, Error> {
         let tag = signature_tag(digest);
         let body = match s.retrying(|| s.signature_manifest_once(&tag)).await? {
             Ok(body) => body,
-            Err(reason) => return Ok(Signatures::Missing(reason)),
+            Err(reason) => return Ok(Err(reason)),
         };
         let refs = match parse_signature_manifest(&body) {
             Ok(refs) => refs,
-            Err(reason) => return Ok(Signatures::Missing(format!("tag {tag}: {reason}"))),
+            Err(reason) => return Ok(Err(format!("tag {tag}: {reason}"))),
         };
         let mut layers = Vec::with_capacity(refs.len());
         for r in &refs {
@@ -1385,7 +1427,12 @@ impl OciFetcher {
                 signature: r.signature.clone(),
             });
         }
-        Ok(Signatures::Cosign(layers))
+        if layers.is_empty() {
+            return Ok(Err(format!(
+                "tag {tag}: the signature manifest has no layers"
+            )));
+        }
+        Ok(Ok(layers))
     }
 }
 

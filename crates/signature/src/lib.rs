@@ -7,10 +7,17 @@
 //! - [`SimpleSigningPayload`] and [`signature_tag`]: cosign's classic OCI
 //!   layout (a `sha256-<hex>.sig` tag whose layers are simple-signing payloads
 //!   with a base64 signature annotation).
+//! - Sigstore bundles attached as OCI 1.1 referrers: [`parse_referrers_index`],
+//!   [`parse_bundle_manifest`] and [`referrers_tag`] (the tag schema of
+//!   registries without the referrers API).
 //! - [`TrustPolicy`]: one or more keys; one valid signature by any of them
 //!   suffices. [`TrustPolicy::verify_cosign`] checks signature-manifest
-//!   layers, [`TrustPolicy::verify_blob`] a detached `cosign sign-blob`
+//!   layers, [`TrustPolicy::verify_bundle`] a sigstore bundle (key-based:
+//!   `messageSignature` or DSSE in-toto statement), [`TrustPolicy::verify_oci`]
+//!   both together, [`TrustPolicy::verify_blob`] a detached `cosign sign-blob`
 //!   signature from the blob's SHA-256 alone, so a module is never buffered.
+//! - [`Evidence`]: what a key signed, returned with every success; checked
+//!   again later, without the network, by [`TrustPolicy::verify_evidence`].
 //!
 //! The cryptography is RustCrypto's `p256` (ECDSA, with prehash verification
 //! for blob signatures) and `ed25519-dalek` (strict verification); SPKI and PEM
@@ -37,7 +44,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod bundle;
 mod error;
+mod evidence;
 mod key;
 mod manifest;
 mod payload;
@@ -45,7 +54,13 @@ mod policy;
 #[cfg(any(test, feature = "signer"))]
 mod signer;
 
+pub use crate::bundle::{
+    BUNDLE_MEDIA_TYPE, BundleBlob, IN_TOTO_PAYLOAD_TYPE, MAX_BUNDLE_LEN, MAX_BUNDLE_MANIFEST_LEN,
+    MAX_BUNDLES, MAX_REFERRERS_INDEX_LEN, ReferrerRef, parse_bundle_manifest,
+    parse_referrers_index, referrers_tag,
+};
 pub use crate::error::Error;
+pub use crate::evidence::{Evidence, MAX_EVIDENCE_RECORD_LEN};
 pub use crate::key::{
     KeyAlgorithm, KeyFingerprint, MAX_SIGNATURE_BASE64_LEN, PUBLIC_KEY_PEM_LABEL, PublicKey,
     decode_signature_base64,

@@ -2,8 +2,12 @@
 
 use wasm_cache_core::{Sha256Digest, shorten};
 
+use crate::bundle::{Bundle, Content, IN_TOTO_PAYLOAD_TYPE, decode_bytes, pae, statement_subjects};
+use crate::evidence::{Evidence, b64};
 use crate::key::decode_signature_base64;
-use crate::payload::{SIMPLE_SIGNING_MEDIA_TYPE, SimpleSigningPayload, reference_names_repository};
+use crate::payload::{
+    MAX_PAYLOAD_LEN, SIMPLE_SIGNING_MEDIA_TYPE, SimpleSigningPayload, reference_names_repository,
+};
 use crate::{Error, KeyFingerprint, PublicKey};
 
 /// Most signature candidates considered per subject; the rest are ignored
@@ -47,11 +51,15 @@ pub struct CosignLayer<'a> {
     pub signature: Option<&'a str>,
 }
 
-/// A successful check: which key verified the subject.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A successful check: which key verified the subject, and on what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Verified {
     /// The fingerprint of the key whose signature verified.
     pub key: KeyFingerprint,
+    /// What that key signed, enough to check again offline
+    /// ([`TrustPolicy::verify_evidence`]).
+    pub evidence: Evidence,
 }
 
 impl TrustPolicy {
@@ -144,7 +152,7 @@ impl TrustPolicy {
         let mut reasons = Vec::new();
         for (index, layer) in layers.into_iter().take(MAX_CANDIDATES).enumerate() {
             match self.check_layer(subject, &layer) {
-                Ok(key) => return Ok(Verified { key }),
+                Ok(verified) => return Ok(verified),
                 Err(reason) => reasons.push(format!("layer {index}: {reason}")),
             }
         }
@@ -158,7 +166,7 @@ impl TrustPolicy {
         &self,
         subject: &Subject<'_>,
         layer: &CosignLayer<'_>,
-    ) -> Result<KeyFingerprint, String> {
+    ) -> Result<Verified, String> {
         if layer.media_type != SIMPLE_SIGNING_MEDIA_TYPE {
             return Err(format!(
                 "media type {:?} is not {SIMPLE_SIGNING_MEDIA_TYPE:?}",
@@ -190,7 +198,13 @@ impl TrustPolicy {
                 ));
             }
         }
-        Ok(key)
+        Ok(Verified {
+            key,
+            evidence: Evidence::Cosign {
+                payload: b64(layer.payload),
+                signature: text.trim_ascii().to_owned(),
+            },
+        })
     }
 
     /// Checks a detached `cosign sign-blob` signature (base64 text) over a
@@ -199,12 +213,214 @@ impl TrustPolicy {
     /// # Errors
     /// [`Error::NoValidSignature`] when no key verifies it.
     pub fn verify_blob(&self, subject: &Subject<'_>, signature: &str) -> Result<Verified, Error> {
-        let checked = decode_signature_base64(signature).and_then(|raw| {
-            self.verifying_key(|key| key.verify_sha256_prehashed(subject.digest, &raw))
-        });
-        checked
-            .map(|key| Verified { key })
+        let blob = Subject {
+            repository: None,
+            ..*subject
+        };
+        self.check_digest_signature(&blob, signature)
             .map_err(|reason| self.rejection(subject, vec![reason]))
+    }
+
+    /// Checks the OCI signature material of `subject`: cosign's classic
+    /// layers and sigstore bundles (JSON bytes, from OCI 1.1 referrers); one
+    /// valid signature among them suffices. `notes` say why a discovery
+    /// method found nothing; they join the reasons of a failure.
+    ///
+    /// # Errors
+    /// [`Error::NoValidSignature`] with a reason per rejected candidate.
+    pub fn verify_oci<'a>(
+        &self,
+        subject: &Subject<'_>,
+        layers: impl IntoIterator<Item = CosignLayer<'a>>,
+        bundles: impl IntoIterator<Item = &'a [u8]>,
+        notes: &[String],
+    ) -> Result<Verified, Error> {
+        let mut reasons = Vec::new();
+        for (index, layer) in layers.into_iter().take(MAX_CANDIDATES).enumerate() {
+            match self.check_layer(subject, &layer) {
+                Ok(verified) => return Ok(verified),
+                Err(reason) => reasons.push(format!("layer {index}: {reason}")),
+            }
+        }
+        for (index, bundle) in bundles.into_iter().take(MAX_CANDIDATES).enumerate() {
+            match self.check_bundle(subject, bundle) {
+                Ok(verified) => return Ok(verified),
+                Err(reason) => reasons.push(format!("bundle {index}: {reason}")),
+            }
+        }
+        reasons.extend(notes.iter().cloned());
+        if reasons.is_empty() {
+            reasons.push("no signature was found".to_owned());
+        }
+        Err(self.rejection(subject, reasons))
+    }
+
+    /// Checks one sigstore bundle (its JSON) for `subject` with the policy's
+    /// keys: a `messageSignature` over the subject digest, or a DSSE
+    /// envelope whose in-toto statement names the subject digest.
+    ///
+    /// # Errors
+    /// [`Error::NoValidSignature`] saying why the bundle was rejected.
+    pub fn verify_bundle(&self, subject: &Subject<'_>, bundle: &[u8]) -> Result<Verified, Error> {
+        self.check_bundle(subject, bundle)
+            .map_err(|reason| self.rejection(subject, vec![reason]))
+    }
+
+    fn check_bundle(&self, subject: &Subject<'_>, bytes: &[u8]) -> Result<Verified, String> {
+        let bundle = Bundle::parse(bytes)?;
+        let checked = match &bundle.content {
+            Content::Message {
+                digest,
+                algorithm,
+                signature,
+            } => {
+                if algorithm != "SHA2_256" {
+                    return Err(format!(
+                        "bundle messageDigest algorithm is {:?}, not \"SHA2_256\"",
+                        shorten(algorithm, 40)
+                    ));
+                }
+                if digest.as_slice() != subject.digest.as_bytes() {
+                    return Err(format!(
+                        "the bundle signs another digest, not {}",
+                        subject.digest.to_prefixed()
+                    ));
+                }
+                self.check_digest_signature(subject, signature)
+            }
+            Content::Dsse {
+                payload_type,
+                payload,
+                signatures,
+            } => self.check_dsse(subject, payload_type, payload, signatures),
+        };
+        checked.map_err(|reason| {
+            if bundle.keyless {
+                format!(
+                    "{reason} (the bundle carries a certificate: keyless signatures are not \
+                     supported, only signatures by a configured key)"
+                )
+            } else {
+                reason
+            }
+        })
+    }
+
+    /// A signature over a message whose SHA-256 is the subject digest. It
+    /// names no repository, so a policy requiring one refuses it for an OCI
+    /// subject (an http(s) blob has no repository to name).
+    fn check_digest_signature(
+        &self,
+        subject: &Subject<'_>,
+        signature: &str,
+    ) -> Result<Verified, String> {
+        if self.require_reference && subject.repository.is_some() {
+            return Err(
+                "the signature names no repository, and the policy requires one".to_owned(),
+            );
+        }
+        let raw = decode_signature_base64(signature)?;
+        let key = self.verifying_key(|key| key.verify_sha256_prehashed(subject.digest, &raw))?;
+        Ok(Verified {
+            key,
+            evidence: Evidence::Digest {
+                signature: signature.trim_ascii().to_owned(),
+            },
+        })
+    }
+
+    /// A DSSE envelope: some signature verifies over the pre-authentication
+    /// encoding, and the in-toto statement names the subject digest.
+    fn check_dsse(
+        &self,
+        subject: &Subject<'_>,
+        payload_type: &str,
+        payload: &[u8],
+        signatures: &[String],
+    ) -> Result<Verified, String> {
+        if payload_type != IN_TOTO_PAYLOAD_TYPE {
+            return Err(format!(
+                "DSSE payloadType is {:?}, not {IN_TOTO_PAYLOAD_TYPE:?}",
+                shorten(payload_type, 80)
+            ));
+        }
+        let message = pae(payload_type, payload);
+        let mut failures = Vec::new();
+        for (i, text) in signatures.iter().take(MAX_CANDIDATES).enumerate() {
+            let checked = decode_signature_base64(text)
+                .and_then(|raw| self.verifying_key(|key| key.verify(&message, &raw)));
+            let key = match checked {
+                Ok(key) => key,
+                Err(reason) => {
+                    failures.push(format!("DSSE signature {i}: {reason}"));
+                    continue;
+                }
+            };
+            let names = statement_subjects(payload, subject.digest)
+                .map_err(|reason| format!("signed by {key}, but {reason}"))?;
+            if self.require_reference {
+                let repo = subject.repository.unwrap_or("");
+                if !names.iter().any(|n| reference_names_repository(n, repo)) {
+                    return Err(format!(
+                        "signed by {key}, but the in-toto statement names no subject in {repo:?}"
+                    ));
+                }
+            }
+            return Ok(Verified {
+                key,
+                evidence: Evidence::Dsse {
+                    payload_type: payload_type.to_owned(),
+                    payload: b64(payload),
+                    signature: text.trim_ascii().to_owned(),
+                },
+            });
+        }
+        if failures.is_empty() {
+            failures.push("the DSSE envelope has no signatures".to_owned());
+        }
+        Err(failures.join("; "))
+    }
+
+    /// Checks `evidence` (from an earlier [`Verified`], say read back from a
+    /// journal) again for `subject`, with this policy's keys and rules: no
+    /// network, the same checks as the first time.
+    ///
+    /// # Errors
+    /// [`Error::NoValidSignature`] when it does not verify (a forged or
+    /// corrupted record, another digest, a key this policy does not trust).
+    pub fn verify_evidence(
+        &self,
+        subject: &Subject<'_>,
+        evidence: &Evidence,
+    ) -> Result<Verified, Error> {
+        let checked = match evidence {
+            Evidence::Cosign { payload, signature } => {
+                decode_bytes("recorded payload", payload, MAX_PAYLOAD_LEN).and_then(|payload| {
+                    self.check_layer(
+                        subject,
+                        &CosignLayer {
+                            media_type: SIMPLE_SIGNING_MEDIA_TYPE,
+                            payload: &payload,
+                            signature: Some(signature),
+                        },
+                    )
+                })
+            }
+            Evidence::Digest { signature } => self.check_digest_signature(subject, signature),
+            Evidence::Dsse {
+                payload_type,
+                payload,
+                signature,
+            } => decode_bytes("recorded DSSE payload", payload, 64 * 1024).and_then(|payload| {
+                self.check_dsse(
+                    subject,
+                    payload_type,
+                    &payload,
+                    std::slice::from_ref(signature),
+                )
+            }),
+        };
+        checked.map_err(|reason| self.rejection(subject, vec![reason]))
     }
 
     /// The first key for which `check` succeeds, or the reasons they all failed.

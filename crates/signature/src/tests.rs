@@ -499,3 +499,260 @@ proptest! {
         let _ = PublicKey::from_spki_der(&payload);
     }
 }
+
+// ---- Sigstore bundles -------------------------------------------------------
+
+// Made by OpenSSL 3.0 (independent of our PAE and signer): a fresh P-256 key;
+// the in-toto statement `cosign sign --new-bundle-format` writes for
+// sha256:d34db33f...; `openssl dgst -sha256 -sign` over its DSSE v1
+// pre-authentication encoding ("DSSEv1 28 application/vnd.in-toto+json <len> "
+// + statement); `openssl pkeyutl -sign` over the raw digest bytes (what a
+// bundle's messageSignature over that manifest is).
+const BUNDLE_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEKV2AhExoGJgDpgMbyNY9qj1BO0sT
+8dM8GoljpU7WsU5E0d54I7eaX9TpPxbKW+a0tf2q4XhNvUsmc45THf1kfA==
+-----END PUBLIC KEY-----
+";
+const BUNDLE_STATEMENT_B64: &str = "eyJfdHlwZSI6Imh0dHBzOi8vaW4tdG90by5pby9TdGF0ZW1lbnQvdjEiLCJzdWJqZWN0IjpbeyJkaWdlc3QiOnsic2hhMjU2IjoiZDM0ZGIzM2ZkMzRkYjMzZmQzNGRiMzNmZDM0ZGIzM2ZkMzRkYjMzZmQzNGRiMzNmZDM0ZGIzM2ZkMzRkYjMzZiJ9fV0sInByZWRpY2F0ZVR5cGUiOiJodHRwczovL3NpZ3N0b3JlLmRldi9jb3NpZ24vc2lnbi92MSIsInByZWRpY2F0ZSI6e319";
+const BUNDLE_DSSE_SIG: &str = "MEUCIAZhelc6cYWqvUrEQodg82o1jjpEpVjw8zBXGSEMLzIQAiEApVb4o7Kaa6Gv05ArdYVah31fThAjunKRPlrzisqc8SM=";
+const BUNDLE_MESSAGE_SIG: &str = "MEQCIHd6pxk5IxRv6a2iTJ+puwoDSZsYRQ03esIe4nLJGOLsAiA3VIbFtLm0YLWdiC+g7OLp3MXg8Zts9Ip0a2xl+FcV0A==";
+const D34DB33F: &str = "sha256:d34db33fd34db33fd34db33fd34db33fd34db33fd34db33fd34db33fd34db33f";
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn dsse_bundle(payload_b64: &str, sig: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": "k"}, "tlogEntries": []},
+        "dsseEnvelope": {
+            "payload": payload_b64,
+            "payloadType": IN_TOTO_PAYLOAD_TYPE,
+            "signatures": [{"sig": sig, "keyid": ""}],
+        },
+    }))
+    .unwrap()
+}
+
+fn message_bundle(digest: &Sha256Digest, sig: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": "k"}},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": b64(digest.as_bytes())},
+            "signature": sig,
+        },
+    }))
+    .unwrap()
+}
+
+fn statement(digest: &Sha256Digest, name: Option<&str>) -> Vec<u8> {
+    let mut subject = serde_json::json!({"digest": {"sha256": digest.to_hex()}});
+    if let Some(name) = name {
+        subject["name"] = name.into();
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [subject],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        "predicate": {},
+    }))
+    .unwrap()
+}
+
+fn sign_dsse(key: &SigningKey, statement: &[u8]) -> String {
+    let mut pae = format!(
+        "DSSEv1 {} {IN_TOTO_PAYLOAD_TYPE} {} ",
+        IN_TOTO_PAYLOAD_TYPE.len(),
+        statement.len()
+    )
+    .into_bytes();
+    pae.extend_from_slice(statement);
+    key.sign_base64(&pae)
+}
+
+fn reasons(e: &Error) -> String {
+    e.reasons().join("; ")
+}
+
+#[test]
+fn verifies_bundles_made_by_openssl() {
+    let d = Sha256Digest::parse(D34DB33F).unwrap();
+    let policy = TrustPolicy::new([PublicKey::from_pem(BUNDLE_PUB).unwrap()]).unwrap();
+    let key = policy.fingerprints()[0];
+    let dsse = dsse_bundle(BUNDLE_STATEMENT_B64, BUNDLE_DSSE_SIG);
+    let verified = policy.verify_bundle(&subject(&d), &dsse).unwrap();
+    assert_eq!(verified.key, key);
+    let message = message_bundle(&d, BUNDLE_MESSAGE_SIG);
+    assert_eq!(
+        policy.verify_bundle(&subject(&d), &message).unwrap().key,
+        key
+    );
+    // The same bytes for another digest: refused, saying why.
+    let other = digest(7);
+    let e = policy.verify_bundle(&subject(&other), &dsse).unwrap_err();
+    assert!(
+        reasons(&e).contains("the in-toto statement is for"),
+        "{e:?}"
+    );
+    let e = policy
+        .verify_bundle(&subject(&other), &message)
+        .unwrap_err();
+    assert!(reasons(&e).contains("signs another digest"), "{e:?}");
+    // Swapped signatures (each valid, over something else) do not verify.
+    let swapped = dsse_bundle(BUNDLE_STATEMENT_B64, BUNDLE_MESSAGE_SIG);
+    assert!(
+        reasons(&policy.verify_bundle(&subject(&d), &swapped).unwrap_err())
+            .contains("does not verify")
+    );
+}
+
+#[test]
+fn bundles_by_other_keys_or_tampered_never_verify() {
+    let d = digest(3);
+    let signer = p256("bundle signer");
+    let policy = TrustPolicy::new([signer.public_key()]).unwrap();
+    let other = TrustPolicy::new([p256("someone else").public_key()]).unwrap();
+    let st = statement(&d, None);
+    let good = dsse_bundle(&b64(&st), &sign_dsse(&signer, &st));
+    assert!(policy.verify_bundle(&subject(&d), &good).is_ok());
+    assert!(
+        reasons(&other.verify_bundle(&subject(&d), &good).unwrap_err()).contains("does not verify")
+    );
+    // A statement edited after signing.
+    let edited = statement(&digest(4), None);
+    let tampered = dsse_bundle(&b64(&edited), &sign_dsse(&signer, &st));
+    assert!(
+        policy
+            .verify_bundle(&subject(&digest(4)), &tampered)
+            .is_err()
+    );
+    // Another payload type, a statement that is not in-toto.
+    let wrong_type = String::from_utf8(good.clone())
+        .unwrap()
+        .replace(IN_TOTO_PAYLOAD_TYPE, "application/json");
+    assert!(
+        reasons(
+            &policy
+                .verify_bundle(&subject(&d), wrong_type.as_bytes())
+                .unwrap_err()
+        )
+        .contains("payloadType")
+    );
+    let not_statement = br#"{"_type":"https://example.com/x","subject":[]}"#;
+    let e = policy
+        .verify_bundle(
+            &subject(&d),
+            &dsse_bundle(&b64(not_statement), &sign_dsse(&signer, not_statement)),
+        )
+        .unwrap_err();
+    assert!(reasons(&e).contains("not an in-toto statement"), "{e:?}");
+    // Ed25519 signs DSSE envelopes, but not a messageSignature from a digest.
+    let ed_key = ed("bundle ed25519");
+    let ed_policy = TrustPolicy::new([ed_key.public_key()]).unwrap();
+    let ed_good = dsse_bundle(&b64(&st), &sign_dsse(&ed_key, &st));
+    assert!(ed_policy.verify_bundle(&subject(&d), &ed_good).is_ok());
+    let e = ed_policy
+        .verify_bundle(&subject(&d), &message_bundle(&d, &b64(&[0u8; 64])))
+        .unwrap_err();
+    assert!(reasons(&e).contains("Ed25519"), "{e:?}");
+    // Keyless bundles say so.
+    let keyless = String::from_utf8(good).unwrap().replace(
+        r#""publicKey":{"hint":"k"}"#,
+        r#""certificate":{"rawBytes":"AA=="}"#,
+    );
+    let e = other
+        .verify_bundle(&subject(&d), keyless.as_bytes())
+        .unwrap_err();
+    assert!(reasons(&e).contains("keyless"), "{e:?}");
+}
+
+#[test]
+fn require_reference_needs_a_statement_subject_naming_the_repository() {
+    let d = digest(5);
+    let signer = p256("strict bundle signer");
+    let strict = TrustPolicy::new([signer.public_key()])
+        .unwrap()
+        .require_reference(true);
+    let named = statement(&d, Some("127.0.0.1:5000/team/module"));
+    let bundle = dsse_bundle(&b64(&named), &sign_dsse(&signer, &named));
+    assert!(strict.verify_bundle(&subject(&d), &bundle).is_ok());
+    let unnamed = statement(&d, None);
+    let bundle = dsse_bundle(&b64(&unnamed), &sign_dsse(&signer, &unnamed));
+    assert!(
+        reasons(&strict.verify_bundle(&subject(&d), &bundle).unwrap_err())
+            .contains("names no subject")
+    );
+    let message = message_bundle(&d, &signer.sign_blob_prehashed_base64(&d).unwrap());
+    assert!(
+        reasons(&strict.verify_bundle(&subject(&d), &message).unwrap_err())
+            .contains("names no repository")
+    );
+}
+
+#[test]
+fn evidence_verifies_again_only_for_its_subject_and_keys() {
+    let d = digest(6);
+    let signer = p256("evidence signer");
+    let policy = TrustPolicy::new([signer.public_key()]).unwrap();
+    let other = TrustPolicy::new([p256("evidence other").public_key()]).unwrap();
+    let (payload, sig) = signer.sign_cosign_payload("127.0.0.1:5000/team/module", &d);
+    let st = statement(&d, None);
+    let candidates = [
+        policy
+            .verify_cosign(&subject(&d), [layer(&payload, &sig)])
+            .unwrap(),
+        policy
+            .verify_bundle(
+                &subject(&d),
+                &dsse_bundle(&b64(&st), &sign_dsse(&signer, &st)),
+            )
+            .unwrap(),
+        policy
+            .verify_bundle(
+                &subject(&d),
+                &message_bundle(&d, &signer.sign_blob_prehashed_base64(&d).unwrap()),
+            )
+            .unwrap(),
+    ];
+    for verified in candidates {
+        let record = verified.evidence.to_record().unwrap();
+        let evidence = Evidence::from_record(&record).unwrap();
+        assert_eq!(evidence, verified.evidence);
+        assert_eq!(
+            policy.verify_evidence(&subject(&d), &evidence).unwrap(),
+            verified
+        );
+        assert!(
+            policy
+                .verify_evidence(&subject(&digest(9)), &evidence)
+                .is_err()
+        );
+        assert!(other.verify_evidence(&subject(&d), &evidence).is_err());
+        // Debug shows no payload.
+        assert!(!format!("{evidence:?}").contains(&record[20..40]));
+    }
+    // A record that is not evidence, or too long, is refused with a reason.
+    assert!(Evidence::from_record("{}").is_err());
+    assert!(Evidence::from_record(r#"{"kind":"digest","signature":"x","extra":1}"#).is_err());
+    assert!(
+        Evidence::from_record(&" ".repeat(MAX_EVIDENCE_RECORD_LEN + 1))
+            .unwrap_err()
+            .contains("more than")
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bundles_never_verify_or_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let d = digest(8);
+        let policy = TrustPolicy::new([p256("fuzz").public_key()]).unwrap();
+        prop_assert!(policy.verify_bundle(&subject(&d), &bytes).is_err());
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = Evidence::from_record(&text);
+        let _ = parse_referrers_index(&bytes);
+        let _ = parse_bundle_manifest(&bytes, &d);
+    }
+}

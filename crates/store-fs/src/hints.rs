@@ -143,6 +143,24 @@ impl HintDir {
         }
     }
 
+    /// How many hints there are (temporary files not counted), without
+    /// collecting their names: the cheap check before a full comparison.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the directory cannot be listed.
+    pub fn count(&self) -> Result<usize, StoreError> {
+        let dir = std::fs::read_dir(&self.path)
+            .map_err(|e| StoreError::io("listing hints", &self.path, e))?;
+        let mut n = 0;
+        for entry in dir {
+            let entry = entry.map_err(|e| StoreError::io("listing hints", &self.path, e))?;
+            if !entry.file_name().as_encoded_bytes().starts_with(b".") {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// The names of every hint, and removes temporary files left by
     /// interrupted writes.
     ///

@@ -10,7 +10,15 @@
 //!   annotation, in an OCI image manifest (config as go-containerregistry
 //!   writes it) tagged `sha256-<manifest hex>.sig` in the same repository;
 //! - `cosign sign-blob --key`: base64 of an ECDSA P-256 signature over the
-//!   blob's SHA-256.
+//!   blob's SHA-256;
+//! - sigstore bundles (v0.3, protobuf JSON) signed by a key: a
+//!   `messageSignature` over a manifest, or a DSSE envelope holding the
+//!   in-toto statement `cosign sign` writes with the new bundle format
+//!   (subject digest only, predicate `https://sigstore.dev/cosign/sign/v1`),
+//!   attached as OCI 1.1 referrers as cosign's `specs/BUNDLE_SPEC.md` says:
+//!   a manifest with `artifactType` and `subject`, and, because the test
+//!   registry (distribution 2.8) has no referrers API, an index at the
+//!   referrers tag `sha256-<hex>`.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -29,7 +37,9 @@ use wasm_cache_core::Sha256Digest;
 pub use wasm_cache_signature::SigningKey;
 use wasm_cache_signature::{SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
 
-use crate::images::{OCI_CONFIG, OCI_MANIFEST, Pushed, digest_of, push_blob, push_manifest_json};
+use crate::images::{
+    OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Pushed, digest_of, push_blob, push_manifest_json,
+};
 use crate::registry::Registry;
 
 fn random_seed() -> [u8; 32] {
@@ -171,6 +181,149 @@ pub fn sign_blob(key: &SigningKey, blob: &[u8]) -> String {
     let digest = parse_digest(&digest_of(blob));
     key.sign_blob_prehashed_base64(&digest)
         .expect("sign_blob needs an ECDSA P-256 key")
+}
+
+/// The in-toto predicate type `cosign sign` uses with the new bundle format.
+pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+
+/// Media type of the empty config of an artifact manifest (`{}`).
+pub const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The verification material of a key-based bundle: a public key hint (the
+/// key's fingerprint) and no transparency log entry.
+fn key_material(key: &SigningKey) -> Value {
+    json!({
+        "publicKey": { "hint": b64(key.public_key().fingerprint().digest().as_bytes()) },
+        "tlogEntries": [],
+    })
+}
+
+/// A sigstore bundle whose `messageSignature` signs the artifact with this
+/// SHA-256 (`digest`, e.g. a manifest digest) with an ECDSA P-256 key.
+///
+/// # Panics
+/// For an Ed25519 key (pure Ed25519 signs the whole artifact).
+pub fn bundle_message_signature(key: &SigningKey, digest: &str) -> Vec<u8> {
+    let digest = parse_digest(digest);
+    let signature = key
+        .sign_blob_prehashed_base64(&digest)
+        .expect("a messageSignature bundle needs an ECDSA P-256 key");
+    serde_json::to_vec(&json!({
+        "mediaType": wasm_cache_signature::BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": key_material(key),
+        "messageSignature": {
+            "messageDigest": { "algorithm": "SHA2_256", "digest": b64(digest.as_bytes()) },
+            "signature": signature,
+        },
+    }))
+    .expect("a JSON value serializes")
+}
+
+/// The in-toto statement `cosign sign --new-bundle-format` signs for
+/// `digest` (protobuf JSON of `intotov1.Statement`: a subject with the
+/// digest only, the cosign sign predicate, an empty predicate).
+pub fn cosign_sign_statement(digest: &str) -> Vec<u8> {
+    let digest = parse_digest(digest);
+    serde_json::to_vec(&json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{ "digest": { "sha256": digest.to_hex() } }],
+        "predicateType": COSIGN_SIGN_PREDICATE,
+        "predicate": {},
+    }))
+    .expect("a JSON value serializes")
+}
+
+/// A sigstore bundle holding a DSSE envelope of `statement` (an in-toto
+/// statement), signed by `key` over the DSSE pre-authentication encoding.
+pub fn bundle_dsse(key: &SigningKey, statement: &[u8]) -> Vec<u8> {
+    let payload_type = wasm_cache_signature::IN_TOTO_PAYLOAD_TYPE;
+    let mut pae = format!(
+        "DSSEv1 {} {payload_type} {} ",
+        payload_type.len(),
+        statement.len()
+    )
+    .into_bytes();
+    pae.extend_from_slice(statement);
+    serde_json::to_vec(&json!({
+        "mediaType": wasm_cache_signature::BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": key_material(key),
+        "dsseEnvelope": {
+            "payload": b64(statement),
+            "payloadType": payload_type,
+            "signatures": [{ "sig": key.sign_base64(&pae), "keyid": "" }],
+        },
+    }))
+    .expect("a JSON value serializes")
+}
+
+/// What `cosign sign --key --new-bundle-format` attaches for `digest`: a
+/// DSSE bundle of [`cosign_sign_statement`].
+pub fn bundle_cosign_sign(key: &SigningKey, digest: &str) -> Vec<u8> {
+    bundle_dsse(key, &cosign_sign_statement(digest))
+}
+
+/// Attaches `bundles` to `repo@manifest_digest` as OCI 1.1 referrers: per
+/// bundle, its blob, the empty config and a manifest (`artifactType` the
+/// bundle media type, `subject` the manifest) pushed by digest; then the
+/// referrers tag schema's index at `sha256-<hex>` listing them (the test
+/// registry has no referrers API). `subject_media_type` is the subject
+/// manifest's media type. Returns the index's push.
+///
+/// # Panics
+/// If the registry refuses a blob or a manifest.
+pub async fn attach_bundles(
+    registry: &Registry,
+    repo: &str,
+    manifest_digest: &str,
+    subject_media_type: &str,
+    subject_size: usize,
+    bundles: &[Vec<u8>],
+) -> Pushed {
+    let bundle_type = wasm_cache_signature::BUNDLE_MEDIA_TYPE;
+    let empty = b"{}".to_vec();
+    push_blob(registry, repo, &empty).await;
+    let mut entries = Vec::new();
+    for bundle in bundles {
+        push_blob(registry, repo, bundle).await;
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": bundle_type,
+            "config": { "mediaType": EMPTY_CONFIG, "digest": digest_of(&empty), "size": empty.len() },
+            "layers": [{ "mediaType": bundle_type, "digest": digest_of(bundle), "size": bundle.len() }],
+            "subject": { "mediaType": subject_media_type, "digest": manifest_digest, "size": subject_size },
+            "annotations": { "dev.sigstore.bundle.content": "dsse-envelope" },
+        }))
+        .expect("a JSON value serializes");
+        let digest = digest_of(&manifest);
+        push_manifest_json(registry, repo, &digest, OCI_MANIFEST, &manifest).await;
+        entries.push(json!({
+            "mediaType": OCI_MANIFEST,
+            "digest": digest,
+            "size": manifest.len(),
+            "artifactType": bundle_type,
+        }));
+    }
+    let tag = wasm_cache_signature::referrers_tag(&parse_digest(manifest_digest));
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": entries,
+    }))
+    .expect("a JSON value serializes");
+    let digest = push_manifest_json(registry, repo, &tag, OCI_INDEX, &index).await;
+    Pushed {
+        url: registry.url(&format!("{repo}:{tag}")),
+        digest_url: registry.url(&format!("{repo}@{digest}")),
+        manifest_digest: digest,
+        layer_digest: bundles.first().map(|b| digest_of(b)).unwrap_or_default(),
+        manifest: index,
+    }
 }
 
 /// Writes `key`'s public half as `<dir>/<name>` (PEM, like `cosign.pub`).

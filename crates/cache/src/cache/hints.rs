@@ -113,8 +113,14 @@ impl Hints {
     /// numbers differ from the index's entries and records. Best effort.
     pub(super) fn reconcile(&self, index: &Index) {
         let started = Instant::now();
-        match self.keys.names() {
-            Ok(have) if have.len() != index.len() => {
+        match self.keys.count().and_then(|n| {
+            if n == index.len() {
+                Ok(None)
+            } else {
+                self.keys.names().map(Some)
+            }
+        }) {
+            Ok(Some(have)) => {
                 let want: HashMap<String, Sha256Digest> = index
                     .entries()
                     .into_iter()
@@ -134,11 +140,17 @@ impl Hints {
                     }
                 }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => debug!(error = %e, "listing key hints failed"),
         }
-        match self.urls.names() {
-            Ok(have) if have.len() != index.record_count() => {
+        match self.urls.count().and_then(|n| {
+            if n == index.record_count() {
+                Ok(None)
+            } else {
+                self.urls.names().map(Some)
+            }
+        }) {
+            Ok(Some(have)) => {
                 let want: HashMap<String, ChecksumRecord> = index
                     .checksum_records()
                     .into_iter()
@@ -157,7 +169,7 @@ impl Hints {
                     }
                 }
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => debug!(error = %e, "listing URL hints failed"),
         }
         debug!(took = ?started.elapsed(), "lookup hints reconciled");

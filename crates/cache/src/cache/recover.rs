@@ -22,14 +22,30 @@ pub(super) type Recovered = (FsStore, Index, Journal<IndexEvent>);
 /// expiry. Writes nothing unless the journal is worth compacting, and then
 /// only best effort: opening (for a hit, `list`, `verify`) works on a full disk.
 pub(super) fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
-    let (store, report) = FsStore::open(dir)?;
+    // The directory listing (a `stat` per module) and the journal replay are
+    // independent until they are reconciled: done side by side, an open costs
+    // the longer of the two rather than their sum.
+    // (A failure to create it is reported by `FsStore::open`, first.)
+    let _ = std::fs::create_dir_all(dir);
+    let (opened, replayed) = std::thread::scope(|scope| {
+        let replay = scope.spawn(|| -> Result<_, Error> {
+            let journal = Journal::open(dir.join(JOURNAL_FILE))?;
+            let index = Index::new();
+            for event in &journal.read_new()?.records {
+                index.apply(event);
+            }
+            Ok((journal, index))
+        });
+        let opened = FsStore::open(dir);
+        let replayed = replay
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("journal replay panicked".into())));
+        (opened, replayed)
+    });
+    let (store, report) = opened?;
+    let (journal, index) = replayed?;
     if !report.ignored.is_empty() {
         warn!(count = report.ignored.len(), dir = %dir.display(), "ignored files that are not modules");
-    }
-    let journal = Journal::open(dir.join(JOURNAL_FILE))?;
-    let index = Index::new();
-    for event in &journal.read_new()?.records {
-        index.apply(event);
     }
     let files: BTreeMap<Sha256Digest, FileFacts> = store
         .list()

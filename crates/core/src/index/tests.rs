@@ -414,6 +414,102 @@ fn events_round_trip() {
     );
 }
 
+#[test]
+fn signature_records_live_with_their_checksum() {
+    let idx = Index::new();
+    let a = ModuleKey::new("oci://r.io/x", sum(1));
+    let b = ModuleKey::new("oci://r.io/y", sum(1));
+    // Recorded before the entry exists (an OCI digest is verified before
+    // its layer is downloaded), kept once it does.
+    assert!(idx.record_signature(sum(1), sum(30), "e1"));
+    assert!(!idx.record_signature(sum(1), sum(30), "e1"), "unchanged");
+    assert!(
+        idx.record_signature(sum(1), sum(30), "e2"),
+        "new evidence replaces"
+    );
+    assert!(idx.record_signature(sum(1), sum(31), "f"));
+    assert!(idx.record_signature(sum(2), sum(30), "orphan"));
+    for k in 40..(40 + MAX_SIGNATURES_PER_CHECKSUM as u8) {
+        idx.record_signature(sum(1), sum(k), "x");
+    }
+    assert_eq!(idx.signatures(&sum(1)).len(), MAX_SIGNATURES_PER_CHECKSUM);
+    idx.insert(a.clone(), sum(7), 7, Some("oci://r.io/x:v1"), Timestamp(5));
+    idx.insert(b.clone(), sum(7), 7, None, Timestamp(5));
+
+    // Compaction keeps the records of checksums an entry has, and only those.
+    let replayed = Index::new();
+    for e in idx.to_events() {
+        let json = serde_json::to_string(&e).unwrap();
+        replayed.apply(&serde_json::from_str(&json).unwrap());
+    }
+    assert_eq!(replayed.signatures(&sum(1)), idx.signatures(&sum(1)));
+    assert_eq!(
+        idx.signatures(&sum(1))[0],
+        SignatureRecord::new(sum(30), "e2")
+    );
+    assert!(replayed.signatures(&sum(2)).is_empty());
+    assert_eq!(replayed.event_count(), replayed.to_events().len());
+
+    // A record that did not verify is forgotten.
+    idx.forget_signature(&sum(1), &sum(31));
+    assert!(idx.signatures(&sum(1)).iter().all(|r| r.key != sum(31)));
+
+    // Dropped with the last entry of the checksum, restored with it.
+    idx.remove(&a);
+    assert!(!idx.signatures(&sum(1)).is_empty(), "b still has it");
+    let removed = idx
+        .remove_if_idle(&b, Timestamp(100), Duration::ZERO)
+        .unwrap();
+    assert!(idx.signatures(&sum(1)).is_empty());
+    assert_eq!(removed.signatures.len(), MAX_SIGNATURES_PER_CHECKSUM - 1);
+    let events = idx.restore(&removed);
+    assert_eq!(idx.signatures(&sum(1)), removed.signatures);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, IndexEvent::Signed { .. }))
+            .count(),
+        removed.signatures.len()
+    );
+    // Replaying a removal drops them too.
+    replayed.apply(&IndexEvent::Remove { key: a });
+    replayed.apply(&IndexEvent::Remove { key: b });
+    assert!(replayed.signatures(&sum(1)).is_empty());
+    // Debug shows no evidence.
+    let debug = format!(
+        "{:?}",
+        IndexEvent::Signed {
+            checksum: sum(1),
+            key: sum(2),
+            evidence: "secret-looking evidence".into()
+        }
+    );
+    assert!(!debug.contains("secret-looking"), "{debug}");
+}
+
+#[test]
+fn journals_without_signature_records_still_load() {
+    // Lines as an earlier version wrote them (no "signed" op); and a
+    // "signed" record an earlier version would skip as unknown.
+    let old = [
+        r#"{"op":"insert","key":{"name":"oci://r.io/x","checksum":"0101010101010101010101010101010101010101010101010101010101010101"},"content":"0707070707070707070707070707070707070707070707070707070707070707","size":7,"url":"oci://r.io/x:v1","at":5}"#,
+        r#"{"op":"record","url":"oci://r.io/x:v1","checksum":"0101010101010101010101010101010101010101010101010101010101010101","resource_name":"a","resource_version":"1"}"#,
+    ];
+    let idx = Index::new();
+    for line in old {
+        idx.apply(&serde_json::from_str(line).unwrap());
+    }
+    assert_eq!(idx.len(), 1);
+    assert!(idx.signatures(&sum(1)).is_empty());
+    let signed = serde_json::to_string(&IndexEvent::Signed {
+        checksum: sum(1),
+        key: sum(2),
+        evidence: "{}".into(),
+    })
+    .unwrap();
+    assert!(signed.contains(r#""op":"signed""#), "{signed}");
+}
+
 // ---- Model-based test -------------------------------------------------------
 
 #[derive(Debug, Clone)]
