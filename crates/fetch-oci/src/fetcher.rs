@@ -1316,7 +1316,13 @@ impl Fetcher for OciFetcher {
         digest: &Sha256Digest,
     ) -> Result<Signatures, Error> {
         let oci = self.oci(req)?;
-        Self::before_deadline(req, self.signatures_inner(req, oci, digest)).await
+        // Boxed: the signature flow (classic tag and referrers, per source)
+        // is a large future, and this one runs once per verified digest.
+        Box::pin(Self::before_deadline(
+            req,
+            self.signatures_inner(req, oci, digest),
+        ))
+        .await
     }
 }
 
