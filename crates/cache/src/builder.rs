@@ -199,9 +199,11 @@ impl CacheBuilder {
         self
     }
 
-    /// Opens the directory (creating it), recovers the index from it, builds
-    /// the default fetchers not replaced, and starts the purge task. Must be
-    /// called within a tokio runtime.
+    /// Opens the directory (creating it), recovers the index from it, checks
+    /// the options of the default fetchers not replaced (which are built on
+    /// their first use, so a cache that only hits builds none and loads no
+    /// trust roots), and starts the purge task. Must be called within a tokio
+    /// runtime.
     ///
     /// # Errors
     /// [`Error::Fetch`] with `InvalidConfig` for a bad option (zero interval,

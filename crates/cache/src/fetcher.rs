@@ -36,6 +36,7 @@
 //! The trait's rules are in [`Fetcher`]'s "Contract" section; the
 //! `wasm-cache-conformance` crate checks them (`run_all`).
 
+pub use crate::lazy::LazyFetcher;
 pub use async_trait::async_trait;
 pub use wasm_cache_core::retry::Backoff;
 pub use wasm_cache_core::{

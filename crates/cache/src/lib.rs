@@ -121,6 +121,7 @@ mod cache;
 mod clock;
 mod error;
 pub mod fetcher;
+mod lazy;
 pub mod metrics;
 mod outcome;
 mod request;

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tracing::{debug, info};
+use wasm_cache::fetcher::LazyFetcher;
 use wasm_cache::{
     Cache, CacheBuilder, DEFAULT_TIMEOUT, ErrorKind, GetRequest, HttpFetcher, OciFetcher,
     PullPolicy, PullSecret, Scheme,
@@ -415,8 +416,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-/// The cache with the one fetcher the URL needs (building one loads trust
-/// roots), wrapped in the progress layer, and the request's common parts.
+/// The cache with the one fetcher the URL needs, built on first use (a hit
+/// builds none and loads no trust roots), wrapped in the progress layer, and
+/// the request's common parts.
 async fn open_for(
     dir: &Path,
     net: &NetArgs,
@@ -448,13 +450,19 @@ async fn open_for(
     // A URL that does not parse gets no fetcher, and the cache reports the
     // reference's error for it.
     match wasm_cache::ModuleUrl::parse(&net.url).map(|u| u.scheme()) {
+        // Each fetcher is built on first use (LazyFetcher): a hit builds none
+        // and loads no trust roots. Its options are checked now all the same.
         Ok(Scheme::Http | Scheme::Https) => {
             let mut http = HttpFetcher::builder().insecure_hosts(insecure);
             if let Some(ca) = &ca_file {
                 http = http.ca_file(ca);
             }
+            http.check()?;
+            let lazy = LazyFetcher::new("http", move || {
+                Ok(Arc::new(http.clone().build()?) as Arc<dyn wasm_cache::Fetcher>)
+            });
             let http: Arc<dyn wasm_cache::Fetcher> =
-                Arc::new(progress::Progress::new(http.build()?, progress));
+                Arc::new(progress::Progress::new(lazy, progress));
             cache = cache
                 .fetcher(Scheme::Http, Arc::clone(&http))
                 .fetcher(Scheme::Https, http);
@@ -469,9 +477,13 @@ async fn open_for(
             {
                 oci = oci.mirror(registry, mirror);
             }
+            oci.check()?;
+            let lazy = LazyFetcher::new("oci", move || {
+                Ok(Arc::new(oci.clone().build()?) as Arc<dyn wasm_cache::Fetcher>)
+            });
             cache = cache.fetcher(
                 Scheme::Oci,
-                Arc::new(progress::Progress::new(oci.build()?, progress)),
+                Arc::new(progress::Progress::new(lazy, progress)),
             );
         }
         Err(e) => return Err(e.into()),

@@ -440,3 +440,45 @@ fn verify_key_serves_only_what_a_trusted_key_signed() {
         "{e}"
     );
 }
+
+/// Issue 19: a hit builds no fetcher (and so loads no trust roots), whatever
+/// the scheme; the miss before it built exactly the one it needed. A later
+/// process hitting a large module does not hash it again either (its file
+/// carries the store's verification mark).
+#[test]
+fn a_hit_builds_no_fetcher_and_rehashes_nothing() {
+    let s = TestServer::start(ServerOptions::plain());
+    s.route("/big.wasm", Route::bytes(sample_module(3 << 20, 77)));
+    let registry = Registry::start(RegistryKind::Plain);
+    let module = sample_module(40_000, 78);
+    let pushed = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(push_oci_image(&registry, "cli/lazy", "v1", &module));
+    let dir = tempfile::tempdir().unwrap();
+    let host = registry.host();
+    for args in [
+        vec![s.url("/big.wasm")],
+        vec![
+            pushed.url.clone(),
+            "--insecure-registry".into(),
+            host.clone(),
+        ],
+    ] {
+        let run = || {
+            let o = cli(dir.path())
+                .args(["-vv", "fetch"])
+                .args(&args)
+                .env("RUST_LOG", "debug")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            stderr(&o)
+        };
+        let miss = run();
+        assert!(miss.contains("building the fetcher on first use"), "{miss}");
+        let hit = run();
+        assert!(!hit.contains("building the fetcher"), "{hit}");
+        assert!(!hit.contains("system root certificates"), "{hit}");
+        assert!(!hit.contains("hashing the module file"), "{hit}");
+    }
+}

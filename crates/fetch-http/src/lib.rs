@@ -233,14 +233,21 @@ impl HttpFetcherBuilder {
         self
     }
 
-    /// Builds the fetcher.
+    /// Checks the options as [`build`](Self::build) would, building nothing
+    /// (see [`TransportBuilder::check`]): a caller that builds the fetcher on
+    /// first use can report a bad option at once.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for zero attempts or timeout, an unreadable or
-    /// certificate-less CA file (naming the path), a CIDR that does not parse,
-    /// an insecure-host entry that is empty or not `host[:port]`/`*`, or a
-    /// proxy variable that is not a usable proxy URL.
-    pub fn build(self) -> Result<HttpFetcher, Error> {
+    /// As [`build`](Self::build).
+    pub fn check(&self) -> Result<(), Error> {
+        self.check_own()?;
+        self.transport
+            .clone()
+            .connect_timeout(self.attempt_timeout)
+            .check()
+    }
+
+    fn check_own(&self) -> Result<(), Error> {
         let invalid = |reason: String| Error::InvalidConfig { reason };
         if self.backoff.max_attempts == 0 {
             return Err(invalid("max_attempts must be at least 1".to_owned()));
@@ -248,6 +255,19 @@ impl HttpFetcherBuilder {
         if self.attempt_timeout.is_zero() {
             return Err(invalid("attempt_timeout must be more than zero".to_owned()));
         }
+        Ok(())
+    }
+
+    /// Builds the fetcher. Loads no trust roots: the system's are loaded once
+    /// per process, by the first HTTPS request that verifies a certificate.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for zero attempts or timeout, an unreadable or
+    /// certificate-less CA file (naming the path), a CIDR that does not parse,
+    /// an insecure-host entry that is empty or not `host[:port]`/`*`, or a
+    /// proxy variable that is not a usable proxy URL.
+    pub fn build(self) -> Result<HttpFetcher, Error> {
+        self.check_own()?;
         let transport = self
             .transport
             .connect_timeout(self.attempt_timeout)

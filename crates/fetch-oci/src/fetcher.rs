@@ -89,7 +89,10 @@ impl OciFetcherBuilder {
     /// ([`InsecureHosts`](wasm_fetch_transport::InsecureHosts)): `host:port`,
     /// `host` for any port, or `*` for all. For a listed registry, HTTPS
     /// (unverified) is tried first and plain HTTP when TLS cannot be set up;
-    /// every other registry gets verified HTTPS only. Adds to the list.
+    /// every other registry gets verified HTTPS only. A listed registry named
+    /// with a port other than 443 (`localhost:5000`) is asked in plain HTTP first, without
+    /// credentials, and over HTTPS when that gets no HTTP answer or a `400`.
+    /// Adds to the list.
     #[must_use]
     pub fn insecure_hosts<I, S>(mut self, registries: I) -> Self
     where
@@ -202,7 +205,21 @@ impl OciFetcherBuilder {
         self
     }
 
-    /// Builds the fetcher (loads the CA bundles and system roots once).
+    /// Checks the options as [`build`](Self::build) would (the transport's,
+    /// see [`TransportBuilder::check`], and the mirrors'), building no
+    /// fetcher: a caller that builds it on first use can report a bad option
+    /// at once.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn check(&self) -> Result<(), Error> {
+        self.transport.check()?;
+        crate::mirror::endpoints(&self.transport, &self.mirrors).map(drop)
+    }
+
+    /// Builds the fetcher: reads the CA bundles; the system's trust roots
+    /// are loaded once per process, by the first HTTPS request that verifies
+    /// a certificate.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an unreadable CA file, a bundle with no PEM
@@ -500,6 +517,11 @@ impl Session<'_> {
         match self.mode() {
             Some(mode) => self.transport.send(request(mode)?).await,
             None if !self.insecure => self.transport.send(request(Mode::Https)?).await,
+            // Boxed: its futures would otherwise make every request's future
+            // (and so resolve's and fetch's) larger for a first request only.
+            None if plain_first(&self.registry) => {
+                Box::pin(self.plain_first(path, accept, authorization)).await
+            }
             None => match self.transport.send(request(Mode::Https)?).await {
                 Ok(r) => {
                     self.remember_mode(Mode::Https);
@@ -514,6 +536,68 @@ impl Session<'_> {
                 }
                 Err(e) => Err(e),
             },
+        }
+    }
+
+    /// The first request to an insecure-listed registry named with its port
+    /// (`localhost:5000`, not 443), whose scheme is not known yet: one port serves
+    /// either TLS or plain HTTP, and such registries are nearly always plain
+    /// (a local or test registry), so the request goes in plain HTTP first,
+    /// without any `Authorization` (credentials never go in clear to a port
+    /// that may be TLS). An HTTP answer settles it (a 401 is then asked again
+    /// with the authorization we had); a transport failure or a `400` (what
+    /// a TLS server answers to plain HTTP) moves to HTTPS, unverified. A
+    /// plain registry thus costs one connection and no failed TLS handshake.
+    /// Registries named without a port keep HTTPS first: port 80 may be
+    /// filtered, and a connect timeout there would cost every pull.
+    async fn plain_first(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        authorization: Option<HeaderValue>,
+    ) -> Result<Response, Error> {
+        let request = |mode: Mode, authorization: Option<&HeaderValue>| -> Result<Request, Error> {
+            let mut r = Request::get(self.endpoint(mode, path)?).label(self.url.clone());
+            if let Some(a) = accept.and_then(|a| HeaderValue::from_str(a).ok()) {
+                r = r.header(ACCEPT, a);
+            }
+            if let Some(v) = authorization {
+                r = r.header(AUTHORIZATION, v.clone());
+            }
+            Ok(r)
+        };
+        let plain = match self.transport.send(request(Mode::Http, None)?).await {
+            Ok(r) if r.status == StatusCode::BAD_REQUEST => Some(r),
+            Ok(mut r) => {
+                self.remember_mode(Mode::Http);
+                if r.status == StatusCode::UNAUTHORIZED && authorization.is_some() {
+                    drop_body(&mut r).await;
+                    return self
+                        .transport
+                        .send(request(Mode::Http, authorization.as_ref())?)
+                        .await;
+                }
+                return Ok(r);
+            }
+            Err(Error::Transport { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        tracing::debug!(registry = %self.registry, "no plain HTTP answer; trying https");
+        match self
+            .transport
+            .send(request(Mode::Https, authorization.as_ref())?)
+            .await
+        {
+            Ok(r) => {
+                self.remember_mode(Mode::Https);
+                Ok(r)
+            }
+            // Not TLS either: the plain answer was the registry's own 400.
+            Err(Error::Transport { .. }) if plain.is_some() => {
+                self.remember_mode(Mode::Http);
+                Ok(plain.expect("checked just above"))
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -820,6 +904,21 @@ impl Session<'_> {
         }
         Ok(body)
     }
+}
+
+/// Whether an insecure-listed registry is asked in plain HTTP first: it is
+/// named with its port (`host:port`, `[v6]:port`), and that port is not 443
+/// (HTTPS's own).
+fn plain_first(registry: &str) -> bool {
+    let named = match registry.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .is_some_and(|(_, p)| p.starts_with(':')),
+        None => registry
+            .rsplit_once(':')
+            .is_some_and(|(h, _)| !h.contains(':')),
+    };
+    named && wasm_fetch_transport::split_registry(registry).1 != 443
 }
 
 /// Reads and discards what is left of a small body (a 401's), so the
@@ -1137,13 +1236,13 @@ impl OciFetcher {
         let mut sink = Some(sink);
         let mut unbox_failure: Option<UnboxError> = None;
         while let Some(bytes) = response.chunk().await? {
-            verifier.update(&bytes)?;
             if unboxer.is_none()
                 && let Some(sink) = sink.take()
             {
                 *touched = true;
                 // A raw Wasm layer goes to the sink byte for byte: its digest
-                // is the module's, so the sink's own hash can verify it. Not
+                // is the module's, so the sink's own hash can verify it (and
+                // the verifier hashes nothing, not even this first chunk). Not
                 // from a mirror: its bytes are checked here, before the fetch
                 // returns, so that wrong ones can go to the next source.
                 if s.mirror.is_none()
@@ -1158,6 +1257,7 @@ impl OciFetcher {
                 u.announce_len(Some(choice.size));
                 unboxer = Some(u);
             }
+            verifier.update(&bytes)?;
             if unbox_failure.is_none()
                 && let Some(u) = unboxer.as_mut()
                 && let Err(e) = u.push(&bytes)
@@ -1216,7 +1316,13 @@ impl Fetcher for OciFetcher {
         digest: &Sha256Digest,
     ) -> Result<Signatures, Error> {
         let oci = self.oci(req)?;
-        Self::before_deadline(req, self.signatures_inner(req, oci, digest)).await
+        // Boxed: the signature flow (classic tag and referrers, per source)
+        // is a large future, and this one runs once per verified digest.
+        Box::pin(Self::before_deadline(
+            req,
+            self.signatures_inner(req, oci, digest),
+        ))
+        .await
     }
 }
 
@@ -1333,5 +1439,33 @@ impl OciFetcher {
             )));
         }
         Ok(Ok(layers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_first;
+
+    #[test]
+    fn which_insecure_registries_are_asked_in_plain_http_first() {
+        for yes in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "r.example:80",
+        ] {
+            assert!(plain_first(yes), "{yes}");
+        }
+        // No port (port 80 may be filtered: a connect timeout on every
+        // pull), or HTTPS's own port: HTTPS first.
+        for no in [
+            "r.example",
+            "r.example:443",
+            "[::1]",
+            "[::1]:443",
+            "10.0.0.1",
+        ] {
+            assert!(!plain_first(no), "{no}");
+        }
     }
 }

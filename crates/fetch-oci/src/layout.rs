@@ -16,30 +16,40 @@
 //! 4. CNCF TAG-Runtime artifact: config `application/vnd.wasm.config.v0+json`,
 //!    exactly one layer `application/wasm`.
 //!
+//! Manifests and indexes are read into oci-client's data model
+//! (`OciImageManifest`, `OciImageIndex`, `Versioned`) and its media-type
+//! constants; no manifest struct is written here.
+//!
 //! Every digest taken from a manifest must be `sha256:<64 lowercase hex>`: it
 //! becomes part of a request path, so nothing else is let through.
 
-use serde_json::Value;
+use oci_client::manifest::{
+    IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE, IMAGE_LAYER_GZIP_MEDIA_TYPE,
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, ImageIndexEntry,
+    OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageIndex,
+    OciImageManifest, Versioned,
+};
 use wasm_cache_core::Sha256Digest;
 use wasm_cache_unbox::TarEntryRule;
 
-/// Docker v2 image manifest.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list (an index).
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// The Docker image layer that holds `plugin.wasm`.
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-/// The OCI image layer that holds `plugin.wasm`.
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// The Istio/Solo artifact layer holding the raw module.
+/// Docker v2 image manifest (oci-client's `IMAGE_MANIFEST_MEDIA_TYPE`).
+pub const DOCKER_MANIFEST: &str = IMAGE_MANIFEST_MEDIA_TYPE;
+/// Docker manifest list, an index (oci-client's `IMAGE_MANIFEST_LIST_MEDIA_TYPE`).
+pub const DOCKER_MANIFEST_LIST: &str = IMAGE_MANIFEST_LIST_MEDIA_TYPE;
+/// OCI image manifest (oci-client's `OCI_IMAGE_MEDIA_TYPE`).
+pub const OCI_MANIFEST: &str = OCI_IMAGE_MEDIA_TYPE;
+/// OCI image index (oci-client's `OCI_IMAGE_INDEX_MEDIA_TYPE`).
+pub const OCI_INDEX: &str = OCI_IMAGE_INDEX_MEDIA_TYPE;
+/// The Docker image layer that holds `plugin.wasm`
+/// (oci-client's `IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE`).
+pub const DOCKER_LAYER_GZIP: &str = IMAGE_DOCKER_LAYER_GZIP_MEDIA_TYPE;
+/// The OCI image layer that holds `plugin.wasm` (oci-client's `IMAGE_LAYER_GZIP_MEDIA_TYPE`).
+pub const OCI_LAYER_GZIP: &str = IMAGE_LAYER_GZIP_MEDIA_TYPE;
+/// The Istio/Solo artifact layer holding the raw module (not in oci-client).
 pub const SOLO_WASM_LAYER: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
-/// The CNCF artifact config media type.
+/// The CNCF artifact config media type (the TAG-Runtime draft's v0; not in oci-client).
 pub const CNCF_CONFIG: &str = "application/vnd.wasm.config.v0+json";
-/// The CNCF artifact layer holding the raw module.
+/// The CNCF artifact layer holding the raw module (not in oci-client).
 pub const CNCF_WASM_LAYER: &str = "application/wasm";
 
 /// Every manifest media type the fetcher asks for.
@@ -152,45 +162,57 @@ impl std::fmt::Display for LayoutError {
 /// A [`LayoutError`] saying what is wrong; for image manifests that fit no
 /// layout, one reason per layout in [`Layout::ALL`] order.
 pub fn parse_manifest(bytes: &[u8]) -> Result<Parsed, LayoutError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        // Position only: a serde message may quote the input.
-        LayoutError::Malformed(format!(
-            "manifest is not valid JSON ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
+    let versioned: Versioned = serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        LayoutError::Malformed(match e.classify() {
+            Category::Data if first != Some(&b'{') => "manifest is not a JSON object".into(),
+            Category::Data => {
+                "manifest has no schemaVersion (or a mediaType that is not a string)".into()
+            }
+            // Position only: a serde message may quote the input.
+            _ => format!(
+                "manifest is not valid JSON ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        })
     })?;
-    let Some(obj) = value.as_object() else {
-        return Err(LayoutError::Malformed(
-            "manifest is not a JSON object".into(),
-        ));
-    };
-    match obj.get("schemaVersion").and_then(Value::as_i64) {
-        Some(2) => {}
-        Some(v) => {
-            return Err(LayoutError::Malformed(format!(
-                "unsupported manifest schemaVersion {v}, expected 2"
-            )));
-        }
-        None => {
-            return Err(LayoutError::Malformed(
-                "manifest has no schemaVersion".into(),
-            ));
-        }
+    if versioned.schema_version != 2 {
+        return Err(LayoutError::Malformed(format!(
+            "unsupported manifest schemaVersion {}, expected 2",
+            versioned.schema_version
+        )));
     }
-    let media_type = obj.get("mediaType").and_then(Value::as_str);
-    let is_index = match media_type {
-        Some(OCI_INDEX | DOCKER_MANIFEST_LIST) => true,
-        Some(_) => false,
-        None => obj.contains_key("manifests") && !obj.contains_key("layers"),
+    let image = match versioned.media_type.as_deref() {
+        Some(OCI_INDEX | DOCKER_MANIFEST_LIST) => {
+            let index: OciImageIndex = serde_json::from_slice(bytes)
+                .map_err(|e| LayoutError::Malformed(model_error("image index", &e)))?;
+            return choose_platform(&index).map(Parsed::Index);
+        }
+        Some(_) => serde_json::from_slice::<OciImageManifest>(bytes),
+        // No media type: an image manifest, or else an index by its shape.
+        None => match serde_json::from_slice::<OciImageManifest>(bytes) {
+            Ok(m) => Ok(m),
+            Err(e) => match serde_json::from_slice::<OciImageIndex>(bytes) {
+                Ok(index) => return choose_platform(&index).map(Parsed::Index),
+                Err(_) => Err(e),
+            },
+        },
     };
-    if is_index {
-        return choose_platform(&value).map(Parsed::Index);
-    }
+    let manifest = image.map_err(|e| {
+        let reason = model_error("not an image manifest", &e);
+        LayoutError::NoLayout(
+            Layout::ALL
+                .iter()
+                .map(|l| format!("{}: {reason}", l.name()))
+                .collect(),
+        )
+    })?;
     let mut reasons = Vec::with_capacity(Layout::ALL.len());
     for layout in Layout::ALL {
-        match try_layout(layout, &value) {
+        match try_layout(layout, &manifest) {
             Ok(choice) => return Ok(Parsed::Image(choice)),
             Err(reason) => reasons.push(format!("{}: {reason}", layout.name())),
         }
@@ -198,36 +220,49 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Parsed, LayoutError> {
     Err(LayoutError::NoLayout(reasons))
 }
 
+/// Why bytes do not deserialize into oci-client's model: a missing field by
+/// name, otherwise the position only (serde's messages may quote the input).
+fn model_error(what: &str, e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.strip_prefix("missing field ") {
+        Some(rest) => format!(
+            "{what}: missing field {}",
+            rest.split(" at line").next().unwrap_or(rest)
+        ),
+        None => format!(
+            "{what}: a field has the wrong type or value (line {} column {})",
+            e.line(),
+            e.column()
+        ),
+    }
+}
+
 fn is_wasm_platform(os: &str, arch: &str) -> bool {
     matches!(os, "wasip1" | "wasip2" | "wasm" | "wasi") || arch == "wasm"
 }
 
-fn platform_of(e: &Value) -> (&str, &str) {
-    let p = e.get("platform");
-    let os = p.and_then(|p| p.get("os")).and_then(Value::as_str);
-    let arch = p
-        .and_then(|p| p.get("architecture"))
-        .and_then(Value::as_str);
-    (os.unwrap_or(""), arch.unwrap_or(""))
+/// `(os, architecture)` of an index entry, empty when it names no platform.
+fn platform_of(e: &ImageIndexEntry) -> (String, String) {
+    e.platform.as_ref().map_or_else(Default::default, |p| {
+        (p.os.to_string(), p.architecture.to_string())
+    })
 }
 
 /// Picks an index entry: the first Wasm platform (`os` wasip1/wasip2/wasm/wasi
 /// or `architecture` wasm), else the first linux/amd64.
-fn choose_platform(index: &Value) -> Result<IndexChoice, LayoutError> {
-    let entries = index
-        .get("manifests")
-        .and_then(Value::as_array)
-        .ok_or_else(|| LayoutError::Malformed("image index has no manifests array".into()))?;
+fn choose_platform(index: &OciImageIndex) -> Result<IndexChoice, LayoutError> {
+    let entries = &index.manifests;
     let pick = entries
         .iter()
         .find(|e| {
             let (os, arch) = platform_of(e);
-            is_wasm_platform(os, arch)
+            is_wasm_platform(&os, &arch)
         })
         .or_else(|| {
-            entries
-                .iter()
-                .find(|e| platform_of(e) == ("linux", "amd64"))
+            entries.iter().find(|e| {
+                let (os, arch) = platform_of(e);
+                os == "linux" && arch == "amd64"
+            })
         });
     let Some(entry) = pick else {
         let seen: Vec<String> = entries
@@ -243,23 +278,21 @@ fn choose_platform(index: &Value) -> Result<IndexChoice, LayoutError> {
         )));
     };
     let (os, arch) = platform_of(entry);
-    let digest = descriptor_digest(entry)
+    let digest = digest_of(&entry.digest)
         .map_err(|r| LayoutError::Malformed(format!("image index entry {os}/{arch}: {r}")))?;
     Ok(IndexChoice {
         digest,
-        media_type: entry
-            .get("mediaType")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        media_type: Some(entry.media_type.clone()).filter(|t| !t.is_empty()),
         platform: format!("{os}/{arch}"),
     })
 }
 
-fn descriptor_digest(d: &Value) -> Result<Sha256Digest, String> {
-    let digest = d
-        .get("digest")
-        .and_then(Value::as_str)
-        .ok_or("descriptor has no digest")?;
+/// A descriptor's digest, if it is `sha256:<64 lowercase hex>` (it becomes
+/// part of a request path).
+fn digest_of(digest: &str) -> Result<Sha256Digest, String> {
+    if digest.is_empty() {
+        return Err("descriptor has no digest".into());
+    }
     if !digest.starts_with(wasm_cache_core::digest::SHA256_PREFIX) {
         return Err("descriptor digest is not sha256:<hex>".into());
     }
@@ -267,17 +300,15 @@ fn descriptor_digest(d: &Value) -> Result<Sha256Digest, String> {
         .map_err(|_| "descriptor digest is not sha256:<64 lowercase hex>".into())
 }
 
-fn layer_choice(layout: Layout, layer: &Value, rule: TarEntryRule) -> Result<LayerChoice, String> {
-    let media_type = layer
-        .get("mediaType")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let digest = descriptor_digest(layer).map_err(|r| format!("layer {media_type}: {r}"))?;
-    let size = layer
-        .get("size")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| format!("layer {media_type}: size is missing or negative"))?;
+fn layer_choice(
+    layout: Layout,
+    layer: &OciDescriptor,
+    rule: TarEntryRule,
+) -> Result<LayerChoice, String> {
+    let media_type = layer.media_type.clone();
+    let digest = digest_of(&layer.digest).map_err(|r| format!("layer {media_type}: {r}"))?;
+    let size = u64::try_from(layer.size)
+        .map_err(|_| format!("layer {media_type}: size is missing or negative"))?;
     Ok(LayerChoice {
         layout,
         media_type,
@@ -287,14 +318,15 @@ fn layer_choice(layout: Layout, layer: &Value, rule: TarEntryRule) -> Result<Lay
     })
 }
 
-fn try_layout(layout: Layout, m: &Value) -> Result<LayerChoice, String> {
-    let media_type = m.get("mediaType").and_then(Value::as_str);
-    let layers = m.get("layers").and_then(Value::as_array);
-    let layer_type = |l: &Value| {
-        l.get("mediaType")
-            .and_then(Value::as_str)
-            .unwrap_or("<none>")
-            .to_owned()
+fn try_layout(layout: Layout, m: &OciImageManifest) -> Result<LayerChoice, String> {
+    let media_type = m.media_type.as_deref();
+    let layers = &m.layers;
+    let layer_type = |l: &OciDescriptor| {
+        if l.media_type.is_empty() {
+            "<none>".to_owned()
+        } else {
+            l.media_type.clone()
+        }
     };
     match layout {
         Layout::DockerImage | Layout::OciImage => {
@@ -313,9 +345,7 @@ fn try_layout(layout: Layout, m: &Value) -> Result<LayerChoice, String> {
                     media_type.unwrap_or("<none>")
                 ));
             }
-            let last = layers
-                .and_then(|l| l.last())
-                .ok_or("the manifest has no layers")?;
+            let last = layers.last().ok_or("the manifest has no layers")?;
             let t = layer_type(last);
             if t != want_layer {
                 return Err(format!(
@@ -325,7 +355,6 @@ fn try_layout(layout: Layout, m: &Value) -> Result<LayerChoice, String> {
             layer_choice(layout, last, TarEntryRule::PluginWasm)
         }
         Layout::SoloArtifact => {
-            let layers = layers.ok_or("the manifest has no layers")?;
             if layers.len() != 2 {
                 return Err(format!("{} layers, expected exactly 2", layers.len()));
             }
@@ -336,17 +365,16 @@ fn try_layout(layout: Layout, m: &Value) -> Result<LayerChoice, String> {
             layer_choice(layout, layer, TarEntryRule::PluginWasmOrFirstWasm)
         }
         Layout::CncfArtifact => {
-            let config_type = m
-                .get("config")
-                .and_then(|c| c.get("mediaType"))
-                .and_then(Value::as_str)
-                .unwrap_or("<none>");
+            let config_type = if m.config.media_type.is_empty() {
+                "<none>"
+            } else {
+                m.config.media_type.as_str()
+            };
             if config_type != CNCF_CONFIG {
                 return Err(format!(
                     "config media type is {config_type}, expected {CNCF_CONFIG}"
                 ));
             }
-            let layers = layers.ok_or("the manifest has no layers")?;
             let [layer] = layers.as_slice() else {
                 return Err(format!("{} layers, expected exactly 1", layers.len()));
             };
@@ -364,7 +392,7 @@ fn try_layout(layout: Layout, m: &Value) -> Result<LayerChoice, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";

@@ -711,3 +711,94 @@ async fn a_plain_http_registry_that_is_not_listed_fails_at_once() {
         assert!(!matches!(e, Error::DownloadFailed { .. }), "retried: {e}");
     }
 }
+
+/// A TCP forwarder in front of `upstream` that records, per connection, the
+/// first bytes the client sent (to tell a TLS handshake from plain HTTP).
+async fn recording_forwarder(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut first = vec![0u8; 4096];
+                let n = client.read(&mut first).await.unwrap_or(0);
+                first.truncate(n);
+                log.lock().unwrap().push(first.clone());
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                if server.write_all(&first).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (addr, task, seen)
+}
+
+/// Issue 19: an insecure-listed plain-HTTP registry named with its port is
+/// pulled over one connection, with no TLS handshake attempted first (the
+/// old code tried HTTPS, failed, and opened a second connection in plain
+/// HTTP); a TLS registry listed the same way still works, and the plain
+/// probe sent to it carries no credentials.
+#[tokio::test]
+async fn a_plain_insecure_registry_costs_one_connection_and_no_tls_attempt() {
+    let registry = Registry::start(RegistryKind::Plain);
+    let module = sample_module(20_000, 31);
+    images::push_cncf_artifact(&registry, "p/one", "v1", &module).await;
+    let (addr, task, seen) = recording_forwarder(registry.addr()).await;
+    let f = OciFetcher::builder()
+        .docker_config_dir(None)
+        .insecure_hosts([addr.to_string()])
+        .build()
+        .unwrap();
+    let req = request(&format!("oci://{addr}/p/one:v1"));
+    assert!(fetch(&f, &req).await.unwrap().0 == module);
+    let firsts = seen.lock().unwrap().clone();
+    assert_eq!(firsts.len(), 1, "one connection for manifest and blob");
+    assert!(firsts[0].starts_with(b"GET /v2/p/one/manifests/v1 HTTP/1.1"));
+    task.abort();
+
+    // A TLS registry, insecure-listed by host:port: the plain probe gets a
+    // 400 (or nothing), then HTTPS works; the probe carried no credentials.
+    let tls = Registry::start(RegistryKind::Tls);
+    let module = sample_module(20_000, 32);
+    images::push_cncf_artifact(&tls, "p/two", "v1", &module).await;
+    let (addr, task, seen) = recording_forwarder(tls.addr()).await;
+    let f = OciFetcher::builder()
+        .docker_config_dir(None)
+        .insecure_hosts([addr.to_string()])
+        .build()
+        .unwrap();
+    // A registry token is sent up front (as `Authorization: Bearer`) once
+    // the scheme is known; never on the plain probe.
+    let secret = PullSecret::new(
+        format!(r#"{{"auths":{{"{addr}":{{"registrytoken":"s3cret"}}}}}}"#).into_bytes(),
+    );
+    let req = request(&format!("oci://{addr}/p/two:v1")).with_pull_secret(Some(secret));
+    assert!(fetch(&f, &req).await.unwrap().0 == module);
+    let firsts = seen.lock().unwrap().clone();
+    let plain: Vec<_> = firsts.iter().filter(|f| f.starts_with(b"GET ")).collect();
+    assert_eq!(plain.len(), 1, "one plain probe");
+    let head = String::from_utf8_lossy(plain[0]).to_lowercase();
+    assert!(
+        !head.contains("authorization") && !head.contains("s3cret"),
+        "{head}"
+    );
+    assert!(
+        firsts.iter().any(|f| f.first() == Some(&0x16)),
+        "then a TLS handshake"
+    );
+    task.abort();
+}

@@ -52,6 +52,16 @@ pub(crate) fn set(file: &File, digest: &Sha256Digest, st: &Stat) {
     }
 }
 
+/// Removes the mark from `file` (found not to hash to its name). Best
+/// effort: a file without a mark is the usual case.
+pub(crate) fn clear(file: &File) {
+    match rustix::fs::fremovexattr(file, XATTR) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::NODATA => {}
+        Err(e) => tracing::debug!(error = %e, "could not remove a verification mark"),
+    }
+}
+
 /// Whether `file`, in state `st` (a fresh `fstat` of it), carries the mark of
 /// `digest` for exactly this state and is owned by this user.
 pub(crate) fn is_set(file: &File, digest: &Sha256Digest, st: &Stat) -> bool {

@@ -794,9 +794,13 @@ fn hash_file(path: &Path, name: &Sha256Digest, trust_mark: bool) -> io::Result<H
         size += n as u64;
     }
     let digest = crate::ingest::finish_digest(ctx);
-    if digest == *name
-        && check_wasm_header(&header[..header.len().min(size_usize(size))]).is_ok()
-        && let Ok(after) = rustix::fs::fstat(&file)
+    let good =
+        digest == *name && check_wasm_header(&header[..header.len().min(size_usize(size))]).is_ok();
+    if !good {
+        // Found wrong (even if its mark still matched: `verify_all` reads
+        // every byte): no later process may trust a mark on it.
+        crate::mark::clear(&file);
+    } else if let Ok(after) = rustix::fs::fstat(&file)
         && crate::mark::same_identity(&before, &after)
     {
         crate::mark::set(&file, name, &after);

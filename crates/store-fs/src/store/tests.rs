@@ -990,6 +990,13 @@ fn an_unchanged_verified_file_is_not_hashed_again_by_the_next_process() {
     assert!(store.get(&digest).unwrap().verified);
     let report = store.verify_all(false).unwrap();
     assert_eq!(report.mismatched.len(), 1, "verify_all reads every byte");
+    // Found wrong: the mark is gone, so no later process trusts it.
+    drop(store);
+    let (store, _) = FsStore::open(dir.path()).unwrap();
+    assert!(
+        !store.verify(&digest).unwrap(),
+        "re-hashed after verify_all found it wrong"
+    );
 }
 
 /// A changed file (new mtime) is re-hashed; a file re-hashed and found good
