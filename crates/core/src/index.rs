@@ -1084,6 +1084,46 @@ impl Index {
         out
     }
 
+    /// [`apply`](Self::apply) taking the event by value: its strings move
+    /// into the index instead of being copied (a journal replay at open
+    /// applies every record once and drops it).
+    pub fn apply_owned(&self, event: IndexEvent) {
+        match event {
+            IndexEvent::Insert {
+                key,
+                content,
+                size,
+                url,
+                at,
+            } => {
+                let mut e = self.modules.entry(key).or_insert_with(|| Entry {
+                    content,
+                    size,
+                    last_use: at,
+                    urls: BTreeSet::new(),
+                });
+                e.content = content;
+                e.size = size;
+                e.last_use = e.last_use.max(at);
+                if let Some(u) = url {
+                    e.urls.insert(u);
+                }
+            }
+            IndexEvent::Record {
+                url,
+                checksum,
+                resource_name,
+                resource_version,
+            } => {
+                let mut rec = self.checksums.entry(url).or_default();
+                rec.checksum = checksum;
+                rec.resource_versions
+                    .insert(resource_name, resource_version);
+            }
+            other => self.apply(&other),
+        }
+    }
+
     /// Applies a persisted change.
     pub fn apply(&self, event: &IndexEvent) {
         match event {

@@ -31,8 +31,8 @@ pub(super) fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
         let replay = scope.spawn(|| -> Result<_, Error> {
             let journal = Journal::open(dir.join(JOURNAL_FILE))?;
             let index = Index::new();
-            for event in &journal.read_new()?.records {
-                index.apply(event);
+            for event in journal.read_new()?.records {
+                index.apply_owned(event);
             }
             Ok((journal, index))
         });

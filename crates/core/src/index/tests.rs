@@ -403,14 +403,23 @@ fn events_round_trip() {
     idx.record_checksum("oci://r.io/x:v1", sum(1), "a", "1");
     idx.record_checksum("oci://r.io/x:v1", sum(1), "b", "4");
     let replayed = Index::new();
+    let owned = Index::new();
     for e in idx.to_events() {
         let json = serde_json::to_string(&e).unwrap();
         replayed.apply(&serde_json::from_str(&json).unwrap());
+        owned.apply_owned(serde_json::from_str(&json).unwrap());
     }
     assert_eq!(replayed.entries(), idx.entries());
     assert_eq!(
         replayed.checksum_record("oci://r.io/x:v1"),
         idx.checksum_record("oci://r.io/x:v1")
+    );
+    // Applying by value (the replay at open) builds the same index.
+    assert_eq!(owned.entries(), replayed.entries());
+    assert_eq!(owned.checksum_records().len(), replayed.record_count());
+    assert_eq!(
+        owned.checksum_record("oci://r.io/x:v1"),
+        replayed.checksum_record("oci://r.io/x:v1")
     );
 }
 
@@ -822,8 +831,13 @@ proptest! {
         }
         // Replaying the events gives the same index.
         let replayed = Index::new();
-        for e in idx.to_events() { replayed.apply(&e); }
+        let owned = Index::new();
+        for e in idx.to_events() { replayed.apply(&e); owned.apply_owned(e); }
         prop_assert_eq!(replayed.entries(), idx.entries());
+        prop_assert_eq!(owned.entries(), idx.entries());
+        for u in URLS {
+            prop_assert_eq!(owned.checksum_record(u), idx.checksum_record(u));
+        }
     }
 
     #[test]
