@@ -666,6 +666,18 @@ impl Index {
         url: Option<&str>,
         now: Timestamp,
     ) -> bool {
+        self.insert_owned(key, content, size, url.map(str::to_owned), now)
+    }
+
+    /// [`insert`](Self::insert) with the URL already owned.
+    fn insert_owned(
+        &self,
+        key: ModuleKey,
+        content: Sha256Digest,
+        size: u64,
+        url: Option<String>,
+        now: Timestamp,
+    ) -> bool {
         let mut new = false;
         let mut e = self.modules.entry(key).or_insert_with(|| {
             new = true;
@@ -680,7 +692,7 @@ impl Index {
         e.size = size;
         e.last_use = e.last_use.max(now);
         if let Some(u) = url {
-            e.urls.insert(u.to_owned());
+            e.urls.insert(u);
         }
         new
     }
@@ -1096,18 +1108,7 @@ impl Index {
                 url,
                 at,
             } => {
-                let mut e = self.modules.entry(key).or_insert_with(|| Entry {
-                    content,
-                    size,
-                    last_use: at,
-                    urls: BTreeSet::new(),
-                });
-                e.content = content;
-                e.size = size;
-                e.last_use = e.last_use.max(at);
-                if let Some(u) = url {
-                    e.urls.insert(u);
-                }
+                self.insert_owned(key, content, size, url, at);
             }
             IndexEvent::Record {
                 url,
