@@ -297,7 +297,7 @@ impl fmt::Debug for Removed {
 /// `Debug` redacts the URLs.
 ///
 /// Serialized as a map tagged by `"op"` (written first). Decoding is
-/// hand-written ([`EventVisitor`]) for the open of a large cache: serde's
+/// hand-written (`EventVisitor`) for the open of a large cache: serde's
 /// derived decoding of an internally tagged enum buffers every field before
 /// it knows the variant, which was most of the journal replay's time.
 #[derive(Clone, PartialEq, Eq, Serialize)]

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use wasm_cache_core::{Sha256Digest, check_wasm_header};
@@ -34,7 +34,8 @@ pub struct FsStore {
 
 pub(crate) struct Inner {
     dir: PathBuf,
-    index: Mutex<HashMap<Sha256Digest, Meta>>,
+    /// Read by every hit (is it verified?), so readers never wait for each other.
+    index: RwLock<HashMap<Sha256Digest, Meta>>,
     stripes: Box<[Mutex<()>]>,
     /// The directory, open, for [`FsStore::contains`].
     dir_fd: std::os::fd::OwnedFd,
@@ -45,7 +46,7 @@ impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FsStore")
             .field("dir", &self.dir)
-            .field("modules", &lock(&self.index).len())
+            .field("modules", &read(&self.index).len())
             .finish()
     }
 }
@@ -132,6 +133,14 @@ enum Verdict {
     Mismatch(String),
 }
 
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock cannot leave the index inconsistent with more
     // than that one entry, and the file system stays the source of truth.
@@ -190,7 +199,7 @@ impl FsStore {
             .find(|(k, _)| *k == id)
             .and_then(|(_, w)| w.upgrade())
         {
-            let index = lock(&inner.index);
+            let index = read(&inner.index);
             let report = RecoveryReport {
                 modules: index.len(),
                 bytes: index.values().fold(0u64, |a, m| a.saturating_add(m.size)),
@@ -278,7 +287,7 @@ impl FsStore {
         let store = Self {
             inner: Arc::new(Inner {
                 dir,
-                index: Mutex::new(index),
+                index: RwLock::new(index),
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
                 dir_fd,
             }),
@@ -427,7 +436,7 @@ impl FsStore {
         let meta = fs::symlink_metadata(self.path_of(digest))
             .ok()
             .filter(fs::Metadata::is_file);
-        let mut index = lock(&self.inner.index);
+        let mut index = write(&self.inner.index);
         let Some(meta) = meta else {
             index.remove(digest);
             return None;
@@ -448,14 +457,14 @@ impl FsStore {
 
     /// The index entry of one module, if the store knows it.
     pub fn get(&self, digest: &Sha256Digest) -> Option<StoredModule> {
-        lock(&self.inner.index)
+        read(&self.inner.index)
             .get(digest)
             .map(|m| stored(*digest, m))
     }
 
     /// Every module the store knows, sorted by digest.
     pub fn list(&self) -> Vec<StoredModule> {
-        let mut out: Vec<_> = lock(&self.inner.index)
+        let mut out: Vec<_> = read(&self.inner.index)
             .iter()
             .map(|(d, m)| stored(*d, m))
             .collect();
@@ -595,7 +604,7 @@ impl Inner {
     ) -> Result<(Committed, R), StoreError> {
         let _guard = lock(self.stripe(&digest));
         let path = self.path_of(&digest);
-        let known_good = lock(&self.index)
+        let known_good = read(&self.index)
             .get(&digest)
             .is_some_and(|m| m.verified && m.size == size);
         if known_good && fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size) {
@@ -619,7 +628,7 @@ impl Inner {
             .unwrap_or_else(|_| SystemTime::now());
         // The file is in place and checked: index it before the directory fsync,
         // so the index matches the directory even if that fsync fails.
-        lock(&self.index).insert(
+        write(&self.index).insert(
             digest,
             Meta {
                 size,
@@ -646,7 +655,7 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(StoreError::io("removing module file", &path, e)),
         };
-        lock(&self.index).remove(digest);
+        write(&self.index).remove(digest);
         if existed {
             sync_dir(&self.dir)?;
         }
@@ -663,7 +672,7 @@ impl Inner {
         let path = self.path_of(digest);
         match fs::symlink_metadata(&path) {
             Ok(m) if !m.is_file() => {
-                lock(&self.index).remove(digest);
+                write(&self.index).remove(digest);
                 return Ok(Verdict::Mismatch("not a regular file".into()));
             }
             _ => {}
@@ -675,7 +684,7 @@ impl Inner {
             }
             Ok(Hashed::Read(actual, size, header)) => (actual, size, header),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                lock(&self.index).remove(digest);
+                write(&self.index).remove(digest);
                 return Err(StoreError::NotFound {
                     digest: *digest,
                     path,
@@ -694,7 +703,7 @@ impl Inner {
         let modified = fs::metadata(&path)
             .and_then(|m| m.modified())
             .unwrap_or_else(|_| SystemTime::now());
-        let mut index = lock(&self.index);
+        let mut index = write(&self.index);
         let entry = index.entry(*digest).or_insert(Meta {
             size,
             modified,
@@ -712,7 +721,7 @@ impl Inner {
         let modified = fs::metadata(path)
             .and_then(|m| m.modified())
             .unwrap_or_else(|_| SystemTime::now());
-        let mut index = lock(&self.index);
+        let mut index = write(&self.index);
         let entry = index.entry(*digest).or_insert(Meta {
             size,
             modified,
