@@ -692,14 +692,7 @@ impl Inner {
             }
             Err(e) => return Err(StoreError::io("reading module file", &path, e)),
         };
-        let verdict = if actual != *digest {
-            Verdict::Mismatch(format!("content hashes to {actual}"))
-        } else if let Err(reason) = check_wasm_header(&header[..header.len().min(size_usize(size))])
-        {
-            Verdict::Mismatch(format!("not a Wasm module: {reason}"))
-        } else {
-            Verdict::Ok
-        };
+        let verdict = verdict(digest, &actual, size, &header);
         let modified = fs::metadata(&path)
             .and_then(|m| m.modified())
             .unwrap_or_else(|_| SystemTime::now());
@@ -732,6 +725,18 @@ impl Inner {
     }
 }
 
+/// Whether a file named `digest` that hashed to `actual` (`size` bytes,
+/// starting with `header`) is that module.
+fn verdict(digest: &Sha256Digest, actual: &Sha256Digest, size: u64, header: &[u8; 8]) -> Verdict {
+    if actual != digest {
+        Verdict::Mismatch(format!("content hashes to {actual}"))
+    } else if let Err(reason) = check_wasm_header(&header[..header.len().min(size_usize(size))]) {
+        Verdict::Mismatch(format!("not a Wasm module: {reason}"))
+    } else {
+        Verdict::Ok
+    }
+}
+
 /// [`crate::check_module`]: the file at `path` hashes to `digest` (by its
 /// mark or by reading it) and starts like a Wasm module.
 pub(crate) fn check_file(path: &Path, digest: &Sha256Digest) -> Result<Option<u64>, StoreError> {
@@ -743,9 +748,9 @@ pub(crate) fn check_file(path: &Path, digest: &Sha256Digest) -> Result<Option<u6
     }
     match hash_file(path, digest, true) {
         Ok(Hashed::Marked(size)) => Ok(Some(size)),
-        Ok(Hashed::Read(actual, size, header)) => Ok((actual == *digest
-            && check_wasm_header(&header[..header.len().min(size_usize(size))]).is_ok())
-        .then_some(size)),
+        Ok(Hashed::Read(actual, size, header)) => {
+            Ok(matches!(verdict(digest, &actual, size, &header), Verdict::Ok).then_some(size))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => Ok(None),
         Err(e) => Err(StoreError::io("reading module file", path, e)),
@@ -803,8 +808,7 @@ fn hash_file(path: &Path, name: &Sha256Digest, trust_mark: bool) -> io::Result<H
         size += n as u64;
     }
     let digest = crate::ingest::finish_digest(ctx);
-    let good =
-        digest == *name && check_wasm_header(&header[..header.len().min(size_usize(size))]).is_ok();
+    let good = matches!(verdict(name, &digest, size, &header), Verdict::Ok);
     if !good {
         // Found wrong (even if its mark still matched: `verify_all` reads
         // every byte): no later process may trust a mark on it.

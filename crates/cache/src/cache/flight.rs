@@ -46,13 +46,18 @@ pub(super) fn flight_key(
         None => format!("{url}\n"),
     };
     if let Some(secret) = secret {
-        let hash = ring::digest::digest(&ring::digest::SHA256, secret.expose());
         key.push('\n');
-        for b in hash.as_ref() {
-            key.push_str(&format!("{b:02x}"));
-        }
+        key.push_str(&sha256_hex(secret.expose()));
     }
     key
+}
+
+/// The sha256 of `bytes`, as 64 lowercase hex characters (names derived
+/// from secrets or URLs: flight keys, lookup hints).
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    Sha256Digest::from_bytes(out).to_hex()
 }
 
 impl Cache {

@@ -30,6 +30,7 @@ use wasm_cache_core::{
 use wasm_store_fs::{HintDir, Journal};
 
 use super::JOURNAL_FILE;
+use super::flight::sha256_hex;
 use crate::outcome::Outcome;
 use crate::{Error, GetRequest};
 
@@ -40,22 +41,26 @@ const URLS: &str = ".urls";
 /// last-use record: best effort, like every last-use record.
 const QUICK_WAIT: Duration = Duration::from_millis(500);
 
-fn sha_hex(s: &str) -> String {
-    Sha256Digest::from_bytes(
-        ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
-            .as_ref()
-            .try_into()
-            .unwrap_or([0; 32]),
+fn key_hint(key: &ModuleKey) -> String {
+    format!(
+        "{}-{}",
+        sha256_hex(key.name.as_bytes()),
+        key.checksum.to_hex()
     )
-    .to_hex()
 }
 
-fn key_hint(key: &ModuleKey) -> String {
-    format!("{}-{}", sha_hex(&key.name), key.checksum.to_hex())
+/// What a key hint holds: the entry's content digest.
+fn key_hint_body(content: &Sha256Digest) -> Vec<u8> {
+    format!("{}\n", content.to_hex()).into_bytes()
 }
 
 fn url_hint(url: &str) -> String {
-    sha_hex(url)
+    sha256_hex(url.as_bytes())
+}
+
+/// What a URL hint holds: the checksum record as JSON.
+fn url_hint_body(rec: &ChecksumRecord) -> Option<Vec<u8>> {
+    serde_json::to_vec(rec).ok()
 }
 
 /// The two hint directories of a cache directory.
@@ -84,12 +89,13 @@ impl Hints {
     pub(super) fn after(&self, index: &Index, events: &[IndexEvent]) {
         for event in events {
             let done = match event {
-                IndexEvent::Insert { key, content, .. } => self
-                    .keys
-                    .put(&key_hint(key), format!("{}\n", content.to_hex()).as_bytes()),
+                IndexEvent::Insert { key, content, .. } => {
+                    self.keys.put(&key_hint(key), &key_hint_body(content))
+                }
                 IndexEvent::Remove { key } => self.keys.remove(&key_hint(key)),
-                IndexEvent::Record { url, .. } => self.put_url(url, index.checksum_record(url)),
-                IndexEvent::Touch { .. } => Ok(()),
+                IndexEvent::Record { url, .. } => {
+                    self.put_url(url, index.checksum_record(url).as_ref())
+                }
                 _ => Ok(()),
             };
             if let Err(e) = done {
@@ -101,9 +107,9 @@ impl Hints {
     fn put_url(
         &self,
         url: &str,
-        rec: Option<ChecksumRecord>,
+        rec: Option<&ChecksumRecord>,
     ) -> Result<(), wasm_store_fs::StoreError> {
-        match rec.and_then(|r| serde_json::to_vec(&r).ok()) {
+        match rec.and_then(url_hint_body) {
             Some(json) => self.urls.put(&url_hint(url), &json),
             None => self.urls.remove(&url_hint(url)),
         }
@@ -113,66 +119,51 @@ impl Hints {
     /// numbers differ from the index's entries and records. Best effort.
     pub(super) fn reconcile(&self, index: &Index) {
         let started = Instant::now();
-        match self.keys.count().and_then(|n| {
-            if n == index.len() {
-                Ok(None)
-            } else {
-                self.keys.names().map(Some)
-            }
-        }) {
-            Ok(Some(have)) => {
-                let want: HashMap<String, Sha256Digest> = index
-                    .entries()
-                    .into_iter()
-                    .map(|e| (key_hint(&e.key), e.content))
-                    .collect();
-                let have: HashSet<String> = have.into_iter().collect();
-                for name in have.iter().filter(|n| !want.contains_key(*n)) {
-                    let _ = self.keys.remove(name);
-                }
-                for (name, content) in want.iter().filter(|(n, _)| !have.contains(*n)) {
-                    if self
-                        .keys
-                        .put(name, format!("{}\n", content.to_hex()).as_bytes())
-                        .is_err()
-                    {
-                        break; // A full disk: the next open tries again.
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => debug!(error = %e, "listing key hints failed"),
-        }
-        match self.urls.count().and_then(|n| {
-            if n == index.record_count() {
-                Ok(None)
-            } else {
-                self.urls.names().map(Some)
-            }
-        }) {
-            Ok(Some(have)) => {
-                let want: HashMap<String, ChecksumRecord> = index
-                    .checksum_records()
-                    .into_iter()
-                    .map(|(url, rec)| (url_hint(&url), rec))
-                    .collect();
-                let have: HashSet<String> = have.into_iter().collect();
-                for name in have.iter().filter(|n| !want.contains_key(*n)) {
-                    let _ = self.urls.remove(name);
-                }
-                for (name, rec) in want.into_iter().filter(|(n, _)| !have.contains(n)) {
-                    let Ok(json) = serde_json::to_vec(&rec) else {
-                        continue;
-                    };
-                    if self.urls.put(&name, &json).is_err() {
-                        break;
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => debug!(error = %e, "listing URL hints failed"),
-        }
+        resync(&self.keys, index.len(), || {
+            index
+                .entries()
+                .into_iter()
+                .map(|e| (key_hint(&e.key), Some(key_hint_body(&e.content))))
+                .collect()
+        });
+        resync(&self.urls, index.record_count(), || {
+            index
+                .checksum_records()
+                .into_iter()
+                .map(|(url, rec)| (url_hint(&url), url_hint_body(&rec)))
+                .collect()
+        });
         debug!(took = ?started.elapsed(), "lookup hints reconciled");
+    }
+}
+
+/// Makes one hint directory hold exactly the hints `want` lists (by name,
+/// with their bodies), when its count differs from `live`: removes the
+/// others, writes the missing ones. A full disk stops the writing; the next
+/// open tries again.
+fn resync(dir: &HintDir, live: usize, want: impl FnOnce() -> HashMap<String, Option<Vec<u8>>>) {
+    let have = match dir.count() {
+        Ok(n) if n == live => return,
+        Ok(_) => dir.names(),
+        Err(e) => Err(e),
+    };
+    let have: HashSet<String> = match have {
+        Ok(names) => names.into_iter().collect(),
+        Err(e) => {
+            debug!(error = %e, dir = %dir.path().display(), "listing lookup hints failed");
+            return;
+        }
+    };
+    let want = want();
+    for name in have.iter().filter(|n| !want.contains_key(*n)) {
+        let _ = dir.remove(name);
+    }
+    for (name, body) in &want {
+        if let Some(body) = body.as_ref().filter(|_| !have.contains(name))
+            && dir.put(name, body).is_err()
+        {
+            break;
+        }
     }
 }
 
@@ -262,7 +253,7 @@ pub(crate) fn hit_in_dir(
     match appended {
         Ok(()) => {
             if let Some(r) = new_record
-                && let Err(e) = hints.put_url(url.as_str(), Some(r))
+                && let Err(e) = hints.put_url(url.as_str(), Some(&r))
             {
                 debug!(error = %e, "updating a lookup hint failed");
             }
