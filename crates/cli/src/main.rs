@@ -105,9 +105,15 @@ enum Command {
         /// Remove modules not used for this long.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         expiry: Duration,
-        /// Keep at most this many bytes of modules (512K, 1G, 1.5GiB, ...).
+        /// Keep at most this many bytes of modules (512K, 1G, 1.5GiB, ...);
+        /// modules used within `--grace` are kept even above it.
         #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         max_bytes: Option<u64>,
+        /// Modules used this recently are never evicted for `--max-bytes`
+        /// (a proxy may have just been handed their path); `--expiry` is
+        /// not affected.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        grace: Duration,
         /// Print what was removed and kept as one JSON object (see `wasm-cache json`).
         #[arg(long)]
         json: bool,
@@ -409,8 +415,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Purge {
             expiry,
             max_bytes,
+            grace,
             json,
-        } => purge(&dir, expiry, max_bytes, json).await,
+        } => purge(&dir, expiry, max_bytes, grace, json).await,
         Command::Verify { repair, json } => verify(&dir, repair, json).await,
         Command::Completions { .. } | Command::Man { .. } | Command::Json => Ok(ExitCode::SUCCESS),
     }
@@ -701,11 +708,13 @@ async fn purge(
     dir: &Path,
     expiry: Duration,
     max_bytes: Option<u64>,
+    grace: Duration,
     json: bool,
 ) -> Result<ExitCode, Failure> {
     let cache = builder(dir)
         .expiry(expiry)
         .max_bytes(max_bytes)
+        .eviction_grace(grace)
         .build()
         .await?;
     let report = cache.purge().await?;

@@ -191,6 +191,33 @@ fn sizes_take_units() {
 }
 
 #[test]
+fn purge_keeps_modules_within_the_grace_unless_told_otherwise() {
+    let s = TestServer::start(ServerOptions::plain());
+    let module = sample_module(20_000, 9);
+    s.route("/g.wasm", Route::bytes(module.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = stdout(&expect(0, dir.path(), &["fetch", &s.url("/g.wasm")]));
+    let path = PathBuf::from(path.trim());
+    // Just handed out: a budget of 0 keeps it (the default 5-minute grace).
+    let o = expect(0, dir.path(), &["purge", "--max-bytes", "0", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["removed"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["kept"][0]["checksum"], sha256_hex(&module), "{v}");
+    assert!(path.exists());
+    // With no grace the budget evicts it.
+    let o = expect(
+        0,
+        dir.path(),
+        &["purge", "--max-bytes", "0", "--grace", "0s", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["removed"][0]["reason"], "evicted", "{v}");
+    assert_eq!(v["kept"].as_array().unwrap().len(), 0, "{v}");
+    assert!(!path.exists());
+    expect(2, dir.path(), &["purge", "--grace", "soon"]);
+}
+
+#[test]
 fn output_file_is_written_whole_and_replaced_atomically() {
     let s = TestServer::start(ServerOptions::plain());
     let a = sample_module(100_000, 4);
