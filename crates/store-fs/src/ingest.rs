@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasm_cache_core::{ModuleSink, Sha256Digest, check_wasm_header};
 
 use crate::StoreError;
+use crate::hasher::StreamHasher;
 use crate::names;
 use crate::store::Inner;
 
@@ -22,10 +23,13 @@ pub(crate) const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 /// A module being written into the store.
 ///
 /// Created by [`FsStore::ingest`](crate::FsStore::ingest). Each chunk given to
-/// [`ModuleSink::write`] is hashed (ring's SHA-256) and written to a temporary
-/// file `.tmp-<random>.wasm.partial` in the store directory in writes of
-/// 1 MiB (a buffer that grows to that size at most, so memory does not grow
-/// with the module). Every 8 MiB the kernel is asked to start writing the
+/// [`ModuleSink::write`] is written to a temporary file
+/// `.tmp-<random>.wasm.partial` in the store directory in writes of 1 MiB (a
+/// buffer that grows to that size at most, so memory does not grow with the
+/// module) and hashed (ring's SHA-256): each written 1 MiB buffer goes to a
+/// hashing thread of this ingest, so the caller's task goes back to reading
+/// while it is hashed (at most two buffers wait; a smaller module is hashed
+/// inline and starts no thread). Every 8 MiB the kernel is asked to start writing the
 /// file back (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, Linux), so the
 /// `fsync` of the commit waits for little. The chunk that would take the
 /// module past its size limit fails, and so does every later call.
@@ -37,7 +41,7 @@ pub struct Ingest {
     store: Arc<Inner>,
     temp: PathBuf,
     out: Option<Output>,
-    hasher: HashContext,
+    hasher: StreamHasher,
     size: u64,
     max_size: u64,
     expected: Option<Sha256Digest>,
@@ -51,6 +55,9 @@ pub struct Ingest {
 struct Output {
     file: File,
     buf: Vec<u8>,
+    /// The first `hashed` bytes of `buf` are already hashed
+    /// ([`Ingest::digest`] hashes the tail before it is written).
+    hashed: usize,
     /// Bytes written to the file.
     written: u64,
     /// Bytes whose writeback was started.
@@ -62,47 +69,64 @@ impl Output {
         Self {
             file,
             buf: Vec::new(),
+            hashed: 0,
             written: 0,
             flushed_back: 0,
         }
     }
 
-    /// Buffers `chunk`, writing whenever [`WRITE_CHUNK`] bytes are gathered;
-    /// a chunk that large on its own is written without a copy.
-    fn write(&mut self, mut chunk: &[u8]) -> io::Result<()> {
-        if !self.buf.is_empty() {
+    /// Buffers `chunk`, writing (and handing to `hasher`) whenever
+    /// [`WRITE_CHUNK`] bytes are gathered.
+    fn write(&mut self, mut chunk: &[u8], hasher: &mut StreamHasher) -> io::Result<()> {
+        while !chunk.is_empty() {
+            if self.buf.capacity() == 0 {
+                // Small modules stay small; large ones reach the full buffer
+                // after a few doublings.
+                self.buf.reserve(
+                    chunk
+                        .len()
+                        .next_power_of_two()
+                        .clamp(64 * 1024, WRITE_CHUNK),
+                );
+            }
             let take = (WRITE_CHUNK - self.buf.len()).min(chunk.len());
             self.buf.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
-            if self.buf.len() < WRITE_CHUNK {
-                return Ok(());
+            if self.buf.len() == WRITE_CHUNK {
+                self.flush(hasher)?;
             }
-            self.flush()?;
         }
-        if chunk.len() >= WRITE_CHUNK {
-            self.write_file(chunk)
-        } else {
-            if self.buf.capacity() == 0 && !chunk.is_empty() {
-                // Small modules stay small; large ones reach the full buffer
-                // after a few doublings.
-                self.buf
-                    .reserve(chunk.len().next_power_of_two().max(64 * 1024));
-            }
-            self.buf.extend_from_slice(chunk);
-            Ok(())
-        }
+        Ok(())
     }
 
-    /// Writes what is buffered.
-    fn flush(&mut self) -> io::Result<()> {
+    /// Hashes what is buffered and not hashed yet, without writing it.
+    fn hash_tail(&mut self, hasher: &mut StreamHasher) {
+        hasher.update(&self.buf[self.hashed..]);
+        self.hashed = self.buf.len();
+    }
+
+    /// Writes what is buffered, then hashes it: a full buffer on the hashing
+    /// thread (which hands back an empty one), a partial one inline.
+    fn flush(&mut self, hasher: &mut StreamHasher) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.buf);
         let r = self.write_file(&buf);
-        self.buf = buf;
-        self.buf.clear();
-        r
+        if r.is_err() {
+            // Nothing more will be written; the hash no longer matters.
+            self.buf = buf;
+            return r;
+        }
+        if self.hashed == 0 && buf.len() == WRITE_CHUNK {
+            self.buf = hasher.update_owned(buf, WRITE_CHUNK);
+        } else {
+            hasher.update(&buf[self.hashed..]);
+            self.buf = buf;
+            self.buf.clear();
+        }
+        self.hashed = 0;
+        Ok(())
     }
 
     fn write_file(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -120,18 +144,9 @@ impl Output {
     }
 
     /// Writes what is buffered and returns the file.
-    fn finish(mut self) -> io::Result<File> {
-        self.flush()?;
+    fn finish(mut self, hasher: &mut StreamHasher) -> io::Result<File> {
+        self.flush(hasher)?;
         Ok(self.file)
-    }
-}
-
-/// `ring::digest::Context` with a `Debug` that does not dump internal state.
-struct HashContext(ring::digest::Context);
-
-impl std::fmt::Debug for HashContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sha256Context")
     }
 }
 
@@ -178,7 +193,7 @@ impl Ingest {
             store,
             temp,
             out: Some(Output::new(file)),
-            hasher: HashContext(ring::digest::Context::new(&ring::digest::SHA256)),
+            hasher: StreamHasher::new(),
             size: 0,
             max_size,
             expected,
@@ -196,8 +211,11 @@ impl Ingest {
     /// The sha256 of the bytes written so far: once the last chunk is in, the
     /// digest [`commit`](Self::commit) will install the module under, so a
     /// caller can hold its own per-digest lock across the commit.
-    pub fn digest(&self) -> Sha256Digest {
-        finish_digest(self.hasher.0.clone())
+    pub fn digest(&mut self) -> Sha256Digest {
+        if let Some(out) = self.out.as_mut() {
+            out.hash_tail(&mut self.hasher);
+        }
+        self.hasher.digest()
     }
 
     /// The temporary file being written.
@@ -255,7 +273,7 @@ impl Ingest {
         if let Some(e) = self.failure.take() {
             return Err(e);
         }
-        let actual = finish_digest(self.hasher.0.clone());
+        let actual = self.digest();
         if let Some(expected) = self.expected
             && expected != actual
         {
@@ -269,7 +287,7 @@ impl Ingest {
             reason: "the temporary file is already closed".into(),
         })?;
         let file = out
-            .finish()
+            .finish(&mut self.hasher)
             .map_err(|e| StoreError::io("writing temporary file", &self.temp, e))?;
         // The verification mark (see `mark`), on the file's final state: the
         // rename that follows keeps device, inode, size and mtime.
@@ -384,12 +402,11 @@ impl ModuleSink for Ingest {
                 reason: "the temporary file is already closed".into(),
             }));
         };
-        if let Err(e) = out.write(chunk) {
+        if let Err(e) = out.write(chunk, &mut self.hasher) {
             let err = StoreError::io("writing temporary file", &self.temp, e);
             return Err(self.fail(err));
         }
         fill_header(&mut self.header, self.size, chunk);
-        self.hasher.0.update(chunk);
         self.size = new_size;
         Ok(())
     }
@@ -413,7 +430,7 @@ impl ModuleSink for Ingest {
             return false;
         }
         self.out = Some(Output::new(file));
-        self.hasher = HashContext(ring::digest::Context::new(&ring::digest::SHA256));
+        self.hasher = StreamHasher::new();
         self.size = 0;
         self.header = [0; 8];
         true

@@ -153,6 +153,7 @@
 //! directory: names not ending in `.wasm` are ignored by recovery.
 
 mod error;
+mod hasher;
 mod hints;
 mod ingest;
 mod journal;
