@@ -163,6 +163,12 @@ impl Inner {
         let me = Arc::clone(&self);
         let url_s = url.as_str().to_owned();
         let redacted = url.redacted();
+        // The URL's checksum record (REFERENCE §3 step 7) goes into the same
+        // durable append as the entry: one journal sync per download, not two.
+        let record_for = url.records_checksum().then(|| {
+            let who = (req.resource_name.clone(), req.resource_version.clone());
+            (url.as_str().to_owned(), who)
+        });
         let published = tokio::task::spawn_blocking(move || {
             // The journal's lock, shared, from before the rename to after the
             // append: a purge in another process (which holds it exclusively)
@@ -205,17 +211,30 @@ impl Inner {
                     (checksum, key, insert)
                 })
                 .map_err(|e| e.into_core_error(&redacted))?;
+            let mut events = vec![insert];
+            if let Some((url, (resource_name, resource_version))) = record_for
+                && me
+                    .index
+                    .record_checksum(&url, checksum, &resource_name, &resource_version)
+            {
+                events.push(IndexEvent::Record {
+                    url,
+                    checksum,
+                    resource_name,
+                    resource_version,
+                });
+            }
             // The module is committed: from here on nothing fails the fetch.
             // Journaled after the store's lock of the content is released
             // (never under it), still under the journal's shared lock.
             match &shared {
-                Some(shared) => match shared.append(std::slice::from_ref(&insert), true) {
-                    Ok(()) => me.hints_after(std::slice::from_ref(&insert)),
+                Some(shared) => match shared.append(&events, true) {
+                    Ok(()) => me.hints_after(&events),
                     // Served from memory all the same; the next start finds
                     // the file as an orphan.
                     Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
                 },
-                None => me.journal_append(&insert),
+                None => me.journal_append_all(&events),
             }
             Ok::<_, wasm_cache_core::Error>(Published {
                 path: committed.path,
@@ -228,11 +247,6 @@ impl Inner {
         .await
         .map_err(|e| Error::Internal(format!("commit task failed: {e}")))?
         .inspect_err(|e| self.meters.fetch(result_label(e)))?;
-        // Recorded before the flight ends, so a caller that arrives just after
-        // finds the record instead of starting a second download.
-        if url.records_checksum() {
-            self.record(url, published.checksum, req);
-        }
         self.meters.fetch_from(FetchResult::Success, fetched.source);
         self.meters.entries(self.index.len());
         info!(url = %url, checksum = %published.checksum, source = fetched.source.as_str(), "fetched wasm module");
