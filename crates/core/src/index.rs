@@ -1052,30 +1052,42 @@ impl Index {
     /// the checksum records of surviving entries are kept.
     pub fn reconcile(
         &self,
-        files: &BTreeMap<Sha256Digest, crate::plan::FileFacts>,
+        files: &impl crate::plan::FileTable,
         now: Timestamp,
     ) -> crate::plan::Reconciled {
-        // Keys only, not snapshots: this runs at every open, over every entry.
-        let mut dropped: Vec<ModuleKey> = self
-            .modules
-            .iter()
-            .filter(|e| !files.contains_key(&e.content))
-            .map(|e| e.key().clone())
-            .collect();
+        // One pass over the entries (this runs at every open, over every
+        // entry): keys of entries without a file, sizes and future last uses
+        // corrected in place, the contents in use noted.
+        let mut dropped: Vec<ModuleKey> = Vec::new();
+        let mut wrong_sizes = 0;
+        let mut future_last_use = 0;
+        let mut in_use: std::collections::HashSet<Sha256Digest, Hasher> =
+            std::collections::HashSet::with_capacity_and_hasher(
+                self.modules.len(),
+                Hasher::default(),
+            );
+        for mut e in self.modules.iter_mut() {
+            let Some(file) = files.facts(&e.content) else {
+                dropped.push(e.key().clone());
+                continue;
+            };
+            in_use.insert(e.content);
+            if e.size != file.size {
+                e.size = file.size;
+                wrong_sizes += 1;
+            }
+            if e.last_use > now {
+                e.last_use = file.written.min(now);
+                future_last_use += 1;
+            }
+        }
         dropped.sort();
         for key in &dropped {
             self.remove(key);
         }
-        // One pass each (a pass per entry made opening n modules O(n^2)).
-        let wrong_sizes = self.correct_sizes(&|c| files.get(c).map(|f| f.size));
-        let future_last_use = self.clamp_future_to(now, &|c| files.get(c).map(|f| f.written));
-        let in_use: std::collections::HashSet<Sha256Digest> =
-            self.modules.iter().map(|e| e.content).collect();
-        let orphans = files
-            .keys()
-            .filter(|d| !in_use.contains(*d))
-            .copied()
-            .collect();
+        let mut orphans: Vec<Sha256Digest> =
+            files.digests().filter(|d| !in_use.contains(d)).collect();
+        orphans.sort();
         crate::plan::Reconciled {
             dropped,
             wrong_sizes,
