@@ -7,7 +7,10 @@
 //! - open to first hit in process with 50,000 modules; baseline: the same
 //!   journal read and `stat`;
 //! - journal lines after many fetch + purge cycles of one process, against
-//!   the compaction bound (twice the live records plus the slack).
+//!   the compaction bound (twice the live records plus the slack);
+//! - issue 19: open to first hit in process and `wasm-cache list --json`
+//!   (whole process) with 100,000 modules; baseline: listing the directory
+//!   and reading the journal.
 //!
 //! The directory is written directly (module files and a journal of their
 //! records), as a cache that fetched them would have left it.
