@@ -133,10 +133,12 @@ fn decode<T: DeserializeOwned>(line: &[u8]) -> Option<T> {
     }
     let mut crc = 0u32;
     for &c in &line[..8] {
-        // Lowercase hex only, as `encode` writes it.
+        // `encode` writes lowercase; upper-case digits are accepted as the
+        // earlier `from_str_radix` accepted them.
         let v = match c {
             b'0'..=b'9' => c - b'0',
             b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
             _ => return None,
         };
         crc = (crc << 4) | u32::from(v);
@@ -935,6 +937,34 @@ mod tests {
         j.append(&rec(7)).unwrap();
         assert_eq!(other.read_new().unwrap().records, vec![rec(7)]);
         assert_eq!(j.replay().unwrap().len(), want.len() + 1);
+    }
+
+    /// The checksum prefix: 8 hex digits (upper case read too), then a space;
+    /// anything else makes the line corrupt.
+    #[test]
+    fn checksum_prefix_is_eight_hex_digits() {
+        let json = br#"{"n":1,"name":"a"}"#;
+        let crc = crc32fast::hash(json);
+        let line = |prefix: String| [prefix.as_bytes(), b" ", json].concat();
+        let one = Rec {
+            n: 1,
+            name: "a".into(),
+        };
+        assert_eq!(
+            decode::<Rec>(&line(format!("{crc:08x}"))),
+            Some(one.clone())
+        );
+        assert_eq!(decode::<Rec>(&line(format!("{crc:08X}"))), Some(one));
+        assert_eq!(decode::<Rec>(&line(format!("{:08x}", crc ^ 1))), None);
+        assert_eq!(
+            decode::<Rec>(&line(format!("+{:07x}", crc & 0x0fff_ffff))),
+            None
+        );
+        assert_eq!(
+            decode::<Rec>(&line(format!("{crc:x}").chars().take(7).collect())),
+            None
+        );
+        assert_eq!(decode::<Rec>(b""), None);
     }
 
     #[test]
