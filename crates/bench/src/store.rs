@@ -7,7 +7,10 @@
 //! - open to first hit in process with 50,000 modules; baseline: the same
 //!   journal read and `stat`;
 //! - journal lines after many fetch + purge cycles of one process, against
-//!   the compaction bound (twice the live records plus the slack).
+//!   the compaction bound (twice the live records plus the slack);
+//! - issue 19: open to first hit in process and `wasm-cache list --json`
+//!   (whole process) with 100,000 modules; baseline: listing the directory
+//!   and reading the journal.
 //!
 //! The directory is written directly (module files and a journal of their
 //! records), as a cache that fetched them would have left it.
@@ -186,8 +189,104 @@ pub(crate) fn store(cfg: &Config, rt: &Runtime) -> Result<Vec<Row>, String> {
         target: Target::AtMost(Value::Time(Duration::from_millis(300))),
     });
     drop(dir);
+    rows.extend(large(cfg, rt)?);
     rows.push(cycles(cfg, rt)?);
     Ok(rows)
+}
+
+/// Opens `dir` and hits module `i`, timed; the cache is shut down and
+/// dropped outside the timing.
+fn open_and_hit(rt: &Runtime, dir: &Path, i: usize) -> Result<Duration, String> {
+    let (bytes, url) = module(i);
+    let req = GetRequest::new(url).checksum(sha256_hex(&bytes));
+    let start = Instant::now();
+    let cache = rt
+        .block_on(async {
+            let cache = Cache::builder(dir).background_purge(false).build().await?;
+            cache.get(&req).await?;
+            Ok::<_, wasm_cache::Error>(cache)
+        })
+        .map_err(err)?;
+    let took = start.elapsed();
+    rt.block_on(cache.shutdown()).map_err(err)?;
+    drop(cache);
+    Ok(took)
+}
+
+/// Issue 19's large-cache rows, with ten times `cfg.modules` (100,000; 10,000
+/// with `--quick`): open to first hit in process, and
+/// the `wasm-cache list --json` command (a whole process, its output read
+/// through a pipe). Baseline of both: listing the directory (with each
+/// entry's metadata) and reading the journal, in process, the I/O neither
+/// can avoid.
+fn large(cfg: &Config, rt: &Runtime) -> Result<Vec<Row>, String> {
+    let n = cfg.modules * 10;
+    let dir = tempfile::tempdir_in(&cfg.work).map_err(err)?;
+    let started = Instant::now();
+    populate(dir.path(), n)?;
+    eprintln!(
+        "  wrote {n} modules in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let list = || -> Result<Duration, String> {
+        let start = Instant::now();
+        let out = Command::new(&cfg.wasm_cache)
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["list", "--json"])
+            .output()
+            .map_err(err)?;
+        let took = start.elapsed();
+        let lines = out.stdout.iter().filter(|&&b| b == b'\n').count();
+        if !out.status.success() || lines != n {
+            return Err(format!(
+                "list printed {lines} lines for {n} modules: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(took)
+    };
+    let floor = || -> Result<Duration, String> {
+        let start = Instant::now();
+        std::hint::black_box(crate::inproc::read_store(dir.path())?);
+        Ok(start.elapsed())
+    };
+    // The first command writes the lookup hints of the directory (written
+    // without them); its time is not counted.
+    let (mut open, mut listed, mut base) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=cfg.runs.max(1) {
+        let o = open_and_hit(rt, dir.path(), (round * 7919) % n)?;
+        let l = list()?;
+        let b = floor()?;
+        eprintln!(
+            "  {n} modules: open to first hit {:.1} ms, list {:.1} ms (directory + journal read: {:.1} ms){}",
+            o.as_secs_f64() * 1e3,
+            l.as_secs_f64() * 1e3,
+            b.as_secs_f64() * 1e3,
+            if round == 0 { " (warm-up)" } else { "" }
+        );
+        if round > 0 {
+            open.push(o);
+            listed.push(l);
+            base.push(b);
+        }
+    }
+    Ok(vec![
+        Row {
+            figure: format!("open to first hit, {n} cached modules (in process)"),
+            baseline_name: "list the directory + read the journal".into(),
+            baseline: Value::Time(median(&base)),
+            ours: Value::Time(median(&open)),
+            target: Target::AtMost(Value::Time(Duration::from_millis(600))),
+        },
+        Row {
+            figure: format!("`wasm-cache list --json`, {n} cached modules (whole process)"),
+            baseline_name: "list the directory + read the journal (in process)".into(),
+            baseline: Value::Time(median(&base)),
+            ours: Value::Time(median(&listed)),
+            target: Target::AtMost(Value::Time(Duration::from_millis(500))),
+        },
+    ])
 }
 
 /// Journal lines after many fetch + purge cycles (each fetch a new module,

@@ -47,6 +47,19 @@ impl Sha256Digest {
         }
         let mut out = [0u8; 32];
         let bytes = hex.as_bytes();
+        // The common case, branch-free: every journal replay parses a few
+        // digests per module. Any bad character sets the high bit of `bad`;
+        // the loop below then finds and names it.
+        let mut bad = 0u8;
+        for (i, slot) in out.iter_mut().enumerate() {
+            let hi = HEX_VALUE[usize::from(bytes[2 * i])];
+            let lo = HEX_VALUE[usize::from(bytes[2 * i + 1])];
+            bad |= hi | lo;
+            *slot = (hi << 4) | (lo & 0x0f);
+        }
+        if bad & 0x80 == 0 {
+            return Ok(Self(out));
+        }
         for (i, slot) in out.iter_mut().enumerate() {
             let hi = nibble(bytes[2 * i]);
             let lo = nibble(bytes[2 * i + 1]);
@@ -102,6 +115,22 @@ impl Sha256Digest {
     }
 }
 
+/// The value of each lowercase hex digit; 0x80 for every other byte.
+static HEX_VALUE: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut c = 0;
+    while c < 10 {
+        t[b'0' as usize + c] = c as u8;
+        c += 1;
+    }
+    let mut c = 0;
+    while c < 6 {
+        t[b'a' as usize + c] = 10 + c as u8;
+        c += 1;
+    }
+    t
+};
+
 fn nibble(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -139,8 +168,20 @@ impl serde::Serialize for Sha256Digest {
 
 impl<'de> serde::Deserialize<'de> for Sha256Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
+        // A visitor rather than `Cow<str>` (whose `Deserialize` always
+        // allocates a `String`): a journal replay decodes three digests per
+        // module, borrowed from the line.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Sha256Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sha256 digest (64 lowercase hex characters)")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Sha256Digest, E> {
+                Sha256Digest::parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 

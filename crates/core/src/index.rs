@@ -149,7 +149,102 @@ struct Entry {
     content: Sha256Digest,
     size: u64,
     last_use: Timestamp,
-    urls: BTreeSet<String>,
+    urls: Urls,
+}
+
+/// The hasher of the index's maps: foldhash, seeded per process (SipHash
+/// was a tenth of a large journal's replay). Keys come from callers and the
+/// journal, so the seed stays random.
+type Hasher = foldhash::fast::RandomState;
+
+/// An entry's URLs, sorted, without duplicates: a vector rather than a
+/// `BTreeSet` (whose first insert allocates a whole B-tree node), as an
+/// entry almost always has one URL.
+#[derive(Clone, Default)]
+struct Urls(Vec<String>);
+
+impl Urls {
+    fn insert(&mut self, url: String) {
+        if let Err(at) = self.0.binary_search(&url) {
+            self.0.insert(at, url);
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn to_set(&self) -> BTreeSet<String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+/// A [`ChecksumRecord`] as the index keeps it: the resource versions in a
+/// vector sorted by resource name (usually one), not a `BTreeMap`.
+#[derive(Clone, Default)]
+struct Rec {
+    checksum: Sha256Digest,
+    versions: Vec<(String, String)>,
+}
+
+impl Rec {
+    fn find(&self, resource: &str) -> Result<usize, usize> {
+        self.versions
+            .binary_search_by(|(name, _)| name.as_str().cmp(resource))
+    }
+
+    fn version(&self, resource: &str) -> Option<&str> {
+        self.find(resource)
+            .ok()
+            .map(|i| self.versions[i].1.as_str())
+    }
+
+    /// Sets the version of `resource`; returns whether it changed.
+    fn set(&mut self, resource: &str, version: &str) -> bool {
+        match self.find(resource) {
+            Ok(i) if self.versions[i].1 == version => false,
+            Ok(i) => {
+                version.clone_into(&mut self.versions[i].1);
+                true
+            }
+            Err(i) => {
+                self.versions
+                    .insert(i, (resource.to_owned(), version.to_owned()));
+                true
+            }
+        }
+    }
+
+    /// [`set`](Self::set) with owned strings (a journal replay moves them in).
+    fn set_owned(&mut self, resource: String, version: String) {
+        match self.find(&resource) {
+            Ok(i) => self.versions[i].1 = version,
+            Err(i) => self.versions.insert(i, (resource, version)),
+        }
+    }
+
+    fn to_public(&self) -> ChecksumRecord {
+        ChecksumRecord {
+            checksum: self.checksum,
+            resource_versions: self.versions.iter().cloned().collect(),
+        }
+    }
+
+    fn from_public(rec: &ChecksumRecord) -> Self {
+        Self {
+            checksum: rec.checksum,
+            // A BTreeMap iterates in key order: already sorted.
+            versions: rec
+                .resource_versions
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// One request, as the lookup rules see it; make one with
@@ -541,9 +636,9 @@ impl fmt::Debug for IndexEvent {
 /// `Debug` shows counts only (the maps hold URLs as given).
 #[derive(Default)]
 pub struct Index {
-    modules: DashMap<ModuleKey, Entry>,
-    checksums: DashMap<String, ChecksumRecord>,
-    signatures: DashMap<Sha256Digest, Vec<SignatureRecord>>,
+    modules: DashMap<ModuleKey, Entry, Hasher>,
+    checksums: DashMap<String, Rec, Hasher>,
+    signatures: DashMap<Sha256Digest, Vec<SignatureRecord>, Hasher>,
 }
 
 impl fmt::Debug for Index {
@@ -559,6 +654,17 @@ impl Index {
     /// An empty index.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty index with room for `modules` entries and as many checksum
+    /// records without growing (a replay of a large journal then never
+    /// rehashes).
+    pub fn with_capacity(modules: usize) -> Self {
+        Self {
+            modules: DashMap::with_capacity_and_hasher(modules, Hasher::default()),
+            checksums: DashMap::with_capacity_and_hasher(modules, Hasher::default()),
+            signatures: DashMap::default(),
+        }
     }
 
     /// Number of module entries.
@@ -615,19 +721,12 @@ impl Index {
     fn remembered_checksum(&self, req: &LookupRequest<'_>) -> Option<Sha256Digest> {
         let ignore = req.policy.ignores_resource_version(req.url);
         let mut rec = self.checksums.get_mut(req.url.as_str())?;
-        let same = rec
-            .resource_versions
-            .get(req.resource_name)
-            .map(String::as_str)
-            == Some(req.resource_version);
+        let same = rec.version(req.resource_name) == Some(req.resource_version);
         if !(ignore || same) {
             return None;
         }
         if !same {
-            rec.resource_versions.insert(
-                req.resource_name.to_owned(),
-                req.resource_version.to_owned(),
-            );
+            rec.set(req.resource_name, req.resource_version);
         }
         Some(rec.checksum)
     }
@@ -685,7 +784,7 @@ impl Index {
                 content,
                 size,
                 last_use: now,
-                urls: BTreeSet::new(),
+                urls: Urls::default(),
             }
         });
         e.content = content;
@@ -713,19 +812,14 @@ impl Index {
         // The common case on a hit: nothing to change, and no allocation.
         if let Some(rec) = self.checksums.get(url)
             && rec.checksum == checksum
-            && rec.resource_versions.get(resource_name).map(String::as_str)
-                == Some(resource_version)
+            && rec.version(resource_name) == Some(resource_version)
         {
             return false;
         }
         let mut rec = self.checksums.entry(url.to_owned()).or_default();
-        let changed = rec.checksum != checksum
-            || rec.resource_versions.get(resource_name).map(String::as_str)
-                != Some(resource_version);
+        let changed = rec.checksum != checksum;
         rec.checksum = checksum;
-        rec.resource_versions
-            .insert(resource_name.to_owned(), resource_version.to_owned());
-        changed
+        rec.set(resource_name, resource_version) || changed
     }
 
     /// REFERENCE §3.4: what a hit under `key` records, exactly as step 7 does
@@ -754,14 +848,14 @@ impl Index {
 
     /// The record kept for `url`.
     pub fn checksum_record(&self, url: &str) -> Option<ChecksumRecord> {
-        self.checksums.get(url).map(|r| r.value().clone())
+        self.checksums.get(url).map(|r| r.value().to_public())
     }
 
     /// Every per-URL checksum record (URL as given, record), in no order.
     pub fn checksum_records(&self) -> Vec<(String, ChecksumRecord)> {
         self.checksums
             .iter()
-            .map(|r| (r.key().clone(), r.value().clone()))
+            .map(|r| (r.key().clone(), r.value().to_public()))
             .collect()
     }
 
@@ -832,7 +926,7 @@ impl Index {
     pub fn remove(&self, key: &ModuleKey) -> Option<EntryInfo> {
         let (key, e) = self.modules.remove(key)?;
         self.drop_unused_signatures(&key.checksum);
-        for u in &e.urls {
+        for u in e.urls.iter() {
             self.checksums
                 .remove_if(u, |_, r| r.checksum == key.checksum);
         }
@@ -855,12 +949,12 @@ impl Index {
             .modules
             .remove_if(key, |_, e| crate::plan::is_idle(now, e.last_use, idle))?;
         let mut records = Vec::new();
-        for u in &e.urls {
+        for u in e.urls.iter() {
             if let Some((u, r)) = self
                 .checksums
                 .remove_if(u, |_, r| r.checksum == key.checksum)
             {
-                records.push((u, r));
+                records.push((u, r.to_public()));
             }
         }
         Some(Removed {
@@ -906,7 +1000,7 @@ impl Index {
         }
         for (url, rec) in &removed.records {
             if let dashmap::Entry::Vacant(v) = self.checksums.entry(url.clone()) {
-                v.insert(rec.clone());
+                v.insert(Rec::from_public(rec));
                 for (name, version) in &rec.resource_versions {
                     events.push(IndexEvent::Record {
                         url: url.clone(),
@@ -958,30 +1052,42 @@ impl Index {
     /// the checksum records of surviving entries are kept.
     pub fn reconcile(
         &self,
-        files: &BTreeMap<Sha256Digest, crate::plan::FileFacts>,
+        files: &impl crate::plan::FileTable,
         now: Timestamp,
     ) -> crate::plan::Reconciled {
-        // Keys only, not snapshots: this runs at every open, over every entry.
-        let mut dropped: Vec<ModuleKey> = self
-            .modules
-            .iter()
-            .filter(|e| !files.contains_key(&e.content))
-            .map(|e| e.key().clone())
-            .collect();
+        // One pass over the entries (this runs at every open, over every
+        // entry): keys of entries without a file, sizes and future last uses
+        // corrected in place, the contents in use noted.
+        let mut dropped: Vec<ModuleKey> = Vec::new();
+        let mut wrong_sizes = 0;
+        let mut future_last_use = 0;
+        let mut in_use: std::collections::HashSet<Sha256Digest, Hasher> =
+            std::collections::HashSet::with_capacity_and_hasher(
+                self.modules.len(),
+                Hasher::default(),
+            );
+        for mut e in self.modules.iter_mut() {
+            let Some(file) = files.facts(&e.content) else {
+                dropped.push(e.key().clone());
+                continue;
+            };
+            in_use.insert(e.content);
+            if e.size != file.size {
+                e.size = file.size;
+                wrong_sizes += 1;
+            }
+            if e.last_use > now {
+                e.last_use = file.written.min(now);
+                future_last_use += 1;
+            }
+        }
         dropped.sort();
         for key in &dropped {
             self.remove(key);
         }
-        // One pass each (a pass per entry made opening n modules O(n^2)).
-        let wrong_sizes = self.correct_sizes(&|c| files.get(c).map(|f| f.size));
-        let future_last_use = self.clamp_future_to(now, &|c| files.get(c).map(|f| f.written));
-        let in_use: std::collections::HashSet<Sha256Digest> =
-            self.modules.iter().map(|e| e.content).collect();
-        let orphans = files
-            .keys()
-            .filter(|d| !in_use.contains(*d))
-            .copied()
-            .collect();
+        let mut orphans: Vec<Sha256Digest> =
+            files.digests().filter(|d| !in_use.contains(d)).collect();
+        orphans.sort();
         crate::plan::Reconciled {
             dropped,
             wrong_sizes,
@@ -1068,11 +1174,15 @@ impl Index {
     /// Number of journal records [`to_events`](Self::to_events) would write:
     /// the live records a compaction keeps.
     pub fn event_count(&self) -> usize {
-        let entries: usize = self.modules.iter().map(|e| 1 + e.value().urls.len()).sum();
+        let entries: usize = self
+            .modules
+            .iter()
+            .map(|e| e.value().urls.len().max(1))
+            .sum();
         let records: usize = self
             .checksums
             .iter()
-            .map(|r| r.value().resource_versions.len())
+            .map(|r| r.value().versions.len())
             .sum();
         entries + records + self.live_signatures().len()
     }
@@ -1118,8 +1228,7 @@ impl Index {
             } => {
                 let mut rec = self.checksums.entry(url).or_default();
                 rec.checksum = checksum;
-                rec.resource_versions
-                    .insert(resource_name, resource_version);
+                rec.set_owned(resource_name, resource_version);
             }
             other => self.apply(&other),
         }
@@ -1166,13 +1275,17 @@ impl Index {
     pub fn to_events(&self) -> Vec<IndexEvent> {
         let mut out = Vec::new();
         for e in self.entries() {
-            out.push(IndexEvent::Insert {
-                key: e.key.clone(),
-                content: e.content,
-                size: e.size,
-                url: None,
-                at: e.last_use,
-            });
+            // One insert per URL (each one creates or refreshes the entry);
+            // one without a URL only for an entry that has none.
+            if e.urls.is_empty() {
+                out.push(IndexEvent::Insert {
+                    key: e.key.clone(),
+                    content: e.content,
+                    size: e.size,
+                    url: None,
+                    at: e.last_use,
+                });
+            }
             for u in e.urls {
                 out.push(IndexEvent::Insert {
                     key: e.key.clone(),
@@ -1183,14 +1296,14 @@ impl Index {
                 });
             }
         }
-        let mut records: Vec<(String, ChecksumRecord)> = self
+        let mut records: Vec<(String, Rec)> = self
             .checksums
             .iter()
             .map(|r| (r.key().clone(), r.value().clone()))
             .collect();
         records.sort_by(|a, b| a.0.cmp(&b.0));
         for (url, rec) in records {
-            for (name, version) in rec.resource_versions {
+            for (name, version) in rec.versions {
                 out.push(IndexEvent::Record {
                     url: url.clone(),
                     checksum: rec.checksum,
@@ -1216,7 +1329,7 @@ fn info(key: &ModuleKey, e: &Entry) -> EntryInfo {
         content: e.content,
         size: e.size,
         last_use: e.last_use,
-        urls: e.urls.clone(),
+        urls: e.urls.to_set(),
     }
 }
 

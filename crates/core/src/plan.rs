@@ -171,6 +171,36 @@ impl FileFacts {
     }
 }
 
+/// The module files on disk, by content digest, as
+/// [`Index::reconcile`](crate::Index::reconcile) reads them: a `BTreeMap`
+/// or a `HashMap` of [`FileFacts`].
+pub trait FileTable {
+    /// The facts of the file of `content`, if there is one.
+    fn facts(&self, content: &Sha256Digest) -> Option<FileFacts>;
+    /// Every file's digest, in any order.
+    fn digests(&self) -> impl Iterator<Item = Sha256Digest> + '_;
+}
+
+impl FileTable for BTreeMap<Sha256Digest, FileFacts> {
+    fn facts(&self, content: &Sha256Digest) -> Option<FileFacts> {
+        self.get(content).copied()
+    }
+    fn digests(&self) -> impl Iterator<Item = Sha256Digest> + '_ {
+        self.keys().copied()
+    }
+}
+
+impl<S: std::hash::BuildHasher> FileTable
+    for std::collections::HashMap<Sha256Digest, FileFacts, S>
+{
+    fn facts(&self, content: &Sha256Digest) -> Option<FileFacts> {
+        self.get(content).copied()
+    }
+    fn digests(&self) -> impl Iterator<Item = Sha256Digest> + '_ {
+        self.keys().copied()
+    }
+}
+
 /// What [`Index::reconcile`](crate::Index::reconcile) changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -1,7 +1,7 @@
 //! A crash-safe, append-only journal of small records, shared by processes.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt as _;
@@ -131,7 +131,18 @@ fn decode<T: DeserializeOwned>(line: &[u8]) -> Option<T> {
     if line.len() < 9 || line[8] != b' ' {
         return None;
     }
-    let crc = u32::from_str_radix(std::str::from_utf8(&line[..8]).ok()?, 16).ok()?;
+    let mut crc = 0u32;
+    for &c in &line[..8] {
+        // `encode` writes lowercase; upper-case digits are accepted as the
+        // earlier `from_str_radix` accepted them.
+        let v = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        crc = (crc << 4) | u32::from(v);
+    }
     let json = &line[9..];
     if crc32fast::hash(json) != crc {
         return None;
@@ -151,52 +162,78 @@ fn open_journal_file(dir: &OwnedFd, dir_path: &Path, name: &str) -> Result<File,
     Ok(file)
 }
 
-/// Reads complete lines of `file` from `offset`; returns the replay, the new
-/// offset and the number of lines read.
+/// How much of the journal [`read_lines`] reads at a time.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What [`read_lines`] found besides the records it handed out.
+#[derive(Debug, Default)]
+struct LinesRead {
+    corrupt: usize,
+    torn_tail: bool,
+    /// End of the last complete line.
+    end: u64,
+    /// Complete lines read (records, corrupt and blank lines).
+    lines: u64,
+}
+
+/// Reads complete lines of `file` from `offset`, handing each intact record
+/// to `each` as it is decoded (so a replay never holds the whole journal,
+/// and can apply records while reading). Reads in chunks of [`READ_CHUNK`],
+/// finding line ends with `memchr`; a line is never copied before decoding.
 fn read_lines<T: DeserializeOwned>(
     path: &Path,
-    mut file: &File,
+    file: &File,
     offset: u64,
-) -> Result<(Replay<T>, u64, u64), StoreError> {
-    file.seek(SeekFrom::Start(offset))
-        .map_err(|e| StoreError::io("reading journal", path, e))?;
-    let mut reader = BufReader::with_capacity(64 * 1024, file);
-    let mut replay = Replay {
-        records: Vec::new(),
-        corrupt: 0,
-        torn_tail: false,
-        restarted: false,
+    each: &mut dyn FnMut(T),
+) -> Result<LinesRead, StoreError> {
+    let mut out = LinesRead {
+        end: offset,
+        ..LinesRead::default()
     };
-    let mut line = Vec::new();
-    let mut end = offset;
-    let mut lines = 0;
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // Where the next read goes in the file, and where the unread part of
+    // `buf` starts.
+    let mut at = offset;
+    let mut start = 0usize;
     loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| StoreError::io("reading journal", path, e))?;
+        // Keep the partial line at the end of `buf`, read more after it.
+        buf.drain(..start);
+        start = 0;
+        let have = buf.len();
+        let want = READ_CHUNK.max(have);
+        buf.resize(have + want, 0);
+        let n = loop {
+            match file.read_at(&mut buf[have..], at) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::io("reading journal", path, e)),
+            }
+        };
+        buf.truncate(have + n);
+        at += n as u64;
         if n == 0 {
+            out.torn_tail = !buf.is_empty();
             break;
         }
-        if line.last() != Some(&b'\n') {
-            replay.torn_tail = true;
-            break;
-        }
-        end += n as u64;
-        lines += 1;
-        line.pop();
-        if line.is_empty() {
-            continue;
-        }
-        match decode(&line) {
-            Some(r) => replay.records.push(r),
-            None => replay.corrupt += 1,
+        let mut scan = have;
+        while let Some(nl) = memchr::memchr(b'\n', &buf[scan..]) {
+            let line = &buf[start..scan + nl];
+            out.end += (line.len() + 1) as u64;
+            out.lines += 1;
+            if !line.is_empty() {
+                match decode(line) {
+                    Some(r) => each(r),
+                    None => out.corrupt += 1,
+                }
+            }
+            start = scan + nl + 1;
+            scan = start;
         }
     }
-    if replay.corrupt > 0 {
-        tracing::warn!(path = %path.display(), corrupt = replay.corrupt, "skipped corrupt journal records");
+    if out.corrupt > 0 {
+        tracing::warn!(path = %path.display(), corrupt = out.corrupt, "skipped corrupt journal records");
     }
-    Ok((replay, end, lines))
+    Ok(out)
 }
 
 impl<T: Serialize + DeserializeOwned> Journal<T> {
@@ -404,14 +441,39 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
     /// # Errors
     /// [`StoreError::Io`] if the journal cannot be read.
     pub fn read_new(&self) -> Result<Replay<T>, StoreError> {
+        let mut records = Vec::new();
+        let read = self.read_new_each(&mut |r| records.push(r))?;
+        Ok(Replay {
+            records,
+            corrupt: read.corrupt,
+            torn_tail: read.torn_tail,
+            restarted: read.restarted,
+        })
+    }
+
+    /// [`read_new`](Self::read_new), handing each record to `each` as it is
+    /// decoded instead of collecting them (an open applies them to its index
+    /// while reading). The returned [`Replay`] has no records. `each` runs
+    /// under the journal's in-process state lock: it must not call back into
+    /// this journal.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the journal cannot be read; records handed out
+    /// before the error stay handed out, and the next read starts again
+    /// where the previous successful one ended.
+    pub fn read_new_each(&self, each: &mut dyn FnMut(T)) -> Result<Replay<T>, StoreError> {
         let dir = self.dir_fd()?;
         let mut st = lock(&self.state);
         self.revalidate(&mut st, &dir)?;
-        let (mut replay, end, lines) = read_lines(&self.path, &st.file, st.offset)?;
-        replay.restarted = std::mem::take(&mut st.restarted);
-        st.offset = end;
-        st.lines += lines;
-        Ok(replay)
+        let read = read_lines(&self.path, &st.file, st.offset, each)?;
+        st.offset = read.end;
+        st.lines += read.lines;
+        Ok(Replay {
+            records: Vec::new(),
+            corrupt: read.corrupt,
+            torn_tail: read.torn_tail,
+            restarted: std::mem::take(&mut st.restarted),
+        })
     }
 
     /// Every intact record, in order (see [`replay_report`](Self::replay_report)).
@@ -439,7 +501,14 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
             Mode::empty(),
         )
         .map_err(|e| StoreError::io("opening journal", &self.path, e.into()))?;
-        Ok(read_lines(&self.path, &File::from(fd), 0)?.0)
+        let mut records = Vec::new();
+        let read = read_lines(&self.path, &File::from(fd), 0, &mut |r| records.push(r))?;
+        Ok(Replay {
+            records,
+            corrupt: read.corrupt,
+            torn_tail: read.torn_tail,
+            restarted: false,
+        })
     }
 
     /// Atomically replaces the journal's content with `records`, under the
@@ -835,6 +904,67 @@ mod tests {
             let mine: Vec<u32> = got.iter().copied().filter(|n| n / 1000 == t).collect();
             assert_eq!(mine, (0..50).map(|i| t * 1000 + i).collect::<Vec<_>>());
         }
+    }
+
+    /// Lines that straddle the reader's chunks, and lines longer than a
+    /// chunk, come back intact; records are handed out in order by
+    /// `read_new_each`, and a later read continues after them.
+    #[test]
+    fn lines_across_and_longer_than_read_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::<Rec>::open(dir.path().join("j")).unwrap();
+        let big = |n: u32, len: usize| Rec {
+            n,
+            name: "x".repeat(len),
+        };
+        let mut want = Vec::new();
+        for n in 0..2000 {
+            // Odd lengths, so line ends fall everywhere in the chunks.
+            want.push(big(n, 97 + (n as usize * 131) % 700));
+        }
+        want.push(big(2000, 3 * READ_CHUNK + 17));
+        want.push(big(2001, 5));
+        for r in &want {
+            j.append(r).unwrap();
+        }
+        let other = Journal::<Rec>::open(dir.path().join("j")).unwrap();
+        let mut got = Vec::new();
+        let read = other.read_new_each(&mut |r| got.push(r)).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(read.corrupt, 0);
+        assert!(!read.torn_tail);
+        assert_eq!(other.lines(), want.len() as u64);
+        j.append(&rec(7)).unwrap();
+        assert_eq!(other.read_new().unwrap().records, vec![rec(7)]);
+        assert_eq!(j.replay().unwrap().len(), want.len() + 1);
+    }
+
+    /// The checksum prefix: 8 hex digits (upper case read too), then a space;
+    /// anything else makes the line corrupt.
+    #[test]
+    fn checksum_prefix_is_eight_hex_digits() {
+        let json = br#"{"n":1,"name":"a"}"#;
+        let crc = crc32fast::hash(json);
+        let line = |prefix: String| [prefix.as_bytes(), b" ", json].concat();
+        let one = Rec {
+            n: 1,
+            name: "a".into(),
+        };
+        assert_eq!(
+            decode::<Rec>(&line(format!("{crc:08x}"))),
+            Some(one.clone())
+        );
+        assert_eq!(decode::<Rec>(&line(format!("{crc:08X}"))), Some(one));
+        assert_eq!(decode::<Rec>(&line(format!("{:08x}", crc ^ 1))), None);
+        assert_eq!(
+            decode::<Rec>(&line(format!("+{:07x}", crc & 0x0fff_ffff))),
+            None
+        );
+        assert_eq!(
+            decode::<Rec>(&line(format!("{crc:x}").chars().take(7).collect())),
+            None
+        );
+        assert_eq!(decode::<Rec>(b""), None);
     }
 
     #[test]

@@ -162,6 +162,17 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("syncing directory", dir, e))
 }
 
+/// What a directory entry's name says it is (see [`names::classify`]).
+fn classify_name(name: &std::ffi::OsStr) -> NameKind {
+    match name.to_str() {
+        Some(n) => names::classify(n),
+        None if name.as_encoded_bytes().ends_with(b".wasm") => {
+            NameKind::BadModuleName("the name is not valid UTF-8".into())
+        }
+        None => NameKind::Other,
+    }
+}
+
 impl FsStore {
     /// Opens (creating it if needed) the store in `dir` and recovers its
     /// modules: every `<sha256>.wasm` regular file is listed, unverified, with
@@ -215,21 +226,24 @@ impl FsStore {
             fs::read_dir(&dir).map_err(|e| StoreError::io("listing store directory", &dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io("listing store directory", &dir, e))?;
-            let path = entry.path();
             let name = entry.file_name();
-            let kind = match name.to_str() {
-                Some(n) => names::classify(n),
-                None if name.as_encoded_bytes().ends_with(b".wasm") => {
-                    NameKind::BadModuleName("the name is not valid UTF-8".into())
+            // The common case first, with no allocation: `<64 hex>.wasm`.
+            let bytes = name.as_encoded_bytes();
+            let kind = if bytes.len() == 69 && bytes.ends_with(b".wasm") {
+                match std::str::from_utf8(&bytes[..64]).map(Sha256Digest::parse) {
+                    Ok(Ok(digest)) => NameKind::Module(digest),
+                    _ => classify_name(&name),
                 }
-                None => NameKind::Other,
+            } else {
+                classify_name(&name)
             };
+            if kind == NameKind::Other {
+                continue;
+            }
             let ignore = |report: &mut RecoveryReport, reason: String| {
+                let path = entry.path();
                 tracing::warn!(path = %path.display(), %reason, "ignoring file in the module store");
-                report.ignored.push(IgnoredFile {
-                    path: path.clone(),
-                    reason,
-                });
+                report.ignored.push(IgnoredFile { path, reason });
             };
             // `file_type` does not follow symlinks: a symlink is never a module.
             let Ok(file_type) = entry.file_type() else {
@@ -247,7 +261,7 @@ impl FsStore {
                 // another) holds its temporary file's lock.
                 NameKind::Temp if file_type.is_file() || file_type.is_symlink() => {
                     match crate::locks::remove_if_abandoned(&dir_fd, &name.to_string_lossy()) {
-                        Ok(true) => report.removed_temp_files.push(path),
+                        Ok(true) => report.removed_temp_files.push(entry.path()),
                         Ok(false) => {}
                         Err(e) => {
                             ignore(&mut report, format!("could not remove temporary file: {e}"));
@@ -256,6 +270,8 @@ impl FsStore {
                 }
                 NameKind::Temp => ignore(&mut report, "temporary name but not a file".into()),
                 NameKind::Module(digest) if file_type.is_file() => {
+                    // An `fstatat` relative to the directory (no symlink
+                    // followed), as `DirEntry::metadata` does.
                     let Ok(meta) = entry.metadata() else {
                         continue; // Vanished since readdir.
                     };
@@ -464,12 +480,18 @@ impl FsStore {
 
     /// Every module the store knows, sorted by digest.
     pub fn list(&self) -> Vec<StoredModule> {
-        let mut out: Vec<_> = read(&self.inner.index)
-            .iter()
-            .map(|(d, m)| stored(*d, m))
-            .collect();
+        let mut out = self.list_unsorted();
         out.sort_by_key(|m| m.digest);
         out
+    }
+
+    /// Every module the store knows, in no particular order (what an open
+    /// reconciles its index with: no sort).
+    pub fn list_unsorted(&self) -> Vec<StoredModule> {
+        read(&self.inner.index)
+            .iter()
+            .map(|(d, m)| stored(*d, m))
+            .collect()
     }
 
     /// Checks the module's file: unless the file carries the verification

@@ -1,7 +1,7 @@
 //! Open-time recovery (the journal replayed against the files on disk) and
 //! reading other processes' journal appends.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
@@ -29,26 +29,28 @@ pub(super) fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
     let _ = std::fs::create_dir_all(dir);
     let (opened, replayed) = std::thread::scope(|scope| {
         let replay = scope.spawn(|| -> Result<_, Error> {
+            let started = Instant::now();
             let journal = Journal::open(dir.join(JOURNAL_FILE))?;
             let index = Index::new();
-            for event in journal.read_new()?.records {
-                index.apply_owned(event);
-            }
-            Ok((journal, index))
+            // Applied as they are decoded: no vector of every event.
+            journal.read_new_each(&mut |event| index.apply_owned(event))?;
+            Ok((journal, index, started.elapsed()))
         });
-        let opened = FsStore::open(dir);
+        let started = Instant::now();
+        let opened = FsStore::open(dir).map(|o| (o, started.elapsed()));
         let replayed = replay
             .join()
             .unwrap_or_else(|_| Err(Error::Internal("journal replay panicked".into())));
         (opened, replayed)
     });
-    let (store, report) = opened?;
-    let (journal, index) = replayed?;
+    let ((store, report), listed) = opened?;
+    let (journal, index, replayed) = replayed?;
     if !report.ignored.is_empty() {
         warn!(count = report.ignored.len(), dir = %dir.display(), "ignored files that are not modules");
     }
-    let files: BTreeMap<Sha256Digest, FileFacts> = store
-        .list()
+    let started = Instant::now();
+    let files: HashMap<Sha256Digest, FileFacts> = store
+        .list_unsorted()
         .into_iter()
         .map(|m| {
             let written = Timestamp::from_system_time(m.modified);
@@ -66,6 +68,7 @@ pub(super) fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
             "corrected journal values that disagree with the files or the clock"
         );
     }
+    debug!(?listed, ?replayed, reconciled = ?started.elapsed(), "open: directory listing, journal replay (side by side), reconcile");
     info!(entries = index.len(), orphans = r.orphans.len(), dir = %dir.display(), "wasm cache opened");
     if compaction_due(journal.lines(), &index) {
         match journal.lock_exclusive(Instant::now() + TOUCH_WAIT) {

@@ -423,6 +423,65 @@ fn events_round_trip() {
     );
 }
 
+/// Compaction writes one insert per URL (and a URL-less one only for an
+/// entry without URLs); a journal compacted by an older version, with a
+/// URL-less insert before each entry's URL inserts, replays to the same
+/// index.
+#[test]
+fn compaction_writes_one_insert_per_url_and_reads_the_older_form() {
+    let idx = Index::new();
+    let a = ModuleKey::new("http://h/a.wasm", sum(1));
+    idx.insert(a.clone(), sum(1), 1, Some("http://h/a.wasm"), Timestamp(5));
+    idx.insert(a.clone(), sum(1), 1, Some("http://h/a2.wasm"), Timestamp(6));
+    idx.insert(ModuleKey::new("n", sum(2)), sum(2), 2, None, Timestamp(7));
+    idx.record_checksum("http://h/a.wasm", sum(1), "r", "1");
+    let events = idx.to_events();
+    let inserts = events
+        .iter()
+        .filter(|e| matches!(e, IndexEvent::Insert { .. }))
+        .count();
+    assert_eq!(inserts, 3, "{events:?}");
+    assert_eq!(idx.event_count(), events.len());
+    // The older form: an insert without URL first, for every entry.
+    let mut older = Vec::new();
+    for e in idx.entries() {
+        older.push(IndexEvent::Insert {
+            key: e.key.clone(),
+            content: e.content,
+            size: e.size,
+            url: None,
+            at: e.last_use,
+        });
+        for u in e.urls {
+            older.push(IndexEvent::Insert {
+                key: e.key.clone(),
+                content: e.content,
+                size: e.size,
+                url: Some(u),
+                at: e.last_use,
+            });
+        }
+    }
+    older.extend(
+        events
+            .iter()
+            .filter(|e| !matches!(e, IndexEvent::Insert { .. }))
+            .cloned(),
+    );
+    for replay in [events, older] {
+        let replayed = Index::new();
+        for e in replay {
+            let json = serde_json::to_string(&e).unwrap();
+            replayed.apply_owned(serde_json::from_str(&json).unwrap());
+        }
+        assert_eq!(replayed.entries(), idx.entries());
+        assert_eq!(
+            replayed.checksum_record("http://h/a.wasm"),
+            idx.checksum_record("http://h/a.wasm")
+        );
+    }
+}
+
 #[test]
 fn signature_records_live_with_their_checksum() {
     let idx = Index::new();
