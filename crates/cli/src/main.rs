@@ -297,11 +297,20 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&Failure::new(FAILED, e)),
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // Every command awaits its own work (the cache's shutdown included); what
+    // may still run is housekeeping the cache started in the background (the
+    // lookup hints' re-sync, which stops at shutdown between two files). It
+    // gets a moment to reach such a point, never the command's time.
+    rt.shutdown_timeout(HOUSEKEEPING_WAIT);
+    match result {
         Ok(code) => code,
         Err(f) => fail(&f),
     }
 }
+
+/// How long a finished command waits for background housekeeping.
+const HOUSEKEEPING_WAIT: Duration = Duration::from_millis(100);
 
 /// `error: <message>`, every cause and any hint, on stderr; the failure's status.
 fn fail(f: &Failure) -> ExitCode {

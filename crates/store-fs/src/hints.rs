@@ -143,8 +143,10 @@ impl HintDir {
         }
     }
 
-    /// How many hints there are (temporary files not counted), without
-    /// collecting their names: the cheap check before a full comparison.
+    /// How many files there are, without collecting their names: the cheap
+    /// check before a full comparison. A temporary file left by an
+    /// interrupted write counts too, so the count differs from the live
+    /// hints' and the comparison that follows ([`HintDir::names`]) removes it.
     ///
     /// # Errors
     /// [`StoreError::Io`] if the directory cannot be listed.
@@ -153,10 +155,8 @@ impl HintDir {
             .map_err(|e| StoreError::io("listing hints", &self.path, e))?;
         let mut n = 0;
         for entry in dir {
-            let entry = entry.map_err(|e| StoreError::io("listing hints", &self.path, e))?;
-            if !entry.file_name().as_encoded_bytes().starts_with(b".") {
-                n += 1;
-            }
+            entry.map_err(|e| StoreError::io("listing hints", &self.path, e))?;
+            n += 1;
         }
         Ok(n)
     }
@@ -248,5 +248,20 @@ mod tests {
         let h = HintDir::open(dir.path(), ".urls").unwrap();
         std::fs::write(h.path().join("big"), vec![b'x'; 10_000]).unwrap();
         assert_eq!(h.get("big"), None);
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_an_interrupted_write_is_counted_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HintDir::open(dir.path(), ".keys").unwrap();
+        h.put("a", b"1").unwrap();
+        let left = h.path().join(crate::names::temp_name());
+        std::fs::write(&left, b"half").unwrap();
+        // Counted, so it differs from the one live hint and a re-sync lists
+        // the names, which removes it.
+        assert_eq!(h.count().unwrap(), 2);
+        assert_eq!(h.names().unwrap(), vec!["a".to_owned()]);
+        assert!(!left.exists());
+        assert_eq!(h.count().unwrap(), 1);
     }
 }

@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -116,17 +117,19 @@ impl Hints {
     }
 
     /// Makes the hints agree with `index` (after recovery) when their
-    /// numbers differ from the index's entries and records. Best effort.
-    pub(super) fn reconcile(&self, index: &Index) {
+    /// numbers differ from the index's entries and records. Best effort;
+    /// stops between two files once `stop` is set (the cache is shut down:
+    /// a command that is done does not wait for housekeeping).
+    pub(super) fn reconcile(&self, index: &Index, stop: &AtomicBool) {
         let started = Instant::now();
-        resync(&self.keys, index.len(), || {
+        resync(&self.keys, index.len(), stop, || {
             index
                 .entries()
                 .into_iter()
                 .map(|e| (key_hint(&e.key), Some(key_hint_body(&e.content))))
                 .collect()
         });
-        resync(&self.urls, index.record_count(), || {
+        resync(&self.urls, index.record_count(), stop, || {
             index
                 .checksum_records()
                 .into_iter()
@@ -141,7 +144,16 @@ impl Hints {
 /// with their bodies), when its count differs from `live`: removes the
 /// others, writes the missing ones. A full disk stops the writing; the next
 /// open tries again.
-fn resync(dir: &HintDir, live: usize, want: impl FnOnce() -> HashMap<String, Option<Vec<u8>>>) {
+fn resync(
+    dir: &HintDir,
+    live: usize,
+    stop: &AtomicBool,
+    want: impl FnOnce() -> HashMap<String, Option<Vec<u8>>>,
+) {
+    let stopped = || stop.load(Ordering::Acquire);
+    if stopped() {
+        return;
+    }
     let have = match dir.count() {
         Ok(n) if n == live => return,
         Ok(_) => dir.names(),
@@ -154,13 +166,19 @@ fn resync(dir: &HintDir, live: usize, want: impl FnOnce() -> HashMap<String, Opt
             return;
         }
     };
+    if stopped() {
+        return;
+    }
     let want = want();
     for name in have.iter().filter(|n| !want.contains_key(*n)) {
+        if stopped() {
+            return;
+        }
         let _ = dir.remove(name);
     }
     for (name, body) in &want {
         if let Some(body) = body.as_ref().filter(|_| !have.contains(name))
-            && dir.put(name, body).is_err()
+            && (stopped() || dir.put(name, body).is_err())
         {
             break;
         }
