@@ -541,8 +541,10 @@ impl fmt::Debug for IndexEvent {
 /// `Debug` shows counts only (the maps hold URLs as given).
 #[derive(Default)]
 pub struct Index {
-    modules: DashMap<ModuleKey, Entry>,
-    checksums: DashMap<String, ChecksumRecord>,
+    // foldhash (keyed per map, like SipHash's RandomState, several times
+    // faster on URLs): every hit looks both maps up.
+    modules: DashMap<ModuleKey, Entry, foldhash::fast::RandomState>,
+    checksums: DashMap<String, ChecksumRecord, foldhash::fast::RandomState>,
     signatures: DashMap<Sha256Digest, Vec<SignatureRecord>>,
 }
 
@@ -614,16 +616,25 @@ impl Index {
 
     fn remembered_checksum(&self, req: &LookupRequest<'_>) -> Option<Sha256Digest> {
         let ignore = req.policy.ignores_resource_version(req.url);
-        let mut rec = self.checksums.get_mut(req.url.as_str())?;
-        let same = rec
-            .resource_versions
-            .get(req.resource_name)
-            .map(String::as_str)
-            == Some(req.resource_version);
-        if !(ignore || same) {
-            return None;
+        let same = |rec: &ChecksumRecord| {
+            rec.resource_versions
+                .get(req.resource_name)
+                .map(String::as_str)
+                == Some(req.resource_version)
+        };
+        // The common case (every hit of an unpinned URL): nothing to change,
+        // so a read lock, which hits of other URLs in the shard share.
+        {
+            let rec = self.checksums.get(req.url.as_str())?;
+            if same(&rec) {
+                return Some(rec.checksum);
+            }
+            if !ignore {
+                return None;
+            }
         }
-        if !same {
+        let mut rec = self.checksums.get_mut(req.url.as_str())?;
+        if !same(&rec) {
             rec.resource_versions.insert(
                 req.resource_name.to_owned(),
                 req.resource_version.to_owned(),
