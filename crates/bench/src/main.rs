@@ -249,13 +249,14 @@ const BOUNDS: &str = "
 From `perf record` profiles of the runner and of `wasm-cache fetch` (details
 in `crates/bench/README.md`):
 
-- **Hit path and hits/s**: a hit checks that the module file still exists
-  (an `fstatat` relative to the store's directory descriptor, so a hit never
-  returns a dangling path). That one system call costs about as much as the
-  1 µs target on this VM (the floor column is a plain `stat` of the absolute
-  path, which walks every component). The rest is the index lookup (string
-  hashing and comparison of module names) and allocating the returned path;
-  URL parsing is memoised and metric handles are registered once.
+- **Hit path and hits/s**: a hit makes no system call while the store's
+  inotify watch of its directory runs (a deleted or replaced file is
+  noticed when its event is read; without the watch, one `fstatat` per
+  hit). What is left is the index lookup (string hashing and comparison of
+  module names and URLs, the checksum record's map of resource versions),
+  the pending last-use map and allocating the returned path; URL parsing is
+  memoised and metric handles are registered once. The 2-thread figure
+  needs both cores free.
 - **Cold HTTP**: curl only copies bytes. We also SHA-256 the module (ring,
   SHA-NI, about 30 ms for 64 MiB) and `fsync` it before it appears under its
   name (writeback is started every 8 MiB with `sync_file_range`, so the

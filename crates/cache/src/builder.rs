@@ -17,6 +17,9 @@ pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long a module handed out is safe from eviction: 5 minutes.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5 * 60);
+/// Set (to anything but `0` or empty) to turn the directory watch off: the
+/// default of [`CacheBuilder::watch_directory`].
+pub const NO_WATCH_ENV: &str = "WASM_CACHE_NO_WATCH";
 
 /// Builds a [`Cache`]. Defaults: purge every 10 minutes, expiry 24 hours, no
 /// byte budget, 5-minute eviction grace, 256 MiB module limit, our HTTP(S)
@@ -36,6 +39,7 @@ pub struct CacheBuilder {
     background_purge: bool,
     default_fetchers: bool,
     trust: Option<Arc<TrustPolicy>>,
+    watch: bool,
 }
 
 impl CacheBuilder {
@@ -53,7 +57,25 @@ impl CacheBuilder {
             background_purge: true,
             default_fetchers: true,
             trust: None,
+            watch: std::env::var_os(NO_WATCH_ENV).is_none_or(|v| v.is_empty() || v == "0"),
         }
+    }
+
+    /// Whether hits may rely on a watch of the module directory (inotify)
+    /// instead of checking the module file with a `stat` each time (default:
+    /// on, unless the `WASM_CACHE_NO_WATCH` environment variable is set).
+    /// Either way a module file deleted, renamed away or replaced behind the
+    /// cache's back is not handed out once the change is visible: with the
+    /// watch, from the moment its event is read (microseconds later); with
+    /// the stat, from the next hit. The watch is skipped by itself where it
+    /// cannot work (inotify limits reached, network and FUSE file systems) and
+    /// dropped if lost (the directory moved or deleted); turn it off for a
+    /// file system the cache does not recognise whose changes raise no
+    /// inotify event. Off for one cache of a directory is off for every
+    /// cache of that directory in the process (they share one store).
+    pub fn watch_directory(mut self, on: bool) -> Self {
+        self.watch = on;
+        self
     }
 
     /// How often the background task purges.
@@ -245,6 +267,7 @@ impl CacheBuilder {
             grace: self.grace,
             max_module_size: self.max_module_size,
             trust: self.trust,
+            watch: self.watch,
         };
         Cache::open(self.dir, fetchers, self.clock, opts, self.background_purge).await
     }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -57,9 +57,20 @@ const METADATA_WAIT: Duration = Duration::from_secs(5);
 /// best effort and must never hold a command up.
 const TOUCH_WAIT: Duration = Duration::from_secs(1);
 
-/// Pending last-use updates are appended once this many have gathered (and
-/// at every purge and at shutdown).
+/// Pending last-use updates are appended once this many have gathered and
+/// [`TOUCH_EVERY`] has passed since the last batch, or [`TOUCH_MAX`] have
+/// gathered (and at every purge and at shutdown).
 const TOUCH_BATCH: usize = 1024;
+
+/// See [`TOUCH_BATCH`]: with many modules hit in turn, a batch per 1,024 hits
+/// serialised a record per hit, more than the hit itself.
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
+
+/// See [`TOUCH_BATCH`]: bounds the memory of pending updates.
+const TOUCH_MAX: usize = 65_536;
+
+/// The hash of the hit path's own maps (see `foldhash` in Cargo.toml).
+type FastHash = foldhash::fast::RandomState;
 
 /// A verified, content-addressed local cache of Wasm modules.
 ///
@@ -98,6 +109,8 @@ pub(crate) struct Options {
     pub(crate) grace: Duration,
     pub(crate) max_module_size: u64,
     pub(crate) trust: Option<Arc<TrustPolicy>>,
+    /// See [`CacheBuilder::watch_directory`].
+    pub(crate) watch: bool,
 }
 
 struct Inner {
@@ -110,14 +123,18 @@ struct Inner {
     sync: Mutex<()>,
     /// Last-use updates of hits not yet in the journal: appended as one batch
     /// (best effort) at purge, at shutdown, or when [`TOUCH_BATCH`] gather.
-    touches: DashMap<ModuleKey, Timestamp>,
+    touches: DashMap<ModuleKey, Timestamp, FastHash>,
+    /// Updates added to `touches` since the last batch was taken.
+    touches_pending: AtomicUsize,
+    /// When the last batch of `touches` was taken.
+    touches_flushed: Mutex<Instant>,
     fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
     clock: Arc<dyn Clock>,
     opts: Options,
     flights: DashMap<FlightKey, Flight>,
     /// Parsed URLs by their text: a config push asks for the same few URLs
     /// over and over, and parsing was a third of a hit's CPU time.
-    parsed: DashMap<String, Arc<ModuleUrl>>,
+    parsed: DashMap<String, Arc<ModuleUrl>, FastHash>,
     meters: Meters,
     /// Which keys verified which digest (the manifest digest for OCI, the
     /// module's sha256 otherwise), so a hit under a policy needs no round trip.
@@ -190,18 +207,23 @@ impl Cache {
         })
         .await
         .map_err(|e| Error::Internal(format!("recovery task failed: {e}")))??;
+        if !opts.watch {
+            store.disable_watch();
+        }
         let inner = Arc::new(Inner {
             store,
             index,
             journal,
             hints,
             sync: Mutex::new(()),
-            touches: DashMap::new(),
+            touches: DashMap::default(),
+            touches_pending: AtomicUsize::new(0),
+            touches_flushed: Mutex::new(Instant::now()),
             fetchers,
             clock,
             opts,
             flights: DashMap::new(),
-            parsed: DashMap::new(),
+            parsed: DashMap::default(),
             meters: Meters::new(),
             verified: trust::Verifications::default(),
             closed: AtomicBool::new(false),
@@ -267,15 +289,20 @@ impl Cache {
         };
         let policy = req.trust.as_ref().or(inner.opts.trust.as_ref());
         let (name, expected) = match inner.try_hit(url, checksum, req, policy).await? {
-            Hit::Served(p) => {
+            Hit::Served {
+                file,
+                checksum,
+                content,
+                ..
+            } => {
                 inner.meters.lookup(true);
-                return Ok(Outcome::new(
-                    &inner.store,
-                    p.path,
-                    p.checksum,
-                    p.content,
-                    true,
-                ));
+                return Ok(Outcome {
+                    path: file.path,
+                    sha256: content,
+                    size: file.size,
+                    manifest_digest: (checksum != content).then_some(checksum),
+                    cached: true,
+                });
             }
             Hit::Miss { name, expected } => (name, expected),
         };

@@ -18,7 +18,10 @@
 //! - **restart**: the index (entries, per-URL checksum records, last use) is
 //!   journaled in the directory and recovered, so a restart re-downloads
 //!   nothing; recovered files are re-hashed once before they are first served;
-//! - **no dangling paths**: a hit whose file vanished is a miss that fetches again;
+//! - **no dangling paths**: a hit whose file vanished is a miss that fetches
+//!   again; hits make no system call, a watch of the directory (inotify) tells
+//!   the cache when a file is deleted or replaced behind its back (see
+//!   [`CacheBuilder::watch_directory`]);
 //! - **bounded size**: besides idle expiry (counted from the last `get`), an
 //!   optional byte budget evicts least recently used modules, never one
 //!   handed out within the grace period;
@@ -126,7 +129,9 @@ pub mod metrics;
 mod outcome;
 mod request;
 
-pub use crate::builder::{CacheBuilder, DEFAULT_EXPIRY, DEFAULT_GRACE, DEFAULT_PURGE_INTERVAL};
+pub use crate::builder::{
+    CacheBuilder, DEFAULT_EXPIRY, DEFAULT_GRACE, DEFAULT_PURGE_INTERVAL, NO_WATCH_ENV,
+};
 pub use crate::cache::{Cache, PurgeReport};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::error::Error;

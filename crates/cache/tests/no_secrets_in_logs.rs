@@ -206,9 +206,18 @@ async fn no_log_line_and_no_debug_output_holds_a_secret() {
     out.debug("a checksum record", &cache.checksum_record(&url));
     out.debug("the cache", &cache);
 
-    // Vanished file: deleted between gets, fetched again.
+    // Vanished file: deleted between gets, fetched again once the deletion
+    // is observable (the directory watch's event read, microseconds later).
     std::fs::remove_file(&p).unwrap();
-    assert_eq!(cache.get(&miss).await.unwrap(), p);
+    let deleted = std::time::Instant::now();
+    while server.hits("/m.wasm") < 2 {
+        assert_eq!(cache.get(&miss).await.unwrap(), p);
+        assert!(
+            deleted.elapsed() < Duration::from_secs(20),
+            "the deleted module is still handed out"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     assert_module_at(&p, &module);
     assert_eq!(
         server.hits("/m.wasm"),

@@ -636,6 +636,9 @@ impl fmt::Debug for IndexEvent {
 /// `Debug` shows counts only (the maps hold URLs as given).
 #[derive(Default)]
 pub struct Index {
+    // foldhash (keyed per map, like SipHash's RandomState, several times
+    // faster on URLs): every open applies into these and every hit looks
+    // both the modules and the checksum records up.
     modules: DashMap<ModuleKey, Entry, Hasher>,
     checksums: DashMap<String, Rec, Hasher>,
     signatures: DashMap<Sha256Digest, Vec<SignatureRecord>, Hasher>,
@@ -720,12 +723,19 @@ impl Index {
 
     fn remembered_checksum(&self, req: &LookupRequest<'_>) -> Option<Sha256Digest> {
         let ignore = req.policy.ignores_resource_version(req.url);
-        let mut rec = self.checksums.get_mut(req.url.as_str())?;
-        let same = rec.version(req.resource_name) == Some(req.resource_version);
-        if !(ignore || same) {
-            return None;
+        // The common case (every hit of an unpinned URL): nothing to change,
+        // so a read lock, which hits of other URLs in the shard share.
+        {
+            let rec = self.checksums.get(req.url.as_str())?;
+            if rec.version(req.resource_name) == Some(req.resource_version) {
+                return Some(rec.checksum);
+            }
+            if !ignore {
+                return None;
+            }
         }
-        if !same {
+        let mut rec = self.checksums.get_mut(req.url.as_str())?;
+        if rec.version(req.resource_name) != Some(req.resource_version) {
             rec.set(req.resource_name, req.resource_version);
         }
         Some(rec.checksum)

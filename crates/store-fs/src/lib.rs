@@ -104,6 +104,28 @@
 //! set a modification time back. A file system without user extended
 //! attributes simply re-hashes, as before. `verify_all` ignores marks.
 //!
+//! ## Hits without a system call
+//!
+//! [`FsStore::servable`] (the cache's hit path: verified, and the file
+//! there?) would cost an `fstatat` per call, about 1 µs on a VM, more than
+//! the rest of a cache hit. Instead the store watches its directory with
+//! inotify (the `rustix` bindings the crate already uses; a thread started by
+//! the first call) and remembers each answer until an event names the file:
+//! a deletion or a rename away drops the answer (the next call stats again
+//! and finds the file gone); a write, a rename onto the name, a creation or a
+//! metadata change also marks the module unverified unless the file carries
+//! the verification mark of its current state, so a replaced file is
+//! re-hashed before it is served. Lost events (`IN_Q_OVERFLOW`) drop every
+//! answer and re-check every verified module; a lost watch (the directory
+//! moved, deleted or unmounted) turns the remembering off for good. No
+//! watch is used where it cannot be trusted or set up: network and FUSE file
+//! systems (other machines' changes raise no event here), inotify limits
+//! reached, or after [`FsStore::disable_watch`]; then every call stats, as
+//! before. The guarantee is therefore "not handed out once the change is
+//! observable": from the moment the watch's thread reads the event
+//! (microseconds after the change on an idle machine) rather than from the
+//! very next call.
+//!
 //! ## Concurrency
 //!
 //! [`FsStore`] is `Send + Sync` and cheap to clone. Operations that change a
@@ -161,6 +183,7 @@ mod locks;
 mod mark;
 mod names;
 mod store;
+mod watch;
 mod writeback;
 
 pub use crate::error::{StoreError, StoreErrorKind};
@@ -171,6 +194,7 @@ pub use crate::locks::FileLock;
 pub use crate::store::{
     FsStore, IgnoredFile, KEY_LOCK_DIR, Mismatch, RecoveryReport, StoredModule, VerifyReport,
 };
+pub use crate::watch::Servable;
 /// The core types this crate's API uses (`Ingest` is a [`ModuleSink`]), so
 /// that using the store alone needs no direct dependency on `wasm-cache-core`.
 pub use wasm_cache_core::{ModuleSink, Sha256Digest, check_wasm_header};

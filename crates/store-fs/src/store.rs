@@ -12,6 +12,7 @@ use wasm_cache_core::{Sha256Digest, check_wasm_header};
 use crate::StoreError;
 use crate::ingest::{Committed, Ingest};
 use crate::names::{self, NameKind};
+use crate::watch::{Hot, Servable};
 
 /// Number of per-digest lock stripes. Two digests share a stripe with
 /// probability 1/64; that only makes them wait for each other, never wrong.
@@ -39,6 +40,8 @@ pub(crate) struct Inner {
     stripes: Box<[Mutex<()>]>,
     /// The directory, open, for [`FsStore::contains`].
     dir_fd: std::os::fd::OwnedFd,
+    /// Modules [`FsStore::servable`] hands out without a `stat` (see `watch`).
+    hot: Hot,
 }
 
 impl std::fmt::Debug for Inner {
@@ -306,6 +309,7 @@ impl FsStore {
                 index: RwLock::new(index),
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
                 dir_fd,
+                hot: Hot::new(),
             }),
         };
         open.push((id, Arc::downgrade(&store.inner)));
@@ -395,6 +399,60 @@ impl FsStore {
             || fs::symlink_metadata(self.path_of(digest)).is_ok_and(|m| m.is_file())
     }
 
+    /// The module's path and size if this process may hand it out now: it
+    /// is verified ([`StoredModule::verified`]) and its file is there
+    /// ([`contains`](Self::contains)). `None` otherwise: the caller verifies
+    /// it, or fetches it again.
+    ///
+    /// This is the cache's hit path. While a watch of the directory runs
+    /// (inotify, started by the first call; see "Hits without a system call"
+    /// in the crate docs), an answer found once is remembered until an event
+    /// about that file arrives, so a hit makes no system call and takes no
+    /// lock shared by every hit; a file deleted, renamed away or replaced
+    /// behind the store's back stops being served as soon as its event is
+    /// read. Without a watch (unavailable, lost, a network file system, or
+    /// [`disable_watch`](Self::disable_watch)), every call checks the file
+    /// with an `fstatat`.
+    pub fn servable(&self, digest: &Sha256Digest) -> Option<Servable> {
+        let hot = &self.inner.hot;
+        if let Some(s) = hot.get(digest) {
+            return Some(s);
+        }
+        // Read before the state the entry relies on (see `watch`).
+        let epoch = hot.epoch();
+        let watching = hot.is_watching(&self.inner);
+        let size = read(&self.inner.index)
+            .get(digest)
+            .filter(|m| m.verified)
+            .map(|m| m.size)?;
+        if !self.contains(digest) {
+            return None;
+        }
+        let s = Servable {
+            path: self.path_of(digest),
+            size,
+        };
+        if watching {
+            hot.insert(*digest, s.clone(), epoch);
+        }
+        Some(s)
+    }
+
+    /// Stops using the directory watch: every [`servable`](Self::servable)
+    /// checks the file with an `fstatat` from now on. For file systems whose
+    /// changes raise no inotify event that the store does not recognise, and
+    /// for tests of that path. Applies to every user of this store in the
+    /// process.
+    pub fn disable_watch(&self) {
+        self.inner.hot.disable();
+    }
+
+    /// Whether a directory watch vouches for [`servable`](Self::servable)'s answers now.
+    #[cfg(test)]
+    pub(crate) fn watching(&self) -> bool {
+        self.inner.hot.active()
+    }
+
     /// Takes the cross-process lock of one in-flight download, named by `key`
     /// (any string: the cache uses the URL and the expected checksum), so two
     /// processes missing the same module download it once: the second waits
@@ -455,6 +513,8 @@ impl FsStore {
         let mut index = write(&self.inner.index);
         let Some(meta) = meta else {
             index.remove(digest);
+            drop(index);
+            self.inner.hot.invalidate(digest);
             return None;
         };
         let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -468,7 +528,10 @@ impl FsStore {
             entry.verified = false;
         }
         entry.modified = modified;
-        Some(stored(*digest, entry))
+        let found = stored(*digest, entry);
+        drop(index);
+        self.inner.hot.invalidate(digest);
+        Some(found)
     }
 
     /// The index entry of one module, if the store knows it.
@@ -602,6 +665,63 @@ impl Inner {
         &self.dir
     }
 
+    pub(crate) fn dir_fd(&self) -> &std::os::fd::OwnedFd {
+        &self.dir_fd
+    }
+
+    pub(crate) fn hot(&self) -> &Hot {
+        &self.hot
+    }
+
+    /// The watch saw something written, renamed or created onto `digest`'s
+    /// name, or its metadata change: unless the file there carries the
+    /// verification mark of its current state, the module is unverified
+    /// (re-hashed before it is served again). Either way its hot entry goes.
+    pub(crate) fn recheck(&self, digest: &Sha256Digest) {
+        let path = self.path_of(digest);
+        let marked = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC
+                | rustix::fs::OFlags::NONBLOCK,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+        .map(File::from)
+        .is_some_and(|file| {
+            rustix::fs::fstat(&file).is_ok_and(|st| {
+                rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+                    && crate::mark::is_set(&file, digest, &st)
+            })
+        });
+        if !marked {
+            // Under the digest's lock: a verification running now comes
+            // entirely before this (and is undone) or after (and reads the new file).
+            let _guard = lock(self.stripe(digest));
+            if let Some(m) = write(&self.index).get_mut(digest)
+                && m.verified
+            {
+                tracing::info!(path = %path.display(), "module file changed behind the store's back; it is verified again before it is served");
+                m.verified = false;
+            }
+        }
+        self.hot.invalidate(digest);
+    }
+
+    /// [`recheck`](Self::recheck) of every verified module (after the watch
+    /// lost events).
+    pub(crate) fn recheck_all(&self) {
+        let verified: Vec<Sha256Digest> = read(&self.index)
+            .iter()
+            .filter(|(_, m)| m.verified)
+            .map(|(d, _)| *d)
+            .collect();
+        for d in &verified {
+            self.recheck(d);
+        }
+    }
+
     pub(crate) fn path_of(&self, digest: &Sha256Digest) -> PathBuf {
         self.dir.join(digest.file_name())
     }
@@ -678,6 +798,7 @@ impl Inner {
             Err(e) => return Err(StoreError::io("removing module file", &path, e)),
         };
         write(&self.index).remove(digest);
+        self.hot.invalidate(digest);
         if existed {
             sync_dir(&self.dir)?;
         }
@@ -695,6 +816,7 @@ impl Inner {
         match fs::symlink_metadata(&path) {
             Ok(m) if !m.is_file() => {
                 write(&self.index).remove(digest);
+                self.hot.invalidate(digest);
                 return Ok(Verdict::Mismatch("not a regular file".into()));
             }
             _ => {}
@@ -707,6 +829,7 @@ impl Inner {
             Ok(Hashed::Read(actual, size, header)) => (actual, size, header),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 write(&self.index).remove(digest);
+                self.hot.invalidate(digest);
                 return Err(StoreError::NotFound {
                     digest: *digest,
                     path,
@@ -726,6 +849,10 @@ impl Inner {
         });
         entry.size = size;
         entry.verified = matches!(verdict, Verdict::Ok);
+        drop(index);
+        if !matches!(verdict, Verdict::Ok) {
+            self.hot.invalidate(digest);
+        }
         Ok(verdict)
     }
 }

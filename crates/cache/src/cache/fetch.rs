@@ -82,15 +82,16 @@ impl Inner {
             }
             // REFERENCE §3 step 5: look again before downloading any layer.
             let key = ModuleKey::new(name.clone(), digest);
-            if let Some(content) = self.index.touch(&key, self.now())
-                && let Some(path) = self.serve(&key, content).await?
+            let now = self.now();
+            if let Some(content) = self.index.touch(&key, now)
+                && let Some(file) = self.serve(&key, content).await?
             {
-                self.note_touch(&key);
+                self.note_touch(&key, now);
                 if url.records_checksum() {
                     self.record(url, digest, req);
                 }
                 return Ok(Published {
-                    path,
+                    path: file.path,
                     checksum: digest,
                     key,
                     content,

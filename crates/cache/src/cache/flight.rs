@@ -109,7 +109,18 @@ impl Cache {
                         // recorded the module, so this is a hit rather than a
                         // second download.
                         match inner.try_hit(url, checksum, req, policy).await? {
-                            Hit::Served(p) => Ok(p),
+                            Hit::Served {
+                                file,
+                                checksum,
+                                content,
+                                key,
+                            } => Ok(Published {
+                                path: file.path,
+                                checksum,
+                                key,
+                                content,
+                                downloaded: false,
+                            }),
                             Hit::Miss { .. } => {
                                 inner
                                     .fetch_and_publish(

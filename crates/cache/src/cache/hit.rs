@@ -4,20 +4,32 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tracing::warn;
-use wasm_cache_core::{IndexEvent, Lookup, LookupRequest, ModuleKey, ModuleUrl, Sha256Digest};
+use wasm_cache_core::{
+    IndexEvent, Lookup, LookupRequest, ModuleKey, ModuleUrl, Sha256Digest, Timestamp,
+};
 use wasm_cache_signature::TrustPolicy;
-use wasm_store_fs::StoreError;
+use wasm_store_fs::{Servable, StoreError};
 
-use super::{Inner, Published, TOUCH_BATCH, TOUCH_WAIT};
+use super::{Inner, TOUCH_BATCH, TOUCH_EVERY, TOUCH_MAX, TOUCH_WAIT, lock};
 use crate::{Error, GetRequest};
 
 /// The outcome of [`Inner::try_hit`].
 pub(super) enum Hit {
     /// Served from the cache.
-    Served(Published),
+    Served {
+        /// The module's file and size.
+        file: Servable,
+        /// The entry's checksum.
+        checksum: Sha256Digest,
+        /// The sha256 of the module's bytes.
+        content: Sha256Digest,
+        /// The entry's key.
+        key: ModuleKey,
+    },
     /// Not cached (or its file vanished or failed verification): fetch it
     /// under this module name, checking this checksum if one is pinned.
     Miss {
@@ -49,25 +61,31 @@ impl Inner {
             &req.resource_version,
             req.pull_policy,
         );
-        Ok(match self.index.lookup(&lookup, self.now()) {
+        let now = self.now();
+        Ok(match self.index.lookup(&lookup, now) {
             Lookup::Hit { key, content } => match self.serve(&key, content).await? {
-                Some(path) => {
+                Some(file) => {
                     if let Some(policy) = policy {
                         let deadline = Instant::now() + req.timeout;
                         self.ensure_verified(url, key.checksum, policy, req, deadline)
                             .await?;
                     }
-                    self.note_touch(&key);
-                    if let Some(event) = self.index.record_hit(&lookup, &key) {
+                    self.note_touch(&key, now);
+                    // Without a pin, the lookup took the checksum from the
+                    // URL's record and left that record saying exactly what
+                    // `record_hit` would write (this checksum, this resource
+                    // version): only a pinned hit can change it.
+                    if (checksum.is_some() || url.pinned_digest().is_some())
+                        && let Some(event) = self.index.record_hit(&lookup, &key)
+                    {
                         self.journal_append(&event);
                     }
-                    Hit::Served(Published {
-                        path,
+                    Hit::Served {
+                        file,
                         checksum: key.checksum,
-                        key,
                         content,
-                        downloaded: false,
-                    })
+                        key,
+                    }
                 }
                 None => Hit::Miss {
                     name: key.name,
@@ -85,13 +103,15 @@ impl Inner {
 
     /// Remembers that `key` was used now, for the next batch of last-use
     /// records (the index itself was touched by the lookup).
-    pub(super) fn note_touch(self: &Arc<Self>, key: &ModuleKey) {
-        let now = self.now();
+    pub(super) fn note_touch(self: &Arc<Self>, key: &ModuleKey, now: Timestamp) {
         match self.touches.get_mut(key) {
             Some(mut at) => *at = (*at).max(now),
             None => {
                 self.touches.insert(key.clone(), now);
-                if self.touches.len() >= TOUCH_BATCH {
+                let pending = self.touches_pending.fetch_add(1, Ordering::Relaxed) + 1;
+                if pending >= TOUCH_BATCH && (pending >= TOUCH_MAX || self.touch_batch_due()) {
+                    // Taken now, so the hits until the batch runs start the next one.
+                    self.touches_pending.store(0, Ordering::Relaxed);
                     let me = Arc::clone(self);
                     tokio::task::spawn_blocking(move || {
                         me.flush_touches(Instant::now() + TOUCH_WAIT);
@@ -101,10 +121,23 @@ impl Inner {
         }
     }
 
+    /// Whether [`TOUCH_EVERY`] has passed since the last batch (and if so,
+    /// counts from now).
+    fn touch_batch_due(&self) -> bool {
+        let mut last = lock(&self.touches_flushed);
+        let now = Instant::now();
+        if now.duration_since(*last) < TOUCH_EVERY {
+            return false;
+        }
+        *last = now;
+        true
+    }
+
     /// Appends the pending last-use updates as one batch (one `write`, no
     /// `fsync`: losing them to a power cut only makes modules look older).
     /// Best effort: a failure is a warning, never an error.
     pub(super) fn flush_touches(&self, deadline: Instant) {
+        self.touches_pending.store(0, Ordering::Relaxed);
         let keys: Vec<ModuleKey> = self.touches.iter().map(|e| e.key().clone()).collect();
         let events: Vec<IndexEvent> = keys
             .iter()
@@ -124,17 +157,24 @@ impl Inner {
         }
     }
 
-    /// The path of the entry's file if it can be served: re-hashed once if it
-    /// was recovered from disk, and still there. Otherwise the entry is
-    /// dropped and `None` returned (a miss, never a dangling path).
+    /// The entry's file if it can be served: verified by this process
+    /// (re-hashed once if it was recovered from disk or changed behind our
+    /// back) and still there. Otherwise the entry is dropped and `None`
+    /// returned (a miss, never a dangling path).
     pub(super) async fn serve(
         self: &Arc<Self>,
         key: &ModuleKey,
         content: Sha256Digest,
-    ) -> Result<Option<PathBuf>, Error> {
+    ) -> Result<Option<Servable>, Error> {
+        // The common case: verified, and (by the directory watch, or a stat)
+        // there.
+        if let Some(file) = self.store.servable(&content) {
+            return Ok(Some(file));
+        }
         // The store is the one record of what this process has re-hashed:
-        // content recovered from disk, written by another process or found
-        // wrong by `verify` is checked (again) before it is served.
+        // content recovered from disk, written by another process, replaced
+        // behind our back or found wrong by `verify` is checked (again)
+        // before it is served.
         let known = self.store.get(&content);
         if !known.as_ref().is_some_and(|m| m.verified)
             && (known.is_some() || self.store.contains(&content))
@@ -153,10 +193,15 @@ impl Inner {
                 Err(e) => return Err(e.into()),
             }
         }
-        let path = self.store.path_of(&content);
-        if self.store.contains(&content) {
-            return Ok(Some(path));
+        if let Some(file) = self.store.servable(&content) {
+            return Ok(Some(file));
         }
+        if self.store.contains(&content) {
+            // Verified and unverified again since (the file changed as we
+            // looked): fetch it again rather than serve it unchecked.
+            return Ok(None);
+        }
+        let path: PathBuf = self.store.path_of(&content);
         warn!(module = %key.redacted_name(), path = %path.display(), "cached module file vanished; fetching again");
         self.forget(key);
         Ok(None)
