@@ -237,7 +237,7 @@ impl Cache {
             let me = Arc::clone(&inner);
             tokio::task::spawn_blocking(move || {
                 if let Some(h) = &me.hints {
-                    h.reconcile(&me.index, &me.closed);
+                    h.reconcile(&me.index);
                 }
             });
         }

@@ -297,20 +297,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&Failure::new(FAILED, e)),
     };
-    let result = rt.block_on(run(cli));
-    // Every command awaits its own work (the cache's shutdown included); what
-    // may still run is housekeeping the cache started in the background (the
-    // lookup hints' re-sync, which stops at shutdown between two files). It
-    // gets a moment to reach such a point, never the command's time.
-    rt.shutdown_timeout(HOUSEKEEPING_WAIT);
-    match result {
+    // Dropping the runtime waits for the cache's background housekeeping
+    // (the lookup hints' re-sync): cut short, the hints of a directory opened
+    // only by short commands would never be complete.
+    match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(f) => fail(&f),
     }
 }
-
-/// How long a finished command waits for background housekeeping.
-const HOUSEKEEPING_WAIT: Duration = Duration::from_millis(100);
 
 /// `error: <message>`, every cause and any hint, on stderr; the failure's status.
 fn fail(f: &Failure) -> ExitCode {
@@ -380,6 +374,10 @@ fn builder(dir: &Path) -> CacheBuilder {
     Cache::builder(dir)
         .background_purge(false)
         .default_fetchers(false)
+        // One request per process: a watch would serve no second hit, and
+        // setting one up costs the process's exit 10-20 ms (the kernel waits
+        // for an RCU grace period to tear the inotify instance down).
+        .watch_directory(false)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {

@@ -21,7 +21,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
@@ -117,19 +116,17 @@ impl Hints {
     }
 
     /// Makes the hints agree with `index` (after recovery) when their
-    /// numbers differ from the index's entries and records. Best effort;
-    /// stops between two files once `stop` is set (the cache is shut down:
-    /// a command that is done does not wait for housekeeping).
-    pub(super) fn reconcile(&self, index: &Index, stop: &AtomicBool) {
+    /// numbers differ from the index's entries and records. Best effort.
+    pub(super) fn reconcile(&self, index: &Index) {
         let started = Instant::now();
-        resync(&self.keys, index.len(), stop, || {
+        resync(&self.keys, index.len(), || {
             index
                 .entries()
                 .into_iter()
                 .map(|e| (key_hint(&e.key), Some(key_hint_body(&e.content))))
                 .collect()
         });
-        resync(&self.urls, index.record_count(), stop, || {
+        resync(&self.urls, index.record_count(), || {
             index
                 .checksum_records()
                 .into_iter()
@@ -144,16 +141,7 @@ impl Hints {
 /// with their bodies), when its count differs from `live`: removes the
 /// others, writes the missing ones. A full disk stops the writing; the next
 /// open tries again.
-fn resync(
-    dir: &HintDir,
-    live: usize,
-    stop: &AtomicBool,
-    want: impl FnOnce() -> HashMap<String, Option<Vec<u8>>>,
-) {
-    let stopped = || stop.load(Ordering::Acquire);
-    if stopped() {
-        return;
-    }
+fn resync(dir: &HintDir, live: usize, want: impl FnOnce() -> HashMap<String, Option<Vec<u8>>>) {
     let have = match dir.count() {
         Ok(n) if n == live => return,
         Ok(_) => dir.names(),
@@ -166,19 +154,13 @@ fn resync(
             return;
         }
     };
-    if stopped() {
-        return;
-    }
     let want = want();
     for name in have.iter().filter(|n| !want.contains_key(*n)) {
-        if stopped() {
-            return;
-        }
         let _ = dir.remove(name);
     }
     for (name, body) in &want {
         if let Some(body) = body.as_ref().filter(|_| !have.contains(name))
-            && (stopped() || dir.put(name, body).is_err())
+            && dir.put(name, body).is_err()
         {
             break;
         }
