@@ -257,21 +257,27 @@ in `crates/bench/README.md`):
   the pending last-use map and allocating the returned path; URL parsing is
   memoised and metric handles are registered once. The 2-thread figure
   needs both cores free.
-- **Cold HTTP**: curl only copies bytes. We also SHA-256 the module (ring,
-  SHA-NI, about 30 ms for 64 MiB) and `fsync` it before it appears under its
-  name (writeback is started every 8 MiB with `sync_file_range`, so the
-  `fsync` waits for the tail only): that is the remaining gap, and it is the
-  price of the crash-safety and verification guarantees.
+- **Cold HTTP and raw OCI**: curl only copies bytes. We also SHA-256 the
+  module (ring, SHA-NI, 35-55 ms for 64 MiB here), on a thread of the
+  ingest so the reader keeps reading, which makes the hash the longest
+  stage of the pipeline, and `fsync` it before it appears under its name
+  (writeback is started every 8 MiB with `sync_file_range`, so the `fsync`
+  waits for the tail only), then sync the directory and the journal once:
+  that is the remaining gap, and it is the price of the crash-safety and
+  verification guarantees.
 - **CLI hits**: no fetcher is built and no trust root loaded on a hit, and
   a module verified by an earlier process is not hashed again (the file's
   verification mark); what is left is process start-up and opening the
-  cache directory.
+  cache directory (the CLI sets up no directory watch: tearing an inotify
+  instance down holds a process's exit 10-20 ms).
 - **Cold OCI**: a cold pull of a tag is two requests (manifest, blob; an
   index adds one), on our own guarded transport. A raw layer is hashed once
   (the store's hash verifies the layer digest, which is the module's); a
-  tar+gzip layer twice (the compressed layer, then the module) and is also
-  inflated (zlib-rs; the sample modules are incompressible random bytes, the
-  worst case). curl and skopeo neither verify, inflate nor unpack.
+  tar+gzip layer twice (the compressed layer and the module, each on its
+  own thread) and is also inflated (zlib-rs; the layer is compressed at
+  level 6 as docker, buildkit and gzip write it, so its incompressible
+  sample bytes are stored blocks). curl and skopeo neither verify, inflate
+  nor unpack.
 ";
 
 fn document(cfg: &Config, table: &str, failures: &[String]) -> String {
