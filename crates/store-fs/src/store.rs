@@ -823,7 +823,7 @@ impl Inner {
         }
         let (actual, size, header) = match hash_file(&path, digest, trust_mark) {
             Ok(Hashed::Marked(size)) => {
-                self.set_verified(digest, &path, size);
+                self.set_checked(digest, &path, size, true);
                 return Ok(Verdict::Ok);
             }
             Ok(Hashed::Read(actual, size, header)) => (actual, size, header),
@@ -838,18 +838,7 @@ impl Inner {
             Err(e) => return Err(StoreError::io("reading module file", &path, e)),
         };
         let verdict = verdict(digest, &actual, size, &header);
-        let modified = fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .unwrap_or_else(|_| SystemTime::now());
-        let mut index = write(&self.index);
-        let entry = index.entry(*digest).or_insert(Meta {
-            size,
-            modified,
-            verified: false,
-        });
-        entry.size = size;
-        entry.verified = matches!(verdict, Verdict::Ok);
-        drop(index);
+        self.set_checked(digest, &path, size, matches!(verdict, Verdict::Ok));
         if !matches!(verdict, Verdict::Ok) {
             self.hot.invalidate(digest);
         }
@@ -858,8 +847,9 @@ impl Inner {
 }
 
 impl Inner {
-    /// Marks a module verified in the index (its file's mark matched).
-    fn set_verified(&self, digest: &Sha256Digest, path: &Path, size: u64) {
+    /// Records a module's checked size and whether it verified (by its
+    /// file's mark or by a re-hash) in the index.
+    fn set_checked(&self, digest: &Sha256Digest, path: &Path, size: u64, verified: bool) {
         let modified = fs::metadata(path)
             .and_then(|m| m.modified())
             .unwrap_or_else(|_| SystemTime::now());
@@ -867,10 +857,10 @@ impl Inner {
         let entry = index.entry(*digest).or_insert(Meta {
             size,
             modified,
-            verified: true,
+            verified,
         });
         entry.size = size;
-        entry.verified = true;
+        entry.verified = verified;
     }
 }
 
