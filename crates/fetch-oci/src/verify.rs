@@ -88,11 +88,10 @@ impl BlobVerifier {
         match &mut self.hashing {
             Hashing::Off => {}
             Hashing::Inline(ctx) => ctx.update(chunk),
+            // A send fails only if the thread is gone (it panicked):
+            // `finish` reports that.
             Hashing::Thread { to_thread, .. } => {
-                if let Err(std::sync::mpsc::SendError(chunk)) = to_thread.send(chunk.clone()) {
-                    // The thread is gone (it panicked): `finish` reports it.
-                    drop(chunk);
-                }
+                let _ = to_thread.send(chunk.clone());
             }
         }
         Ok(())

@@ -80,6 +80,7 @@ impl StreamHasher {
         if matches!(self.state, State::Inline(_)) && !self.no_thread {
             self.start_thread();
         }
+        let mut buf = buf;
         if let State::Thread {
             to_thread, back, ..
         } = &self.state
@@ -96,19 +97,13 @@ impl StreamHasher {
                         }
                     };
                 }
-                // The thread is gone (it panicked): take its context back,
-                // which fails the same way, then go on inline.
-                Err(std::sync::mpsc::SendError(buf)) => {
-                    self.inline().update(&buf);
-                    let mut buf = buf;
-                    buf.clear();
-                    return buf;
-                }
+                // The thread is gone (it panicked): `inline` takes its
+                // context back, which fails the same way.
+                Err(std::sync::mpsc::SendError(unsent)) => buf = unsent,
             }
         }
-        // No thread could be started.
+        // No thread could be started (or it is gone): hashed here.
         self.inline().update(&buf);
-        let mut buf = buf;
         buf.clear();
         buf
     }
