@@ -580,6 +580,32 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// The requests logged after the first `since` ones, once `done` holds
+    /// for them (or 10 s passed), bounded by a marker as
+    /// [`Registry::sync_requests`] does.
+    ///
+    /// The registry writes a request's log line after its handler returns,
+    /// which can be after the client has read the whole response and after a
+    /// marker sent next has been logged (CI saw a blob GET logged behind the
+    /// marker on a loaded 2-core machine). A test that counts the requests
+    /// of an operation waits here for what it expects to see; a request
+    /// beyond that is still seen if it was logged before the last marker.
+    pub fn requests_since(
+        &self,
+        since: usize,
+        done: impl Fn(&[LoggedRequest]) -> bool,
+    ) -> Vec<LoggedRequest> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut all = self.sync_requests();
+            let new = all.split_off(since.min(all.len()));
+            if done(&new) || Instant::now() >= deadline {
+                return new;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Registry {
