@@ -1,6 +1,8 @@
-//! A pinned hit answered from the directory's lookup hints, without opening
-//! the cache (issue 13: a CLI hit costs the same with 50,000 modules as with
-//! one): what it writes, and that every doubt sends it down the full path.
+//! A hit answered from the directory's lookup hints, without opening the
+//! cache (issue 13: a CLI hit costs the same with 50,000 modules as with
+//! one; issue 19: a CLI hit in 4 ms): what it writes, that an unpinned URL is
+//! answered exactly as the full path's lookup would answer it, and that every
+//! doubt sends it down the full path.
 
 mod common;
 
@@ -193,7 +195,7 @@ fn hints_deleted_or_planted_by_hand_never_serve_a_wrong_module() {
 }
 
 #[test]
-fn the_library_answers_only_pinned_requests_it_has_hints_for() {
+fn the_library_answers_only_requests_it_has_hints_for() {
     let (server, v1, _) = server();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().to_path_buf();
@@ -218,8 +220,31 @@ fn the_library_answers_only_pinned_requests_it_has_hints_for() {
         .expect("a pinned hit");
     assert!(hit.cached);
     assert_eq!(hit.sha256.to_hex(), sum);
-    let unpinned = GetRequest::new(&url).pull_policy(PullPolicy::IfNotPresent);
-    assert!(Cache::hit_in_dir(&dir, &unpinned).unwrap().is_none());
+    // The pinned get recorded the checksum for the URL (resource "" at
+    // version ""): an unpinned request from that resource, or under a policy
+    // that ignores resource versions, takes it as `get` would.
+    for unpinned in [
+        GetRequest::new(&url),
+        GetRequest::new(&url)
+            .resource("r", "7")
+            .pull_policy(PullPolicy::IfNotPresent),
+    ] {
+        let hit = Cache::hit_in_dir(&dir, &unpinned)
+            .unwrap()
+            .expect("an unpinned hit through the URL's record");
+        assert_eq!(hit.sha256.to_hex(), sum);
+    }
+    // Another resource version under a policy that re-pulls for it, or a URL
+    // with no record: not answered here.
+    for not_here in [
+        GetRequest::new(&url).resource("r", "7"),
+        GetRequest::new(&url)
+            .resource("r", "7")
+            .pull_policy(PullPolicy::Always),
+        GetRequest::new(server.url("/never-fetched.wasm")).pull_policy(PullPolicy::IfNotPresent),
+    ] {
+        assert!(Cache::hit_in_dir(&dir, &not_here).unwrap().is_none());
+    }
     let other = GetRequest::new(&url).checksum(sha256_hex(b"other"));
     assert!(Cache::hit_in_dir(&dir, &other).unwrap().is_none());
     let empty = tempfile::tempdir().unwrap();
@@ -228,4 +253,51 @@ fn the_library_answers_only_pinned_requests_it_has_hints_for() {
         !empty.path().join(".keys").exists(),
         "a quick lookup creates nothing"
     );
+}
+
+#[test]
+fn an_unpinned_cli_hit_needs_no_server_and_follows_the_urls_record() {
+    let (server, v1, v2) = server();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let url = server.url("/m.wasm");
+    let (s1, s2) = (sha256_hex(&v1), sha256_hex(&v2));
+    let first = ok_path(&fetch(dir, &[&url, "--resource-version", "1"]));
+    assert_eq!(file_sha256(&first), s1);
+    assert_eq!(server.hits("/m.wasm"), 1);
+
+    // The same resource version again: a hit, one last-use record, no request.
+    let before = journal_lines(dir).len();
+    let out = fetch(dir, &[&url, "--resource-version", "1", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["cached"], true, "{json}");
+    assert_eq!(json["sha256"], s1);
+    assert_eq!(server.hits("/m.wasm"), 1);
+    let lines = journal_lines(dir);
+    assert_eq!(lines.len(), before + 1, "{lines:?}");
+    assert!(lines.last().unwrap().contains("\"op\":\"touch\""));
+
+    // The URL now serves v2. A new resource version re-pulls (http keeps the
+    // reference's "always" semantics) and the URL's record says v2 ...
+    server.route("/m.wasm", Route::bytes(v2.clone()));
+    let second = ok_path(&fetch(dir, &[&url, "--resource-version", "2"]));
+    assert_eq!(file_sha256(&second), s2);
+    assert_eq!(server.hits("/m.wasm"), 1, "one request since the new route");
+    // ... which the next hits follow, with the server gone: the same resource
+    // version, and any under if-not-present.
+    drop(server);
+    for args in [
+        &["--resource-version", "2"][..],
+        &["--resource-version", "3", "--policy", "if-not-present"][..],
+    ] {
+        let mut all = vec![url.as_str(), "--timeout", "2s"];
+        all.extend_from_slice(args);
+        let got = ok_path(&fetch(dir, &all));
+        assert_eq!(got, second, "{args:?}");
+    }
+    // A resource version the record has not seen, under a policy that
+    // re-pulls for it: the full path, which needs the (gone) server.
+    let out = fetch(dir, &[&url, "--resource-version", "4", "--timeout", "2s"]);
+    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
 }

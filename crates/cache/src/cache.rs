@@ -173,16 +173,26 @@ impl Cache {
     /// `wasm-cache fetch` command serves a hit from, in a few milliseconds
     /// whatever the number of cached modules.
     ///
-    /// Only a request pinned to a checksum (or an OCI URL pinned with `@`)
-    /// and carrying no trust policy is answered; the entry is found through
-    /// the directory's lookup hints, its file checked against its digest
-    /// (its verification mark, or hashing it), and the hit recorded in the
-    /// journal as [`get`](Self::get) records it: its last use, and the URL's
-    /// checksum record if that changed. `Ok(None)` means "not answered here":
-    /// open a cache and [`get`](Self::get) it (a miss, an unpinned URL, a
-    /// request under a trust policy, a directory without hints). A trust
-    /// policy set on a builder is unknown here: do not use this for a cache
-    /// whose builder sets one.
+    /// A request carrying no trust policy is answered when its checksum is
+    /// pinned (by the request, or an OCI URL pinned with `@`) or is the one
+    /// the URL's checksum record gives under the request's pull policy and
+    /// resource version, exactly as [`get`](Self::get) would take it; the
+    /// entry is found through the directory's lookup hints, its file checked
+    /// against its digest (its verification mark, or hashing it), and the
+    /// hit recorded in the journal as [`get`](Self::get) records it: its last
+    /// use, and for a pinned request the URL's checksum record if that
+    /// changed. `Ok(None)` means "not answered here": open a cache and
+    /// [`get`](Self::get) it (a miss, a URL with no record or whose record
+    /// the policy says to re-pull for, a request under a trust policy, a
+    /// directory without hints). A trust policy set on a builder is unknown
+    /// here: do not use this for a cache whose builder sets one.
+    ///
+    /// The hints follow the journal: a URL's hint is removed before a change
+    /// of its record is journaled and rewritten after, so a process that
+    /// stops in between leaves none. They are not `fsync`ed: after a power
+    /// loss, a URL's hint may again name the checksum its record had before
+    /// the last re-pull (a module that was verified and cached for that URL)
+    /// until the URL's record next changes.
     ///
     /// # Errors
     /// [`Error::Store`] if the module file exists but cannot be read.
@@ -506,6 +516,7 @@ impl Inner {
         if events.is_empty() {
             return;
         }
+        self.hints_before(events);
         let appended = self
             .journal
             .lock_shared(Instant::now() + METADATA_WAIT)
@@ -515,6 +526,15 @@ impl Inner {
             // The module is served from memory all the same; a restart would
             // treat its file as an orphan, or find its file gone.
             Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
+        }
+    }
+
+    /// Clears the lookup hints that records about to be journaled change
+    /// ([`Hints::before`]); [`Inner::hints_after`] writes them once the
+    /// records are in.
+    fn hints_before(&self, events: &[IndexEvent]) {
+        if let Some(h) = &self.hints {
+            h.before(events);
         }
     }
 

@@ -290,6 +290,15 @@ impl From<wasm_cache_core::Error> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose, cli.quiet);
+    // A hit the directory's hints answer needs no runtime, no fetcher and no
+    // journal replay: tried before any of them is set up.
+    if let Command::Fetch(args) = &cli.command {
+        match quick_fetch(&cli, args) {
+            Ok(Some(code)) => return code,
+            Ok(None) => {}
+            Err(f) => return fail(&f),
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -335,6 +344,15 @@ fn hint(msg: &str) -> Option<&'static str> {
     (plain_http && !msg.contains("--insecure-registry")).then_some(
         "the server answered in plain HTTP: if it is a trusted registry, list it with --insecure-registry HOST[:PORT]; for an https:// module URL, use http://",
     )
+}
+
+/// The cache directory (`--dir`, else the default), created, absolute.
+fn cache_dir(cli: &Cli) -> Result<PathBuf, Failure> {
+    let dir = match &cli.dir {
+        Some(d) => d.clone(),
+        None => default_dir()?,
+    };
+    absolute(&dir)
 }
 
 fn default_dir() -> Result<PathBuf, Failure> {
@@ -408,11 +426,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         _ => {}
     }
-    let dir = match &cli.dir {
-        Some(d) => d.clone(),
-        None => default_dir()?,
-    };
-    let dir = absolute(&dir)?;
+    let dir = cache_dir(&cli)?;
     let progress = !cli.quiet && std::io::stderr().is_terminal();
     match cli.command {
         Command::Fetch(args) => fetch(&dir, args, progress).await,
@@ -437,6 +451,32 @@ async fn open_for(
     net: &NetArgs,
     progress: bool,
 ) -> Result<(Cache, GetRequest), Failure> {
+    let (fetchers, secret) = network_setup(net, progress)?;
+    let mut cache = builder(dir).max_module_size(net.max_size);
+    for (scheme, fetcher) in fetchers {
+        cache = cache.fetcher(scheme, fetcher);
+    }
+    let cache = cache.build().await?;
+    let mut req = GetRequest::new(net.url.clone()).timeout(net.timeout);
+    if let Some(s) = secret {
+        req = req.pull_secret(s);
+    }
+    Ok((cache, req))
+}
+
+/// The fetcher the URL's scheme needs (built on first use) and the pull
+/// secret, with every network option checked: a bad option is a usage error
+/// whether the module turns out to be cached or not.
+fn network_setup(
+    net: &NetArgs,
+    progress: bool,
+) -> Result<
+    (
+        Vec<(Scheme, Arc<dyn wasm_cache::Fetcher>)>,
+        Option<PullSecret>,
+    ),
+    Failure,
+> {
     let secret = match &net.pull_secret {
         Some(p) => Some(PullSecret::new(std::fs::read(p).map_err(|e| {
             Failure::new(USAGE, format!("reading pull secret {}: {e}", p.display()))
@@ -459,7 +499,7 @@ async fn open_for(
         .ca_file
         .clone()
         .or_else(|| file.and_then(|(_, c)| c.ca_file.clone()));
-    let mut cache = builder(dir).max_module_size(net.max_size);
+    let mut fetchers: Vec<(Scheme, Arc<dyn wasm_cache::Fetcher>)> = Vec::new();
     // A URL that does not parse gets no fetcher, and the cache reports the
     // reference's error for it.
     match wasm_cache::ModuleUrl::parse(&net.url).map(|u| u.scheme()) {
@@ -476,9 +516,8 @@ async fn open_for(
             });
             let http: Arc<dyn wasm_cache::Fetcher> =
                 Arc::new(progress::Progress::new(lazy, progress));
-            cache = cache
-                .fetcher(Scheme::Http, Arc::clone(&http))
-                .fetcher(Scheme::Https, http);
+            fetchers.push((Scheme::Http, Arc::clone(&http)));
+            fetchers.push((Scheme::Https, http));
         }
         Ok(Scheme::Oci) => {
             let mut oci = OciFetcher::builder().insecure_hosts(insecure);
@@ -494,21 +533,16 @@ async fn open_for(
             let lazy = LazyFetcher::new("oci", move || {
                 Ok(Arc::new(oci.clone().build()?) as Arc<dyn wasm_cache::Fetcher>)
             });
-            cache = cache.fetcher(
+            fetchers.push((
                 Scheme::Oci,
                 Arc::new(progress::Progress::new(lazy, progress)),
-            );
+            ));
         }
         Err(e) => return Err(e.into()),
         // Other schemes have no fetcher here: the cache reports the reference's error.
         Ok(_) => {}
     }
-    let cache = cache.build().await?;
-    let mut req = GetRequest::new(net.url.clone()).timeout(net.timeout);
-    if let Some(s) = secret {
-        req = req.pull_secret(s);
-    }
-    Ok((cache, req))
+    Ok((fetchers, secret))
 }
 
 /// The info-level line every download leaves (stderr, shown by default).
@@ -544,9 +578,10 @@ fn trust_policy(
     Ok(Some(policy.require_reference(require_reference)))
 }
 
-async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, Failure> {
-    let to_stdout = args.output.as_deref() == Some(Path::new("-"));
-    if to_stdout && args.json {
+/// The request `fetch` makes (without the pull secret, read only when the
+/// cache is opened).
+fn fetch_request(args: &FetchArgs) -> Result<GetRequest, Failure> {
+    if args.output.as_deref() == Some(Path::new("-")) && args.json {
         return Err(Failure::new(
             USAGE,
             "--json and -o - both want stdout; pick one",
@@ -555,46 +590,67 @@ async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, 
     let trust = trust_policy(&args.verify_keys, args.require_reference)?;
     let mut req = GetRequest::new(args.net.url.clone())
         .timeout(args.net.timeout)
-        .resource(args.resource_name, args.resource_version)
+        .resource(args.resource_name.clone(), args.resource_version.clone())
         .pull_policy(args.policy.into());
-    if let Some(sum) = args.sha256 {
-        req = req.checksum(sum);
+    if let Some(sum) = &args.sha256 {
+        req = req.checksum(sum.clone());
     }
     if let Some(policy) = trust {
         req = req.verify_with(policy);
     }
-    if let Some(url) = args.signature_url {
-        req = req.signature_url(url);
+    if let Some(url) = &args.signature_url {
+        req = req.signature_url(url.clone());
     }
+    Ok(req)
+}
+
+/// `fetch` answered from the directory's lookup hints (`Cache::hit_in_dir`:
+/// no runtime, no journal replay, no fetcher, no trust roots), or `None`
+/// for the full path.
+fn quick_fetch(cli: &Cli, args: &FetchArgs) -> Result<Option<ExitCode>, Failure> {
+    let req = fetch_request(args)?;
+    // Checked (nothing is built or connected): a bad option fails a hit too.
+    network_setup(&args.net, false)?;
+    let dir = cache_dir(cli)?;
     let started = Instant::now();
-    // A pinned hit is answered from the directory's hints, without opening
-    // the cache (no journal replay, no fetcher, no trust roots).
-    let quick = Cache::hit_in_dir(dir, &req)?;
-    let outcome = match quick {
-        Some(outcome) => outcome,
-        None => {
-            let (cache, common) = open_for(dir, &args.net, progress).await?;
-            if let Some(secret) = common.pull_secret {
-                req = req.pull_secret(secret);
-            }
-            let result = cache.get_detailed(&req).await;
-            // Persist records and last use whatever happened; a failure to do so
-            // does not fail a fetch that succeeded (the module is in place).
-            let closed = cache.shutdown().await;
-            let outcome = result?;
-            if let Err(e) = closed {
-                tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
-            }
-            outcome
-        }
-    };
-    let took = started.elapsed();
+    match Cache::hit_in_dir(&dir, &req)? {
+        Some(outcome) => finish_fetch(args, &req, &outcome, started.elapsed()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `fetch` through an opened cache (after [`quick_fetch`] found no hit).
+async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, Failure> {
+    let mut req = fetch_request(&args)?;
+    let started = Instant::now();
+    let (cache, common) = open_for(dir, &args.net, progress).await?;
+    if let Some(secret) = common.pull_secret {
+        req = req.pull_secret(secret);
+    }
+    let result = cache.get_detailed(&req).await;
+    // Persist records and last use whatever happened; a failure to do so
+    // does not fail a fetch that succeeded (the module is in place).
+    let closed = cache.shutdown().await;
+    let outcome = result?;
+    if let Err(e) = closed {
+        tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
+    }
+    finish_fetch(&args, &req, &outcome, started.elapsed())
+}
+
+/// What `fetch` prints (and copies) once it has the module.
+fn finish_fetch(
+    args: &FetchArgs,
+    req: &GetRequest,
+    outcome: &wasm_cache::Outcome,
+    took: Duration,
+) -> Result<ExitCode, Failure> {
     if outcome.cached {
         debug!(target: TARGET, "{} found in the cache", redact_url(&req.url));
     } else {
         summary(&req.url, outcome.size, took, &outcome.sha256);
     }
-    if to_stdout {
+    if args.output.as_deref() == Some(Path::new("-")) {
         outfile::to_stdout(&outcome.path).map_err(|e| Failure::new(FAILED, e))?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -84,6 +84,21 @@ impl Hints {
         }
     }
 
+    /// Removes the URL hints of the checksum records `events` change, before
+    /// they are appended: a process that stops between the append and
+    /// [`Hints::after`] leaves no hint for the URL (the full path then
+    /// answers), never one naming the checksum the URL had before. Best
+    /// effort.
+    pub(super) fn before(&self, events: &[IndexEvent]) {
+        for event in events {
+            if let IndexEvent::Record { url, .. } = event
+                && let Err(e) = self.urls.remove(&url_hint(url))
+            {
+                debug!(error = %e, "removing a lookup hint failed");
+            }
+        }
+    }
+
     /// Brings the hints up to date with journal records just appended (and
     /// applied to `index`). Best effort.
     pub(super) fn after(&self, index: &Index, events: &[IndexEvent]) {
@@ -109,9 +124,14 @@ impl Hints {
         url: &str,
         rec: Option<&ChecksumRecord>,
     ) -> Result<(), wasm_store_fs::StoreError> {
+        let name = url_hint(url);
         match rec.and_then(url_hint_body) {
-            Some(json) => self.urls.put(&url_hint(url), &json),
-            None => self.urls.remove(&url_hint(url)),
+            // A hint that could not be rewritten (a full disk) must not keep
+            // saying what the record said before: removing needs no space.
+            Some(json) => self.urls.put(&name, &json).inspect_err(|_| {
+                let _ = self.urls.remove(&name);
+            }),
+            None => self.urls.remove(&name),
         }
     }
 
@@ -173,22 +193,25 @@ pub(crate) fn hit_in_dir(
     req: &GetRequest,
     now: Timestamp,
 ) -> Result<Option<Outcome>, Error> {
-    // Only what needs no index: a pinned checksum (or digest), no trust
-    // policy on the request.
+    // Only what needs no index and no fetcher: no trust policy on the
+    // request, and a checksum that is pinned (by the request or a digest in
+    // the URL) or that the URL's checksum record gives as the full path's
+    // lookup would (`Index::lookup`: the record's resource version matches,
+    // or the pull policy ignores it).
     if req.trust.is_some() {
         return Ok(None);
     }
     let Ok(url) = ModuleUrl::parse(&req.url) else {
         return Ok(None); // The full path reports the error.
     };
-    let checksum = match req.checksum.as_deref().map(Sha256Digest::parse) {
-        Some(Ok(c)) => c,
+    let pinned = match req.checksum.as_deref().map(Sha256Digest::parse) {
+        Some(Ok(c)) => Some(c),
         Some(Err(_)) => return Ok(None),
-        None => match url.pinned_digest() {
-            Some(c) => c,
-            None => return Ok(None),
-        },
+        None => url.pinned_digest(),
     };
+    if pinned.is_none() && !url.records_checksum() {
+        return Ok(None); // A digest of another algorithm: always fetched.
+    }
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     // Nothing is created here: a directory without hints is a miss.
     if !dir.join(KEYS).is_dir() || !dir.join(URLS).is_dir() {
@@ -196,6 +219,25 @@ pub(crate) fn hit_in_dir(
     }
     let Some(hints) = Hints::open(&dir) else {
         return Ok(None);
+    };
+    let rec: Option<ChecksumRecord> = if url.records_checksum() {
+        hints
+            .urls
+            .get(&url_hint(url.as_str()))
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    } else {
+        None
+    };
+    let same_version = |r: &ChecksumRecord| {
+        r.resource_versions.get(&req.resource_name) == Some(&req.resource_version)
+    };
+    let checksum = match (pinned, &rec) {
+        (Some(c), _) => c,
+        (None, Some(r)) if same_version(r) || req.pull_policy.ignores_resource_version(&url) => {
+            r.checksum
+        }
+        // No record, or one the policy says to re-pull for.
+        (None, _) => return Ok(None),
     };
     let key = ModuleKey::new(url.module_name(), checksum);
     let Some(content) = hints
@@ -218,15 +260,13 @@ pub(crate) fn hit_in_dir(
     };
     let mut events = Vec::with_capacity(2);
     let mut new_record = None;
-    if url.records_checksum() {
-        let rec: Option<ChecksumRecord> = hints
-            .urls
-            .get(&url_hint(url.as_str()))
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let same = rec.as_ref().is_some_and(|r| {
-            r.checksum == checksum
-                && r.resource_versions.get(&req.resource_name) == Some(&req.resource_version)
-        });
+    // A pinned hit records its checksum and resource version for the URL as
+    // the full path does (`Index::record_hit`); an unpinned one took them
+    // from the record and, like the full path, journals no change.
+    if pinned.is_some() && url.records_checksum() {
+        let same = rec
+            .as_ref()
+            .is_some_and(|r| r.checksum == checksum && same_version(r));
         if !same {
             let mut r = rec.unwrap_or_default();
             r.checksum = checksum;
@@ -246,6 +286,7 @@ pub(crate) fn hit_in_dir(
         at: now,
     });
     // Best effort, like every last-use record: the module is served anyway.
+    hints.before(&events);
     let appended = Journal::<IndexEvent>::open(dir.join(JOURNAL_FILE)).and_then(|j| {
         j.lock_shared(Instant::now() + QUICK_WAIT)
             .and_then(|shared| shared.append(&events, new_record.is_some()))

@@ -145,11 +145,14 @@ impl Inner {
         }
         self.meters.entries(self.index.len());
         match &exclusive {
-            Some(x) if !events.is_empty() => match x.append(&events, true) {
-                Ok(()) => self.hints_after(&events),
-                // The files are gone: the next start drops their entries.
-                Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
-            },
+            Some(x) if !events.is_empty() => {
+                self.hints_before(&events);
+                match x.append(&events, true) {
+                    Ok(()) => self.hints_after(&events),
+                    // The files are gone: the next start drops their entries.
+                    Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
+                }
+            }
             Some(_) => {}
             None => self.journal_append_all(&events),
         }
