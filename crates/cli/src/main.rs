@@ -464,19 +464,16 @@ async fn open_for(
     Ok((cache, req))
 }
 
+/// The fetchers a URL's scheme needs, each for the scheme it serves.
+type SchemeFetchers = Vec<(Scheme, Arc<dyn wasm_cache::Fetcher>)>;
+
 /// The fetcher the URL's scheme needs (built on first use) and the pull
 /// secret, with every network option checked: a bad option is a usage error
 /// whether the module turns out to be cached or not.
 fn network_setup(
     net: &NetArgs,
     progress: bool,
-) -> Result<
-    (
-        Vec<(Scheme, Arc<dyn wasm_cache::Fetcher>)>,
-        Option<PullSecret>,
-    ),
-    Failure,
-> {
+) -> Result<(SchemeFetchers, Option<PullSecret>), Failure> {
     let secret = match &net.pull_secret {
         Some(p) => Some(PullSecret::new(std::fs::read(p).map_err(|e| {
             Failure::new(USAGE, format!("reading pull secret {}: {e}", p.display()))
@@ -499,7 +496,7 @@ fn network_setup(
         .ca_file
         .clone()
         .or_else(|| file.and_then(|(_, c)| c.ca_file.clone()));
-    let mut fetchers: Vec<(Scheme, Arc<dyn wasm_cache::Fetcher>)> = Vec::new();
+    let mut fetchers = SchemeFetchers::new();
     // A URL that does not parse gets no fetcher, and the cache reports the
     // reference's error for it.
     match wasm_cache::ModuleUrl::parse(&net.url).map(|u| u.scheme()) {
