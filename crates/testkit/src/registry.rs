@@ -553,30 +553,48 @@ impl Registry {
             .collect()
     }
 
-    /// Sends a marker request and waits (up to 10 s) until it appears in the
-    /// access log, then returns every logged request before the marker.
+    /// Every request the registry has logged (markers left out), once the
+    /// log is settled: a marker request sent now has been logged, and no
+    /// line has been added for [`LOG_SETTLE`] after it.
+    ///
+    /// The registry writes a request's log line after its handler returns,
+    /// which can be after the client has read the whole response, and after
+    /// a marker sent next has been logged (CI saw a blob GET logged behind
+    /// the marker on a loaded 2-core machine). Waiting for the marker bounds
+    /// the log; waiting until it stops growing lets such a late line in.
+    /// Callers run one operation at a time, so every line is theirs.
     ///
     /// # Panics
-    /// If the marker never shows up.
+    /// If the marker never shows up (10 s).
     pub fn sync_requests(&self) -> Vec<LoggedRequest> {
         let n = self.markers.fetch_add(1, Ordering::SeqCst);
-        let marker = format!("/v2/wasm-cache-testkit-marker/tags/list?n={n}");
+        let marker = format!("{MARKER_PREFIX}tags/list?n={n}");
         let deadline = Instant::now() + Duration::from_secs(10);
         let _ = self.get_status(&marker);
+        let mut seen: Option<(usize, Instant)> = None;
         loop {
             let all = self.requests();
-            if let Some(pos) = all.iter().position(|r| r.path == marker) {
-                return all
-                    .into_iter()
-                    .take(pos)
-                    .filter(|r| !r.path.starts_with("/v2/wasm-cache-testkit-marker/"))
-                    .collect();
+            let now = Instant::now();
+            if all.iter().any(|r| r.path == marker) {
+                match seen {
+                    Some((count, since))
+                        if count == all.len() && (now >= since + LOG_SETTLE || now >= deadline) =>
+                    {
+                        return all
+                            .into_iter()
+                            .filter(|r| !r.path.starts_with(MARKER_PREFIX))
+                            .collect();
+                    }
+                    Some((count, _)) if count == all.len() => {}
+                    _ => seen = Some((all.len(), now)),
+                }
+            } else {
+                assert!(
+                    now < deadline,
+                    "the marker request never reached the registry's access log:\n{}",
+                    self.log_text()
+                );
             }
-            assert!(
-                Instant::now() < deadline,
-                "the marker request never reached the registry's access log:\n{}",
-                self.log_text()
-            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -607,6 +625,14 @@ impl Registry {
         }
     }
 }
+
+/// Path prefix of the requests [`Registry::sync_requests`] sends to mark
+/// the access log; never a repository a test pushes.
+const MARKER_PREFIX: &str = "/v2/wasm-cache-testkit-marker/";
+
+/// How long the access log must stay unchanged after the marker before
+/// [`Registry::sync_requests`] takes it as complete.
+const LOG_SETTLE: Duration = Duration::from_millis(50);
 
 impl Drop for Registry {
     fn drop(&mut self) {
