@@ -555,7 +555,7 @@ impl Registry {
 
     /// Every request the registry has logged (markers left out), once the
     /// log is settled: a marker request sent now has been logged, and no
-    /// line has been added for [`LOG_SETTLE`] after it.
+    /// line has been added for 50 ms after it.
     ///
     /// The registry writes a request's log line after its handler returns,
     /// which can be after the client has read the whole response, and after
