@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{RES, assert_module_at, builder, clock, req};
-use wasm_cache::Sha256Digest;
+use wasm_cache::{GetRequest, Sha256Digest};
 use wasm_cache_testkit::http::{Route, ServerOptions, TestServer};
 use wasm_cache_testkit::modules::{sample_module, sha256_hex};
 
@@ -107,6 +107,21 @@ async fn a_hot_record_never_answers_what_changed() {
     }
     assert_eq!(server.hits("/m.wasm"), 2);
 
+    // Another resource asking for the same URL (its first request pulls:
+    // no version recorded for it); then both alternate, each a hit.
+    let other = |v: &str| {
+        GetRequest::new(url.clone())
+            .resource("ns/other", v)
+            .timeout(Duration::from_secs(20))
+    };
+    assert_eq!(cache.get(&other("7")).await.unwrap(), path_b);
+    assert_eq!(server.hits("/m.wasm"), 3);
+    for _ in 0..5 {
+        assert_eq!(cache.get(&req(&url, "1")).await.unwrap(), path_b);
+        assert_eq!(cache.get(&other("7")).await.unwrap(), path_b);
+    }
+    assert_eq!(server.hits("/m.wasm"), 3);
+
     // Pinned requests: each checksum gets its own answer.
     let sum_a = sha256_hex(&a);
     let sum_b = sha256_hex(&b);
@@ -122,7 +137,7 @@ async fn a_hot_record_never_answers_what_changed() {
             .unwrap();
         assert_module_at(&p, &b);
     }
-    assert_eq!(server.hits("/m.wasm"), 2);
+    assert_eq!(server.hits("/m.wasm"), 3);
     // A pinned hit recorded its checksum for the URL like a download.
     let rec = cache.checksum_record(&url).unwrap();
     assert_eq!(rec.checksum, Sha256Digest::parse(&sum_b).unwrap());

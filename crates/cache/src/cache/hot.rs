@@ -4,7 +4,8 @@
 //! text): its parsed form and, once a request for it has hit, a [`HotHit`]
 //! holding that hit's answer (entry key, content digest, file and size) and
 //! what it was answered for (resource name and version, pinned checksum as
-//! given). The next request with the same URL, resource and checksum, and no
+//! given; a few of them per URL, so resources sharing a module URL do not
+//! evict each other's). The next request with the same URL, resource and checksum, and no
 //! trust policy, is answered from the record: no URL parse, no checksum
 //! parse, no index lookup (module name, checksum record, entry), no hot-set
 //! lookup, no shared write.
@@ -28,7 +29,7 @@
 //! So a module file deleted or replaced behind the cache's back stops being
 //! served from a hot record exactly when the store stops serving it.
 //!
-//! **Last use.** A hot hit does not touch the index. It raises the record's
+//! **Last use.** A hot hit does not touch the index. It raises its hit's
 //! `last_use` (an atomic in the record, written only when the clock's
 //! millisecond has moved on since the record's last hit), and the cache folds
 //! the records' last uses into the index and the pending journal batch
@@ -52,16 +53,18 @@ use wasm_store_fs::Servable;
 use super::Inner;
 use crate::{GetRequest, Outcome};
 
-/// What the cache keeps per URL text: the parsed URL and the last hit.
+/// How many hits (by resource name and version, and pinned checksum) a URL
+/// record remembers: several resources asking for one module URL each keep
+/// theirs instead of replacing each other's.
+const VARIANTS: usize = 4;
+
+/// What the cache keeps per URL text: the parsed URL and its last hits.
 pub(super) struct UrlRecord {
     /// The URL, parsed once.
     pub(super) url: Arc<ModuleUrl>,
-    /// The last hit's answer (`None` until a hit without trust policy).
-    hot: Option<HotHit>,
-    /// Milliseconds of the latest hot hit (0: none since the record was made).
-    last_use: AtomicU64,
-    /// The latest `last_use` folded into the index.
-    folded: AtomicU64,
+    /// The last hits' answers, newest first (empty until a hit without
+    /// trust policy), at most [`VARIANTS`].
+    hot: Box<[HotHit]>,
     /// Replaced or dropped from the map: its hits take the full path.
     retired: AtomicBool,
 }
@@ -76,6 +79,34 @@ struct HotHit {
     content: Sha256Digest,
     file: Servable,
     stamp: Stamp,
+    /// Milliseconds of the latest hot hit (0: none since the record was made).
+    last_use: AtomicU64,
+    /// The latest `last_use` folded into the index.
+    folded: AtomicU64,
+}
+
+impl HotHit {
+    /// The same answer, with no hot hit of its own yet (for a new record;
+    /// the old one's are folded when it is retired).
+    fn carried(&self) -> Self {
+        Self {
+            resource_name: self.resource_name.clone(),
+            resource_version: self.resource_version.clone(),
+            checksum: self.checksum.clone(),
+            key: self.key.clone(),
+            content: self.content,
+            file: self.file.clone(),
+            stamp: self.stamp,
+            last_use: AtomicU64::new(0),
+            folded: AtomicU64::new(0),
+        }
+    }
+
+    fn answers(&self, req: &GetRequest) -> bool {
+        *self.resource_name == *req.resource_name
+            && *self.resource_version == *req.resource_version
+            && self.checksum.as_deref() == request_checksum(req)
+    }
 }
 
 /// The state a hot answer was found in (see the module docs).
@@ -91,9 +122,7 @@ impl UrlRecord {
     pub(super) fn parsed(url: Arc<ModuleUrl>) -> Self {
         Self {
             url,
-            hot: None,
-            last_use: AtomicU64::new(0),
-            folded: AtomicU64::new(0),
+            hot: Box::default(),
             retired: AtomicBool::new(false),
         }
     }
@@ -123,13 +152,8 @@ impl Inner {
     /// (the caller checks).
     pub(super) fn hot_hit(self: &Arc<Self>, req: &GetRequest) -> Option<Outcome> {
         let rec = self.urls.get(req.url.as_str())?;
-        let hot = rec.hot.as_ref()?;
-        if *hot.resource_name != *req.resource_name
-            || *hot.resource_version != *req.resource_version
-            || hot.checksum.as_deref() != request_checksum(req)
-            || self.stamp() != hot.stamp
-            || rec.retired.load(Ordering::SeqCst)
-        {
+        let hot = rec.hot.iter().find(|h| h.answers(req))?;
+        if self.stamp() != hot.stamp || rec.retired.load(Ordering::SeqCst) {
             return None;
         }
         let (path, size) = match hot.stamp.watch {
@@ -142,14 +166,14 @@ impl Inner {
             }
         };
         let now = self.now().as_millis();
-        if rec.last_use.load(Ordering::SeqCst) < now {
-            let before = rec.last_use.fetch_max(now, Ordering::SeqCst);
+        if hot.last_use.load(Ordering::SeqCst) < now {
+            let before = hot.last_use.fetch_max(now, Ordering::SeqCst);
             // After the write (see the module docs): a purge or a retirement
             // that started meanwhile either sees this use or is seen here.
             if self.stamp() != hot.stamp || rec.retired.load(Ordering::SeqCst) {
                 return None;
             }
-            if before <= rec.folded.load(Ordering::Relaxed) {
+            if before <= hot.folded.load(Ordering::Relaxed) {
                 // Newly pending for the journal.
                 self.count_touch();
             }
@@ -164,8 +188,9 @@ impl Inner {
     }
 
     /// Remembers a hit of `req` (found under `stamp`, read before its
-    /// lookup) for [`hot_hit`](Self::hot_hit). The previous record of the URL
-    /// is retired.
+    /// lookup) for [`hot_hit`](Self::hot_hit), beside the URL's other
+    /// current hits (up to [`VARIANTS`]). The previous record of the URL is
+    /// retired.
     pub(super) fn remember_hit(
         &self,
         req: &GetRequest,
@@ -182,20 +207,30 @@ impl Inner {
         let Some(mut slot) = self.urls.get_mut(req.url.as_str()) else {
             return;
         };
-        let record = UrlRecord {
-            url: Arc::clone(&slot.url),
-            hot: Some(HotHit {
-                resource_name: req.resource_name.as_str().into(),
-                resource_version: req.resource_version.as_str().into(),
-                checksum: request_checksum(req).map(Into::into),
-                key: key.clone(),
-                content,
-                file: file.clone(),
-                stamp,
-            }),
+        let hit = HotHit {
+            resource_name: req.resource_name.as_str().into(),
+            resource_version: req.resource_version.as_str().into(),
+            checksum: request_checksum(req).map(Into::into),
+            key: key.clone(),
+            content,
+            file: file.clone(),
+            stamp,
             // The full path touched the index and queued this use.
             last_use: AtomicU64::new(now.as_millis()),
             folded: AtomicU64::new(now.as_millis()),
+        };
+        let hot: Box<[HotHit]> = std::iter::once(hit)
+            .chain(
+                slot.hot
+                    .iter()
+                    .filter(|h| h.stamp == stamp && !h.answers(req))
+                    .map(HotHit::carried),
+            )
+            .take(VARIANTS)
+            .collect();
+        let record = UrlRecord {
+            url: Arc::clone(&slot.url),
+            hot,
             retired: AtomicBool::new(false),
         };
         let old = std::mem::replace(slot.value_mut(), Arc::new(record));
@@ -238,17 +273,16 @@ impl Inner {
     }
 
     fn fold(&self, rec: &UrlRecord) {
-        let Some(hot) = &rec.hot else {
-            return;
-        };
-        let at = rec.last_use.load(Ordering::SeqCst);
-        if at <= rec.folded.load(Ordering::SeqCst) {
-            return;
+        for hot in &rec.hot {
+            let at = hot.last_use.load(Ordering::SeqCst);
+            if at <= hot.folded.load(Ordering::SeqCst) {
+                continue;
+            }
+            let at_ts = Timestamp::from_millis(at);
+            if self.index.touch(&hot.key, at_ts).is_some() {
+                self.pending_touch(&hot.key, at_ts);
+            }
+            hot.folded.fetch_max(at, Ordering::SeqCst);
         }
-        let at_ts = Timestamp::from_millis(at);
-        if self.index.touch(&hot.key, at_ts).is_some() {
-            self.pending_touch(&hot.key, at_ts);
-        }
-        rec.folded.fetch_max(at, Ordering::SeqCst);
     }
 }
