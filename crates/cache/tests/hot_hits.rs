@@ -176,3 +176,38 @@ async fn a_purged_module_is_not_answered_from_its_hot_record() {
     assert_eq!(server.hits("/m.wasm"), 2);
     cache.shutdown().await.unwrap();
 }
+
+/// The index alone changes (a pinned hit moves the URL's checksum record;
+/// no file is written, so the directory watch sees nothing): a hot record
+/// made under the old record is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_record_is_not_used_once_the_urls_record_moved() {
+    let server = TestServer::start(ServerOptions::plain());
+    let a = sample_module(5_000, 5);
+    let b = sample_module(5_000, 6);
+    server.route("/m.wasm", Route::bytes(a.clone()));
+    let url = server.url("/m.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let cache = builder(dir.path(), &clock).build().await.unwrap();
+    let path_a = cache.get(&req(&url, "1")).await.unwrap();
+    server.route("/m.wasm", Route::bytes(b.clone()));
+    let path_b = cache.get(&req(&url, "2")).await.unwrap();
+    assert_module_at(&path_b, &b);
+    // Version 3 pins a: the record says a for version 3; then version 3
+    // unpinned hits a, from its hot record after the first time.
+    let pinned_a = req(&url, "3").checksum(sha256_hex(&a));
+    assert_eq!(cache.get(&pinned_a).await.unwrap(), path_a);
+    for _ in 0..20 {
+        assert_eq!(cache.get(&req(&url, "3")).await.unwrap(), path_a);
+    }
+    // Version 4 pins b: the record now says b for version 4 only, so an
+    // unpinned request of version 3 pulls again (http without a pull
+    // policy: a version the record does not hold pulls) and gets b.
+    let pinned_b = req(&url, "4").checksum(sha256_hex(&b));
+    assert_eq!(cache.get(&pinned_b).await.unwrap(), path_b);
+    assert_eq!(server.hits("/m.wasm"), 1);
+    assert_eq!(cache.get(&req(&url, "3")).await.unwrap(), path_b);
+    assert_eq!(server.hits("/m.wasm"), 2, "pulled again");
+    cache.shutdown().await.unwrap();
+}
