@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ mod fetch;
 mod flight;
 mod hints;
 mod hit;
+mod hot;
 mod purge;
 mod recover;
 mod trust;
@@ -36,6 +37,7 @@ mod trust;
 use self::flight::{Flight, FlightKey, flight_key};
 use self::hints::Hints;
 use self::hit::Hit;
+use self::hot::UrlRecord;
 pub use self::purge::PurgeReport;
 use self::purge::purge_loop;
 use self::recover::recover;
@@ -126,15 +128,20 @@ struct Inner {
     touches: DashMap<ModuleKey, Timestamp, FastHash>,
     /// Updates added to `touches` since the last batch was taken.
     touches_pending: AtomicUsize,
-    /// When the last batch of `touches` was taken.
-    touches_flushed: Mutex<Instant>,
+    /// When the last batch of `touches` was taken ([`Inner::uptime_millis`]).
+    touches_flushed: AtomicU64,
+    /// When this cache was opened: the origin of `touches_flushed`.
+    opened: Instant,
     fetchers: HashMap<Scheme, Arc<dyn Fetcher>>,
     clock: Arc<dyn Clock>,
     opts: Options,
     flights: DashMap<FlightKey, Flight>,
-    /// Parsed URLs by their text: a config push asks for the same few URLs
-    /// over and over, and parsing was a third of a hit's CPU time.
-    parsed: DashMap<String, Arc<ModuleUrl>, FastHash>,
+    /// Per URL text: the parsed URL (a config push asks for the same few
+    /// URLs over and over, and parsing was a third of a hit's CPU time) and
+    /// its last hit, which answers the next one (see `hot`).
+    urls: DashMap<String, Arc<UrlRecord>, FastHash>,
+    /// Bumped to invalidate every hot record (see `hot`).
+    hot_gen: AtomicU64,
     meters: Meters,
     /// Which keys verified which digest (the manifest digest for OCI, the
     /// module's sha256 otherwise), so a hit under a policy needs no round trip.
@@ -228,12 +235,14 @@ impl Cache {
             sync: Mutex::new(()),
             touches: DashMap::default(),
             touches_pending: AtomicUsize::new(0),
-            touches_flushed: Mutex::new(Instant::now()),
+            touches_flushed: AtomicU64::new(0),
+            opened: Instant::now(),
             fetchers,
             clock,
             opts,
             flights: DashMap::new(),
-            parsed: DashMap::default(),
+            urls: DashMap::default(),
+            hot_gen: AtomicU64::new(0),
             meters: Meters::new(),
             verified: trust::Verifications::default(),
             closed: AtomicBool::new(false),
@@ -291,13 +300,20 @@ impl Cache {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
+        let policy = req.trust.as_ref().or(inner.opts.trust.as_ref());
+        // A repeat of a hit: one map lookup (see `hot`).
+        if policy.is_none()
+            && let Some(outcome) = inner.hot_hit(req)
+        {
+            inner.meters.lookup(true);
+            return Ok(outcome);
+        }
         let url = inner.parse_url(&req.url)?;
         let url = &*url;
         let checksum = match req.checksum.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(c) => Some(Sha256Digest::parse(c)?),
         };
-        let policy = req.trust.as_ref().or(inner.opts.trust.as_ref());
         let (name, expected) = match inner.try_hit(url, checksum, req, policy).await? {
             Hit::Served {
                 file,
@@ -392,6 +408,8 @@ impl Cache {
 
     /// Snapshots of every entry.
     pub fn entries(&self) -> Vec<EntryInfo> {
+        // Hot hits' last uses first (see `hot`).
+        self.inner.fold_hot();
         self.inner.index.entries()
     }
 
@@ -489,15 +507,22 @@ impl Inner {
 
     /// [`ModuleUrl::parse`], remembered for URLs seen before (errors are not).
     fn parse_url(&self, raw: &str) -> Result<Arc<ModuleUrl>, wasm_cache_core::Error> {
-        if let Some(u) = self.parsed.get(raw) {
-            return Ok(Arc::clone(u.value()));
+        if let Some(r) = self.urls.get(raw) {
+            return Ok(Arc::clone(&r.url));
         }
         let url = Arc::new(ModuleUrl::parse(raw)?);
-        if self.parsed.len() >= PARSED_URLS {
-            self.parsed.clear();
+        if self.urls.len() >= PARSED_URLS {
+            self.clear_urls();
         }
-        self.parsed.insert(raw.to_owned(), Arc::clone(&url));
+        self.urls
+            .entry(raw.to_owned())
+            .or_insert_with(|| Arc::new(UrlRecord::parsed(Arc::clone(&url))));
         Ok(url)
+    }
+
+    /// Milliseconds since this cache was opened (monotonic).
+    fn uptime_millis(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn now(&self) -> Timestamp {

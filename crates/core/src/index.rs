@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -642,6 +643,9 @@ pub struct Index {
     modules: DashMap<ModuleKey, Entry, Hasher>,
     checksums: DashMap<String, Rec, Hasher>,
     signatures: DashMap<Sha256Digest, Vec<SignatureRecord>, Hasher>,
+    /// Bumped after every change that can alter what a lookup answers (see
+    /// [`Index::generation`]); never by a touch.
+    generation: AtomicU64,
 }
 
 impl fmt::Debug for Index {
@@ -667,7 +671,24 @@ impl Index {
             modules: DashMap::with_capacity_and_hasher(modules, Hasher::default()),
             checksums: DashMap::with_capacity_and_hasher(modules, Hasher::default()),
             signatures: DashMap::default(),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// A number that changes after every change that can alter what
+    /// [`lookup`](Self::lookup) answers for some request: an entry removed or
+    /// given another content, a checksum record changed or removed, the index
+    /// cleared. A touch (last use) and the insertion of a new entry do not
+    /// change it. A caller may remember a lookup's answer together with the
+    /// generation read *before* that lookup, and reuse the answer while the
+    /// generation is unchanged (the cache's hot records do).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Called after a change that can alter a lookup's answer.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Number of module entries.
@@ -735,10 +756,16 @@ impl Index {
             }
         }
         let mut rec = self.checksums.get_mut(req.url.as_str())?;
-        if rec.version(req.resource_name) != Some(req.resource_version) {
+        let changed = rec.version(req.resource_name) != Some(req.resource_version);
+        if changed {
             rec.set(req.resource_name, req.resource_version);
         }
-        Some(rec.checksum)
+        let checksum = rec.checksum;
+        drop(rec);
+        if changed {
+            self.changed();
+        }
+        Some(checksum)
     }
 
     /// Marks `key` as used at `now` and returns its content digest; `None` if
@@ -797,11 +824,16 @@ impl Index {
                 urls: Urls::default(),
             }
         });
+        let other_content = e.content != content;
         e.content = content;
         e.size = size;
         e.last_use = e.last_use.max(now);
         if let Some(u) = url {
             e.urls.insert(u);
+        }
+        drop(e);
+        if other_content {
+            self.changed();
         }
         new
     }
@@ -829,7 +861,12 @@ impl Index {
         let mut rec = self.checksums.entry(url.to_owned()).or_default();
         let changed = rec.checksum != checksum;
         rec.checksum = checksum;
-        rec.set(resource_name, resource_version) || changed
+        let changed = rec.set(resource_name, resource_version) || changed;
+        drop(rec);
+        if changed {
+            self.changed();
+        }
+        changed
     }
 
     /// REFERENCE §3.4: what a hit under `key` records, exactly as step 7 does
@@ -940,6 +977,7 @@ impl Index {
             self.checksums
                 .remove_if(u, |_, r| r.checksum == key.checksum);
         }
+        self.changed();
         Some(info(&key, &e))
     }
 
@@ -967,6 +1005,7 @@ impl Index {
                 records.push((u, r.to_public()));
             }
         }
+        self.changed();
         Some(Removed {
             entry: info(&key, &e),
             records,
@@ -1011,6 +1050,7 @@ impl Index {
         for (url, rec) in &removed.records {
             if let dashmap::Entry::Vacant(v) = self.checksums.entry(url.clone()) {
                 v.insert(Rec::from_public(rec));
+                self.changed();
                 for (name, version) in &rec.resource_versions {
                     events.push(IndexEvent::Record {
                         url: url.clone(),
@@ -1179,6 +1219,7 @@ impl Index {
         self.modules.clear();
         self.checksums.clear();
         self.signatures.clear();
+        self.changed();
     }
 
     /// Number of journal records [`to_events`](Self::to_events) would write:
@@ -1239,6 +1280,8 @@ impl Index {
                 let mut rec = self.checksums.entry(url).or_default();
                 rec.checksum = checksum;
                 rec.set_owned(resource_name, resource_version);
+                drop(rec);
+                self.changed();
             }
             other => self.apply(&other),
         }

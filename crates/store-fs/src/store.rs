@@ -438,6 +438,21 @@ impl FsStore {
         Some(s)
     }
 
+    /// A number that vouches for [`servable`](Self::servable)'s answers
+    /// without asking again: `Some(e)` while the directory watch runs. An
+    /// answer obtained after a call that returned `Some(e)` still holds (the
+    /// file is there, unchanged, and verified) as long as this returns that
+    /// same `Some(e)`: every change the watch reports, every removal or
+    /// re-verification through this store, and losing or disabling the watch
+    /// change it. `None`: no watch vouches; ask [`servable`](Self::servable)
+    /// (one `fstatat`) every time.
+    ///
+    /// For a caller that keeps its own copy of an answer (the cache's
+    /// per-URL hot records): one atomic load instead of the hot set's lookup.
+    pub fn servable_epoch(&self) -> Option<u64> {
+        self.inner.hot.vouching_epoch()
+    }
+
     /// Stops using the directory watch: every [`servable`](Self::servable)
     /// checks the file with an `fstatat` from now on. For file systems whose
     /// changes raise no inotify event that the store does not recognise, and

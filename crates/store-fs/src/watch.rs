@@ -174,21 +174,37 @@ impl Hot {
         }
     }
 
+    /// The epoch, if the watch vouches for the hot set now: an answer of
+    /// [`FsStore::servable`](crate::FsStore::servable) obtained after this
+    /// call still holds while a later call returns the same `Some`.
+    pub(crate) fn vouching_epoch(&self) -> Option<u64> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        self.active().then_some(epoch)
+    }
+
     /// Forgets `digest`; call after changing what made it servable.
+    ///
+    /// The epoch moves before the entry goes (so an insertion racing with
+    /// this drops its own entry again) and once more after (so a caller that
+    /// read the epoch between the two and then found the old entry holds an
+    /// epoch that is already stale: see [`vouching_epoch`](Self::vouching_epoch)).
     pub(crate) fn invalidate(&self, digest: &Sha256Digest) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.shard(digest)
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(digest);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Forgets everything.
+    /// Forgets everything (the epoch moves before and after, as in
+    /// [`invalidate`](Self::invalidate)).
     fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for s in &*self.shards {
             s.write().unwrap_or_else(PoisonError::into_inner).clear();
         }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) fn disable(&self) {
@@ -429,6 +445,32 @@ mod tests {
             "still verified: its mark matches"
         );
         assert!(store.servable(&d).is_some());
+    }
+
+    #[test]
+    fn the_servable_epoch_moves_with_every_change_the_watch_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        let (d, path) = ingest(&store, 8);
+        assert!(store.servable(&d).is_some());
+        // Events are read in order: once the marker's deletion is seen, the
+        // events of both ingests were handled.
+        let (marker, marker_path) = ingest(&store, 9);
+        assert!(store.servable(&marker).is_some());
+        fs::remove_file(&marker_path).unwrap();
+        eventually("the marker's deletion is unseen", || {
+            store.servable(&marker).is_none()
+        });
+        let epoch = store.servable_epoch();
+        assert!(epoch.is_some(), "the watch vouches");
+        assert_eq!(store.servable(&d).map(|s| s.path), Some(path.clone()));
+        assert_eq!(store.servable_epoch(), epoch, "a hit changes nothing");
+        fs::remove_file(&path).unwrap();
+        eventually("the epoch still vouches for a deleted file", || {
+            store.servable_epoch() != epoch
+        });
+        store.disable_watch();
+        assert_eq!(store.servable_epoch(), None, "no watch, nothing vouched");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use wasm_cache_core::{
 use wasm_cache_signature::TrustPolicy;
 use wasm_store_fs::{Servable, StoreError};
 
-use super::{Inner, TOUCH_BATCH, TOUCH_EVERY, TOUCH_MAX, TOUCH_WAIT, lock};
+use super::{Inner, TOUCH_BATCH, TOUCH_EVERY, TOUCH_MAX, TOUCH_WAIT};
 use crate::{Error, GetRequest};
 
 /// The outcome of [`Inner::try_hit`].
@@ -61,6 +61,8 @@ impl Inner {
             &req.resource_version,
             req.pull_policy,
         );
+        // Read before the lookup (see `hot`): the answer is remembered with it.
+        let stamp = self.stamp();
         let now = self.now();
         Ok(match self.index.lookup(&lookup, now) {
             Lookup::Hit { key, content } => match self.serve(&key, content).await? {
@@ -79,6 +81,9 @@ impl Inner {
                         && let Some(event) = self.index.record_hit(&lookup, &key)
                     {
                         self.journal_append(&event);
+                    }
+                    if policy.is_none() {
+                        self.remember_hit(req, stamp, &key, content, &file, now);
                     }
                     Hit::Served {
                         file,
@@ -104,33 +109,55 @@ impl Inner {
     /// Remembers that `key` was used now, for the next batch of last-use
     /// records (the index itself was touched by the lookup).
     pub(super) fn note_touch(self: &Arc<Self>, key: &ModuleKey, now: Timestamp) {
-        match self.touches.get_mut(key) {
-            Some(mut at) => *at = (*at).max(now),
-            None => {
-                self.touches.insert(key.clone(), now);
-                let pending = self.touches_pending.fetch_add(1, Ordering::Relaxed) + 1;
-                if pending >= TOUCH_BATCH && (pending >= TOUCH_MAX || self.touch_batch_due()) {
-                    // Taken now, so the hits until the batch runs start the next one.
-                    self.touches_pending.store(0, Ordering::Relaxed);
-                    let me = Arc::clone(self);
-                    tokio::task::spawn_blocking(move || {
-                        me.flush_touches(Instant::now() + TOUCH_WAIT);
-                    });
-                }
-            }
+        if self.pending_touch(key, now) {
+            self.count_touch();
+        }
+    }
+
+    /// Adds `key`'s use at `at` to the next batch of last-use records;
+    /// returns whether `key` was not pending yet.
+    pub(super) fn pending_touch(&self, key: &ModuleKey, at: Timestamp) -> bool {
+        if let Some(mut pending) = self.touches.get_mut(key) {
+            *pending = (*pending).max(at);
+            return false;
+        }
+        let mut new = false;
+        self.touches
+            .entry(key.clone())
+            .and_modify(|pending| *pending = (*pending).max(at))
+            .or_insert_with(|| {
+                new = true;
+                at
+            });
+        new
+    }
+
+    /// Counts one more module pending for the journal and starts a batch
+    /// when [`TOUCH_BATCH`] are pending and [`TOUCH_EVERY`] has passed (or
+    /// [`TOUCH_MAX`] are pending).
+    pub(super) fn count_touch(self: &Arc<Self>) {
+        let pending = self.touches_pending.fetch_add(1, Ordering::Relaxed) + 1;
+        if pending >= TOUCH_BATCH && (pending >= TOUCH_MAX || self.touch_batch_due()) {
+            // Taken now, so the hits until the batch runs start the next one.
+            self.touches_pending.store(0, Ordering::Relaxed);
+            let me = Arc::clone(self);
+            tokio::task::spawn_blocking(move || {
+                me.flush_touches(Instant::now() + TOUCH_WAIT);
+            });
         }
     }
 
     /// Whether [`TOUCH_EVERY`] has passed since the last batch (and if so,
-    /// counts from now).
+    /// counts from now). A load only, unless it has.
     fn touch_batch_due(&self) -> bool {
-        let mut last = lock(&self.touches_flushed);
-        let now = Instant::now();
-        if now.duration_since(*last) < TOUCH_EVERY {
-            return false;
-        }
-        *last = now;
-        true
+        let now = self.uptime_millis();
+        let last = self.touches_flushed.load(Ordering::Relaxed);
+        let every = u64::try_from(TOUCH_EVERY.as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(last) >= every
+            && self
+                .touches_flushed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Appends the pending last-use updates as one batch (one `write`, no
@@ -138,6 +165,7 @@ impl Inner {
     /// Best effort: a failure is a warning, never an error.
     pub(super) fn flush_touches(&self, deadline: Instant) {
         self.touches_pending.store(0, Ordering::Relaxed);
+        self.fold_hot();
         let keys: Vec<ModuleKey> = self.touches.iter().map(|e| e.key().clone()).collect();
         let events: Vec<IndexEvent> = keys
             .iter()

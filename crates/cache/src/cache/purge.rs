@@ -102,7 +102,12 @@ impl Inner {
             self.index
                 .plan_purge(now, self.opts.expiry, self.opts.max_bytes, self.opts.grace);
         // Each removal re-checks idleness atomically: a hit since the plan
-        // saves its entry.
+        // saves its entry. Hot hits touch the index only when folded, so
+        // they are folded once more after every hot record is invalidated
+        // (a hot hit either is seen by this fold or takes the full path).
+        if !plan.expired.is_empty() || !plan.evicted.is_empty() {
+            self.cool_down();
+        }
         for key in plan.expired {
             if let Some(r) = self.index.remove_if_idle(&key, now, self.opts.expiry) {
                 report.expired.push(key);

@@ -995,3 +995,112 @@ fn events_decode_in_any_field_order_and_name_what_is_wrong() {
     );
     assert!(err("[1,2]").contains("index event") || err("[1,2]").contains("map"));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// What the cache's hot records rely on: a hit found after reading
+    /// `generation()` is still the answer while the generation is unchanged,
+    /// whatever happened in between (touches, new entries, lookups).
+    #[test]
+    fn an_unchanged_generation_vouches_for_a_hit(ops in proptest::collection::vec(op(), 1..60)) {
+        let idx = Index::new();
+        let urls: Vec<ModuleUrl> = URLS.iter().map(|s| url(s)).collect();
+        let mut now = 1_000u64;
+        let mut memo: Vec<(usize, Option<u8>, String, u8, u64, Lookup)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Advance(ms) => now += ms,
+                Op::Insert { url: i, sum: s } => {
+                    let size = u64::from(content(s).as_bytes()[0]) * 23;
+                    let key = ModuleKey::new(urls[i].module_name(), sum(s));
+                    idx.insert(key, content(s), size, Some(urls[i].as_str()), Timestamp(now));
+                }
+                Op::Touch { url: i, sum: s } => {
+                    idx.touch(&ModuleKey::new(urls[i].module_name(), sum(s)), Timestamp(now));
+                }
+                Op::Lookup { url: i, sum: s, rv, policy: p } => {
+                    let rv = rv.to_string();
+                    let generation = idx.generation();
+                    let got = idx.lookup(&req_r(&urls[i], s.map(sum), &rv, policy(p)), Timestamp(now));
+                    if matches!(got, Lookup::Hit { .. }) {
+                        memo.push((i, s, rv, p, generation, got));
+                    }
+                }
+                Op::Record { url: i, sum: s, rv } => {
+                    idx.record_checksum(urls[i].as_str(), sum(s), "r", &rv.to_string());
+                }
+                Op::Remove { url: i, sum: s } => {
+                    idx.remove(&ModuleKey::new(urls[i].module_name(), sum(s)));
+                }
+                Op::Purge { expiry } => {
+                    let expiry = Duration::from_millis(expiry);
+                    for k in idx.expired(Timestamp(now), expiry) {
+                        idx.remove_if_idle(&k, Timestamp(now), expiry);
+                    }
+                }
+                Op::Evict { budget, grace } => {
+                    let grace = Duration::from_millis(grace);
+                    for k in idx.select_lru(Timestamp(now), budget, grace) {
+                        idx.remove_if_idle(&k, Timestamp(now), grace);
+                    }
+                }
+                Op::EvictAtBoundary { .. } => {}
+            }
+            for (i, s, rv, p, generation, hit) in &memo {
+                if *generation == idx.generation() {
+                    let again = idx.lookup(&req_r(&urls[*i], s.map(sum), rv, policy(*p)), Timestamp(now));
+                    prop_assert_eq!(&again, hit);
+                }
+            }
+        }
+    }
+}
+
+fn req_r<'a>(
+    u: &'a ModuleUrl,
+    checksum: Option<Sha256Digest>,
+    rv: &'a str,
+    policy: PullPolicy,
+) -> LookupRequest<'a> {
+    LookupRequest {
+        url: u,
+        checksum,
+        resource_name: "r",
+        resource_version: rv,
+        policy,
+    }
+}
+
+#[test]
+fn touches_and_new_entries_leave_the_generation_alone() {
+    let idx = Index::new();
+    let u = url("http://a.example/m.wasm");
+    let key = ModuleKey::new(u.module_name(), sum(1));
+    idx.insert(key.clone(), sum(1), 10, Some(u.as_str()), Timestamp(1));
+    idx.record_checksum(u.as_str(), sum(1), "r", "1");
+    let g = idx.generation();
+    idx.touch(&key, Timestamp(5));
+    idx.insert(key.clone(), sum(1), 10, Some(u.as_str()), Timestamp(6));
+    idx.insert(
+        ModuleKey::new(u.module_name(), sum(2)),
+        sum(2),
+        10,
+        None,
+        Timestamp(7),
+    );
+    assert!(!idx.record_checksum(u.as_str(), sum(1), "r", "1"));
+    assert!(matches!(
+        idx.lookup(&req_r(&u, None, "1", PullPolicy::Unspecified), Timestamp(8)),
+        Lookup::Hit { .. }
+    ));
+    assert_eq!(idx.generation(), g);
+    idx.record_checksum(u.as_str(), sum(1), "r", "2");
+    assert_ne!(idx.generation(), g, "a changed record moves it");
+    let g = idx.generation();
+    idx.insert(key.clone(), sum(3), 10, None, Timestamp(9));
+    assert_ne!(idx.generation(), g, "another content moves it");
+    let g = idx.generation();
+    idx.remove(&key);
+    assert_ne!(idx.generation(), g, "a removal moves it");
+}
