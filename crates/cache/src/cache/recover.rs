@@ -29,16 +29,8 @@ pub(super) fn recover(dir: &Path, now: Timestamp) -> Result<Recovered, Error> {
     let (opened, replayed) = std::thread::scope(|scope| {
         let replay = scope.spawn(|| -> Result<_, Error> {
             let started = Instant::now();
-            let path = dir.join(JOURNAL_FILE);
-            // Room for what the journal holds (a compacted journal takes
-            // about 500 bytes per module), so that a replay of 100,000
-            // modules does not rehash its maps as they grow; bounded, as the
-            // file may be anything.
-            let modules = std::fs::symlink_metadata(&path)
-                .map_or(0, |m| usize::try_from(m.len() / 400).unwrap_or(usize::MAX))
-                .min(1 << 18);
-            let journal = Journal::open(path)?;
-            let index = Index::with_capacity(modules);
+            let journal = Journal::open(dir.join(JOURNAL_FILE))?;
+            let index = Index::new();
             // Applied as they are decoded: no vector of every event.
             journal.read_new_each(&mut |event| index.apply_owned(event))?;
             Ok((journal, index, started.elapsed()))
