@@ -79,17 +79,42 @@ pub(crate) struct ResolveJson {
     pub(crate) size: Option<u64>,
 }
 
+/// One line of `list --json`, borrowed from the entry it shows.
 #[derive(Serialize)]
-pub(crate) struct ModuleJson {
+pub(crate) struct ModuleJson<'a> {
     pub(crate) schema: u32,
-    pub(crate) name: String,
-    pub(crate) checksum: String,
-    pub(crate) sha256: String,
-    pub(crate) path: String,
+    pub(crate) name: &'a str,
+    pub(crate) checksum: &'a str,
+    pub(crate) sha256: &'a str,
+    pub(crate) path: &'a str,
     pub(crate) size: u64,
-    pub(crate) last_use: String,
+    pub(crate) last_use: &'a str,
     pub(crate) last_use_unix_ms: u64,
-    pub(crate) urls: Vec<String>,
+    pub(crate) urls: RedactedUrls<'a>,
+}
+
+/// An entry's URLs as a JSON array, each redacted, without a copy of those
+/// that hide nothing.
+pub(crate) struct RedactedUrls<'a>(pub(crate) &'a std::collections::BTreeSet<String>);
+
+impl Serialize for RedactedUrls<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|u| wasm_cache_core::redacted_url(u.as_str())),
+        )
+    }
+}
+
+/// `fmt::Write` into a byte buffer (which then holds UTF-8 only).
+pub(crate) struct Utf8<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl std::fmt::Write for Utf8<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
 }
 
 #[derive(Serialize)]

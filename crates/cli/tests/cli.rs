@@ -267,6 +267,68 @@ fn list_purge_and_verify() {
 }
 
 #[test]
+fn list_is_sorted_redacted_and_the_same_in_both_formats() {
+    let s = TestServer::start(ServerOptions::plain());
+    let dir = tempfile::tempdir().unwrap();
+    let mut want = Vec::new();
+    for (i, route) in ["/c.wasm", "/a.wasm", "/b.wasm"].iter().enumerate() {
+        let m = sample_module(1_000 + i, 40 + i as u64);
+        s.route(route, Route::bytes(m.clone()));
+        // A signed URL: its query must never be printed.
+        let url = format!("{}?sig=s3cr3t{i}", s.url(route));
+        fetch_ok(dir.path(), &[&url]);
+        want.push(sha256_hex(&m));
+    }
+    let o = cli(dir.path()).args(["list", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json = stdout(&o);
+    assert!(!json.contains("s3cr3t"), "{json}");
+    let mods: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(mods.len(), 3);
+    let keys: Vec<(String, String)> = mods
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_owned(),
+                m["checksum"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "sorted by name, then checksum");
+    for m in &mods {
+        let sha = m["sha256"].as_str().unwrap();
+        assert!(want.iter().any(|w| w == sha), "{m}");
+        let path = dir
+            .path()
+            .canonicalize()
+            .unwrap()
+            .join(format!("{sha}.wasm"));
+        assert_eq!(m["path"], path.display().to_string());
+        assert!(m["urls"][0].as_str().unwrap().ends_with("?***"), "{m}");
+        assert_eq!(m["schema"], 1);
+        assert!(m["last_use"].as_str().unwrap().ends_with('Z'), "{m}");
+    }
+    // The table: a header, then the same modules in the same order.
+    let o = cli(dir.path()).arg("list").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(!table.contains("s3cr3t"), "{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("CHECKSUM"), "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+    for (line, (_, checksum)) in lines[1..].iter().zip(&keys) {
+        assert!(line.starts_with(checksum.as_str()), "{table}");
+        assert!(line.ends_with("?***"), "{table}");
+    }
+    assert!(stderr(&o).contains("3 module(s)"), "{}", stderr(&o));
+}
+
+#[test]
 fn dir_defaults_to_the_environment() {
     let s = TestServer::start(ServerOptions::plain());
     s.route("/m.wasm", Route::bytes(sample_module(1_000, 6)));

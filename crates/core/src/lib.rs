@@ -45,5 +45,5 @@ pub use crate::index::{
 };
 pub use crate::policy::PullPolicy;
 pub use crate::url::{
-    DOCKER_HUB_REGISTRY, ModuleUrl, OCI_PREFIX, OciReference, Scheme, redact_url,
+    DOCKER_HUB_REGISTRY, ModuleUrl, OCI_PREFIX, OciReference, Scheme, redact_url, redacted_url,
 };

@@ -29,11 +29,121 @@ use crate::locks::{open_dir, open_subdir};
 /// A hint larger than this is not a hint (nothing the cache writes is).
 const MAX_HINT: u64 = 4096;
 
+/// How long a hint directory must have been left unchanged before its
+/// count is remembered ([`HintDir::count_known`]): longer than the coarsest
+/// timestamp granularity of a file system we may run on (FAT's 2 s), so any
+/// later change gives the directory a different modification time.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A subdirectory of hint files.
 #[derive(Debug)]
 pub struct HintDir {
     fd: OwnedFd,
+    /// The store directory, for the remembered count beside this one.
+    parent: OwnedFd,
     path: PathBuf,
+    /// Name of the remembered count in the store directory: `<name>.count`.
+    marker: String,
+}
+
+/// What identifies a state of a directory's list of names: any create,
+/// rename or unlink in it changes its modification (and change) time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DirState {
+    /// Device, inode, size, modification and change times (with their
+    /// nanoseconds), as text: what the marker records and compares.
+    id: String,
+    /// Seconds of the modification time.
+    mtime: i128,
+}
+
+impl DirState {
+    fn of(fd: &OwnedFd) -> io::Result<Self> {
+        let st = rfs::fstat(fd)?;
+        Ok(Self {
+            id: format!(
+                "{} {} {} {} {} {} {}",
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_mtime,
+                st.st_mtime_nsec,
+                st.st_ctime,
+                st.st_ctime_nsec
+            ),
+            mtime: st.st_mtime.into(),
+        })
+    }
+
+    /// Whether the directory was last changed long enough ago that a change
+    /// now would give it another timestamp.
+    fn settled(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i128::from(d.as_secs()));
+        let limit = now - i128::from(SETTLED.as_secs());
+        self.mtime < limit
+    }
+
+    /// The marker's text: this state and the count taken in it.
+    fn line(&self, count: usize) -> String {
+        format!("v1 {} {count}\n", self.id)
+    }
+
+    /// The count a marker's text records, if it records this state.
+    fn count_in(&self, text: &str) -> Option<usize> {
+        let rest = text.strip_prefix("v1 ")?.strip_suffix('\n')?;
+        let (id, count) = rest.rsplit_once(' ')?;
+        if id != self.id {
+            return None;
+        }
+        count.parse().ok()
+    }
+}
+
+/// The content of the small regular file `name` in `dir`, opened without
+/// following a symlink; `None` if there is none or it is anything else.
+fn read_small(dir: &OwnedFd, name: &str) -> Option<Vec<u8>> {
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = rfs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || u64::try_from(st.st_size).unwrap_or(u64::MAX) > MAX_HINT
+    {
+        return None;
+    }
+    let mut out = Vec::new();
+    File::from(fd)
+        .take(MAX_HINT + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() as u64 <= MAX_HINT).then_some(out)
+}
+
+/// Writes `bytes` as file `name` of `dir`: a fresh temporary file (`O_EXCL`,
+/// mode 0600, locked so that a store recovery does not take it for an
+/// abandoned ingest) renamed over the name.
+fn replace_file(dir: &OwnedFd, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let temp = crate::names::temp_name();
+    let fd = rfs::openat(
+        dir,
+        &temp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let _ = rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive);
+    let written = File::from(fd).write_all(bytes);
+    let renamed =
+        written.and_then(|()| rfs::renameat(dir, &temp, dir, name).map_err(io::Error::from));
+    if renamed.is_err() {
+        let _ = rfs::unlinkat(dir, &temp, AtFlags::empty());
+    }
+    renamed
 }
 
 fn plain(name: &str) -> bool {
@@ -64,7 +174,9 @@ impl HintDir {
         let fd = open_subdir(&parent, store_dir, name)?;
         Ok(Self {
             fd,
+            parent,
             path: store_dir.join(name),
+            marker: format!("{name}.count"),
         })
     }
 
@@ -79,25 +191,7 @@ impl HintDir {
         if !plain(name) {
             return None;
         }
-        let fd = rfs::openat(
-            &self.fd,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::empty(),
-        )
-        .ok()?;
-        let st = rfs::fstat(&fd).ok()?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
-            || u64::try_from(st.st_size).unwrap_or(u64::MAX) > MAX_HINT
-        {
-            return None;
-        }
-        let mut out = Vec::new();
-        File::from(fd)
-            .take(MAX_HINT + 1)
-            .read_to_end(&mut out)
-            .ok()?;
-        (out.len() as u64 <= MAX_HINT).then_some(out)
+        read_small(&self.fd, name)
     }
 
     /// Writes hint `name` (a fresh file renamed over the old one: a reader
@@ -110,22 +204,7 @@ impl HintDir {
         if !plain(name) {
             return Err(StoreError::io("writing hint", &path, invalid(name)));
         }
-        let temp = crate::names::temp_name();
-        let fd = rfs::openat(
-            &self.fd,
-            &temp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| StoreError::io("writing hint", &path, e.into()))?;
-        let written = File::from(fd).write_all(bytes);
-        let renamed = written
-            .and_then(|()| rfs::renameat(&self.fd, &temp, &self.fd, name).map_err(io::Error::from));
-        if let Err(e) = renamed {
-            let _ = rfs::unlinkat(&self.fd, &temp, AtFlags::empty());
-            return Err(StoreError::io("writing hint", &path, e));
-        }
-        Ok(())
+        replace_file(&self.fd, name, bytes).map_err(|e| StoreError::io("writing hint", &path, e))
     }
 
     /// Removes hint `name` (no error if there is none).
@@ -157,6 +236,38 @@ impl HintDir {
         for entry in dir {
             entry.map_err(|e| StoreError::io("listing hints", &self.path, e))?;
             n += 1;
+        }
+        Ok(n)
+    }
+
+    /// [`count`](Self::count) without listing the directory when it has not
+    /// changed since a count was last remembered: the count is kept beside
+    /// the directory (`<store>/<name>.count`) with the directory's identity,
+    /// size and modification and change times, and believed only while
+    /// those are the same. It is remembered only when the directory did not
+    /// change while it was counted and had been left alone for a few seconds
+    /// before (a change within the same timestamp tick would otherwise go
+    /// unseen). Remembering is best effort; a remembered count is only ever a
+    /// reason to skip a re-sync of hints, which are never a source of truth.
+    ///
+    /// # Errors
+    /// As [`count`](Self::count).
+    pub fn count_known(&self) -> Result<usize, StoreError> {
+        let Ok(before) = DirState::of(&self.fd) else {
+            return self.count();
+        };
+        let known = read_small(&self.parent, &self.marker)
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|text| before.count_in(&text));
+        if let Some(n) = known {
+            return Ok(n);
+        }
+        let n = self.count()?;
+        if before.settled()
+            && DirState::of(&self.fd).is_ok_and(|after| after == before)
+            && let Err(e) = replace_file(&self.parent, &self.marker, before.line(n).as_bytes())
+        {
+            tracing::debug!(error = %e, dir = %self.path.display(), "remembering the hint count failed");
         }
         Ok(n)
     }
@@ -248,6 +359,65 @@ mod tests {
         let h = HintDir::open(dir.path(), ".urls").unwrap();
         std::fs::write(h.path().join("big"), vec![b'x'; 10_000]).unwrap();
         assert_eq!(h.get("big"), None);
+    }
+
+    /// Sets the directory's modification time `secs` into the past, as if
+    /// nothing had changed in it since.
+    fn backdate(dir: &Path, secs: u64) {
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        File::open(dir).unwrap().set_modified(then).unwrap();
+    }
+
+    #[test]
+    fn a_count_is_remembered_only_while_the_directory_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = HintDir::open(dir.path(), ".keys").unwrap();
+        let marker = dir.path().join(".keys.count");
+        h.put("a", b"1").unwrap();
+        h.put("b", b"2").unwrap();
+        // Just changed: counted, not remembered (a change within the same
+        // timestamp tick would go unseen).
+        assert_eq!(h.count_known().unwrap(), 2);
+        assert!(!marker.exists());
+        backdate(h.path(), 60);
+        assert_eq!(h.count_known().unwrap(), 2);
+        let text = std::fs::read_to_string(&marker).unwrap();
+        // Believed without listing while the directory is as recorded...
+        let (state, _) = text.trim_end().rsplit_once(' ').unwrap();
+        std::fs::write(&marker, format!("{state} 7\n")).unwrap();
+        assert_eq!(h.count_known().unwrap(), 7);
+        // ...and not once a hint is written or removed.
+        h.put("c", b"3").unwrap();
+        assert_eq!(h.count_known().unwrap(), 3);
+        backdate(h.path(), 60);
+        assert_eq!(h.count_known().unwrap(), 3);
+        h.remove("a").unwrap();
+        assert_eq!(h.count_known().unwrap(), 2);
+        // Garbage in the marker is no count.
+        backdate(h.path(), 60);
+        std::fs::write(&marker, b"v1 junk").unwrap();
+        assert_eq!(h.count_known().unwrap(), 2);
+        assert!(std::fs::read_to_string(&marker).unwrap().ends_with(" 2\n"));
+    }
+
+    #[test]
+    fn the_remembered_count_is_never_written_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let h = HintDir::open(dir.path(), ".keys").unwrap();
+        h.put("a", b"1").unwrap();
+        backdate(h.path(), 60);
+        let marker = dir.path().join(".keys.count");
+        std::os::unix::fs::symlink(&victim, &marker).unwrap();
+        assert_eq!(h.count_known().unwrap(), 1);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(
+            std::fs::symlink_metadata(&marker)
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
     }
 
     #[test]

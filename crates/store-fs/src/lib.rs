@@ -192,7 +192,7 @@ pub use crate::ingest::{Committed, Ingest};
 pub use crate::journal::{JOURNAL_LOCK_WAIT, Journal, JournalLock, Replay};
 pub use crate::locks::FileLock;
 pub use crate::store::{
-    FsStore, IgnoredFile, KEY_LOCK_DIR, Mismatch, RecoveryReport, StoredModule, VerifyReport,
+    Files, FsStore, IgnoredFile, KEY_LOCK_DIR, Mismatch, RecoveryReport, StoredModule, VerifyReport,
 };
 pub use crate::watch::Servable;
 /// The core types this crate's API uses (`Ingest` is a [`ModuleSink`]), so

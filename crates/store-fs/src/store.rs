@@ -14,6 +14,11 @@ use crate::ingest::{Committed, Ingest};
 use crate::names::{self, NameKind};
 use crate::watch::{Hot, Servable};
 
+/// The in-memory listing: foldhash (keyed per process, so file names
+/// chosen by others cannot make it degrade), several times faster than
+/// SipHash for the 100,000 look-ups an open of a large cache makes.
+type Listing = HashMap<Sha256Digest, Meta, foldhash::fast::RandomState>;
+
 /// Number of per-digest lock stripes. Two digests share a stripe with
 /// probability 1/64; that only makes them wait for each other, never wrong.
 const STRIPES: usize = 64;
@@ -36,7 +41,7 @@ pub struct FsStore {
 pub(crate) struct Inner {
     dir: PathBuf,
     /// Read by every hit (is it verified?), so readers never wait for each other.
-    index: RwLock<HashMap<Sha256Digest, Meta>>,
+    index: RwLock<Listing>,
     stripes: Box<[Mutex<()>]>,
     /// The directory, open, for [`FsStore::contains`].
     dir_fd: std::os::fd::OwnedFd,
@@ -78,6 +83,32 @@ pub struct StoredModule {
     /// verification mark of an unchanged file: see the crate docs); `false`
     /// for modules recovered from disk.
     pub verified: bool,
+}
+
+/// The files of a store, read in place: see [`FsStore::files`].
+pub struct Files<'a>(RwLockReadGuard<'a, Listing>);
+
+impl std::fmt::Debug for Files<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files")
+            .field("modules", &self.0.len())
+            .finish()
+    }
+}
+
+impl wasm_cache_core::plan::FileTable for Files<'_> {
+    fn facts(&self, content: &Sha256Digest) -> Option<wasm_cache_core::plan::FileFacts> {
+        self.0.get(content).map(|m| {
+            wasm_cache_core::plan::FileFacts::new(
+                m.size,
+                wasm_cache_core::Timestamp::from_system_time(m.modified),
+            )
+        })
+    }
+
+    fn digests(&self) -> impl Iterator<Item = Sha256Digest> + '_ {
+        self.0.keys().copied()
+    }
 }
 
 /// What [`FsStore::open`] found in the directory.
@@ -224,7 +255,7 @@ impl FsStore {
             return Ok((Self { inner }, report));
         }
         let mut report = RecoveryReport::default();
-        let mut index = HashMap::new();
+        let mut index = Listing::default();
         let entries =
             fs::read_dir(&dir).map_err(|e| StoreError::io("listing store directory", &dir, e))?;
         for entry in entries {
@@ -561,6 +592,13 @@ impl FsStore {
         let mut out = self.list_unsorted();
         out.sort_by_key(|m| m.digest);
         out
+    }
+
+    /// The store's files as [`Index::reconcile`](wasm_cache_core::Index::reconcile)
+    /// reads them, in place (no copy of the listing): a read lock on it,
+    /// which commits and removals wait for; drop it soon.
+    pub fn files(&self) -> Files<'_> {
+        Files(read(&self.inner.index))
     }
 
     /// Every module the store knows, in no particular order (what an open

@@ -14,7 +14,9 @@
 //! and what a key hint names is a module file checked against its digest
 //! before it is served. Every full open makes the hint directories agree with
 //! the index again when their counts differ (after a crash, an older binary
-//! or a full disk). Known gap: removing an entry also drops the checksum
+//! or a full disk); a directory unchanged since its count was last taken is
+//! not listed again ([`HintDir::count_known`]), so a read-only command on a
+//! large cache does not wait for two listings of 100,000 names at its exit. Known gap: removing an entry also drops the checksum
 //! records of its URLs, which the `.urls` hints do not learn; a later quick
 //! hit on such a URL then skips re-recording its checksum, which costs an
 //! unpinned request for that URL one download, never a wrong module.
@@ -162,7 +164,9 @@ impl Hints {
 /// others, writes the missing ones. A full disk stops the writing; the next
 /// open tries again.
 fn resync(dir: &HintDir, live: usize, want: impl FnOnce() -> HashMap<String, Option<Vec<u8>>>) {
-    let have = match dir.count() {
+    // Usually answered by the count remembered beside the directory, with
+    // no listing: an open of a large cache (a `list`) pays two `fstat`s.
+    let have = match dir.count_known() {
         Ok(n) if n == live => return,
         Ok(_) => dir.names(),
         Err(e) => Err(e),
