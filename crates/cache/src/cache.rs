@@ -154,6 +154,10 @@ struct Inner {
     budget_purge_queued: AtomicBool,
     /// Byte-budget purges started by fetches; shutdown waits for them.
     budget_purges: Mutex<Vec<JoinHandle<()>>>,
+    /// The lookup hints' re-sync started by the open; shutdown waits for it,
+    /// so that once a shut-down cache is dropped nothing of it (its store,
+    /// its index) is left running in the background.
+    hints_resync: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -249,16 +253,18 @@ impl Cache {
             task: Mutex::new(None),
             budget_purge_queued: AtomicBool::new(false),
             budget_purges: Mutex::new(Vec::new()),
+            hints_resync: Mutex::new(None),
         });
         inner.meters.entries(inner.index.len());
         if inner.hints.is_some() {
             // Off the open's path: a missing hint only costs a full open later.
             let me = Arc::clone(&inner);
-            tokio::task::spawn_blocking(move || {
+            let resync = tokio::task::spawn_blocking(move || {
                 if let Some(h) = &me.hints {
                     h.reconcile(&me.index);
                 }
             });
+            *lock(&inner.hints_resync) = Some(resync);
         }
         if background {
             let (stop_tx, stop_rx) = watch::channel(false);
@@ -455,7 +461,8 @@ impl Cache {
     }
 
     /// The reference's `Cleanup`: stops the background purge task (waiting for
-    /// it), refuses further `get`s, and appends the pending last-use updates
+    /// it and for the open's re-sync of the lookup hints), refuses further
+    /// `get`s, and appends the pending last-use updates
     /// to the journal (one batch, best effort: a failure, e.g. a full disk, is
     /// logged as a warning and does not fail the shutdown). Idempotent.
     ///
@@ -477,6 +484,13 @@ impl Cache {
             if let Err(e) = purge.await {
                 return Err(Error::Internal(format!("purge task failed: {e}")));
             }
+        }
+        let resync = lock(&self.inner.hints_resync).take();
+        if let Some(resync) = resync
+            && let Err(e) = resync.await
+        {
+            // Best effort, like the hints themselves: the next open re-syncs.
+            warn!(error = %e, "re-syncing the lookup hints failed");
         }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.flush_touches(Instant::now() + TOUCH_WAIT))
