@@ -45,8 +45,17 @@ fn main() -> ExitCode {
 type Result<T = ()> = std::result::Result<T, String>;
 
 /// The workspace root, from this crate's manifest directory.
+/// The workspace `cargo xtask` was run in. `cargo run` sets
+/// `CARGO_MANIFEST_DIR` for the process it starts, so this is the checkout
+/// the command was typed in even when the binary it runs was built from
+/// another checkout sharing the target directory (its compile-time path,
+/// used only as a fallback, would point there: a bench or CI run of the
+/// wrong tree).
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
