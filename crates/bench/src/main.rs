@@ -249,27 +249,17 @@ const BOUNDS: &str = "
 From `perf record` profiles of the runner and of `wasm-cache fetch` (details
 in `crates/bench/README.md`):
 
-- **Hit path and hits/s**: a hit makes no system call while the store's
-  inotify watch of its directory runs (a deleted or replaced file is
-  noticed when its event is read; without the watch, one `fstatat` per
-  hit). What is left is the index lookup (string hashing and comparison of
-  module names and URLs, the checksum record's map of resource versions),
-  the pending last-use map and allocating the returned path; URL parsing is
-  memoised and metric handles are registered once. The 2-thread figure
-  needs both cores free.
 - **Cold HTTP and raw OCI**: curl only copies bytes. We also SHA-256 the
-  module (ring, SHA-NI, 35-55 ms for 64 MiB here), on a thread of the
-  ingest so the reader keeps reading, which makes the hash the longest
-  stage of the pipeline, and `fsync` it before it appears under its name
-  (writeback is started every 8 MiB with `sync_file_range`, so the `fsync`
-  waits for the tail only), then sync the directory and the journal once:
-  that is the remaining gap, and it is the price of the crash-safety and
-  verification guarantees.
-- **CLI hits**: no fetcher is built and no trust root loaded on a hit, and
-  a module verified by an earlier process is not hashed again (the file's
-  verification mark); what is left is process start-up and opening the
-  cache directory (the CLI sets up no directory watch: tearing an inotify
-  instance down holds a process's exit 10-20 ms).
+  module (ring, SHA-NI, 35-55 ms for 64 MiB here; over half of our CPU on a
+  raw-layer pull), on a thread of the ingest so the reader keeps reading,
+  and `fsync` it before it appears under its name (writeback is started
+  every 8 MiB with `sync_file_range`, so the `fsync` waits for the tail
+  only), then sync the directory and the journal once: that is the
+  remaining gap, and it is the price of the crash-safety and verification
+  guarantees. Against docker-registry the registry itself needs about one
+  of the two cores, so the hash competes with it (our HTTP fetcher pulling
+  the same blob from the registry costs what the OCI pull costs); against
+  the bench's own HTTP server the same pipeline is within 1.15x of curl.
 - **Cold OCI**: a cold pull of a tag is two requests (manifest, blob; an
   index adds one), on our own guarded transport. A raw layer is hashed once
   (the store's hash verifies the layer digest, which is the module's); a
@@ -278,6 +268,11 @@ in `crates/bench/README.md`):
   level 6 as docker, buildkit and gzip write it, so its incompressible
   sample bytes are stored blocks). curl and skopeo neither verify, inflate
   nor unpack.
+- **`list` of a large cache**: opening the cache is two thirds of its CPU
+  (journal decode and apply, the directory listing with a `statx` per
+  module), then copying and sorting the entries and writing the JSON.
+  Lazy size checks and an index snapshot beside the journal are the next
+  steps (crates/bench/README.md).
 ";
 
 fn document(cfg: &Config, table: &str, failures: &[String]) -> String {
