@@ -730,11 +730,6 @@ async fn list(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
         .collect();
     // By (name, checksum): the same order as the hex strings'.
     rows.sort_by(|a, b| (&a.0, &a.1.key.checksum).cmp(&(&b.0, &b.1.key.checksum)));
-    // `Cache::module_path` is `dir.join(<file name>)`.
-    let mut prefix = cache.dir().display().to_string();
-    if !prefix.ends_with('/') {
-        prefix.push('/');
-    }
     let mut text = Vec::with_capacity(rows.len() * 320);
     let (mut path, mut last_use) = (String::new(), String::new());
     if !json {
@@ -758,8 +753,7 @@ async fn list(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
         if json {
             let sha256 = e.content.file_name_bytes();
             path.clear();
-            path.push_str(&prefix);
-            path.push_str(std::str::from_utf8(&sha256).unwrap_or_default());
+            let _ = write!(path, "{}", cache.module_path(&e.content).display());
             let m = output::ModuleJson {
                 schema: SCHEMA,
                 name,

@@ -16,10 +16,11 @@
 //! the index again when their counts differ (after a crash, an older binary
 //! or a full disk); a directory unchanged since its count was last taken is
 //! not listed again ([`HintDir::count_known`]), so a read-only command on a
-//! large cache does not wait for two listings of 100,000 names at its exit. Known gap: removing an entry also drops the checksum
-//! records of its URLs, which the `.urls` hints do not learn; a later quick
-//! hit on such a URL then skips re-recording its checksum, which costs an
-//! unpinned request for that URL one download, never a wrong module.
+//! large cache does not wait for two listings of 100,000 names at its exit.
+//! Known gap: removing an entry also drops the checksum records of its URLs,
+//! which the `.urls` hints do not learn; a later quick hit on such a URL
+//! then skips re-recording its checksum, which costs an unpinned request for
+//! that URL one download, never a wrong module.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
