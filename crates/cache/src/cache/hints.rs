@@ -18,9 +18,14 @@
 //! not listed again ([`HintDir::count_known`]), so a read-only command on a
 //! large cache does not wait for two listings of 100,000 names at its exit.
 //! Known gap: removing an entry also drops the checksum records of its URLs,
-//! which the `.urls` hints do not learn; a later quick hit on such a URL
-//! then skips re-recording its checksum, which costs an unpinned request for
-//! that URL one download, never a wrong module.
+//! which the `.urls` hints do not learn. The entry's key hint goes with it,
+//! so the URL's hint answers nothing until an entry under the same key (same
+//! module name and checksum) is cached again by another URL: for OCI, another
+//! tag of the repository with the same manifest digest. Then a quick
+//! unpinned hit on the first URL serves that module (the one the URL named at
+//! its last pull, verified) where the full path would pull again; and a
+//! quick pinned hit skips re-recording the URL's checksum, which costs a
+//! later unpinned request one download.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
