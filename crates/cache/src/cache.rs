@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, warn};
 use wasm_cache_core::{
-    EntryInfo, Fetcher, Index, IndexEvent, ModuleKey, ModuleUrl, Scheme, Sha256Digest, Timestamp,
+    EntryInfo, EntryRef, Fetcher, Index, IndexEvent, ModuleKey, ModuleUrl, Scheme, Sha256Digest,
+    Timestamp,
 };
 use wasm_cache_signature::TrustPolicy;
 use wasm_store_fs::{FsStore, Journal, VerifyReport};
@@ -417,6 +418,16 @@ impl Cache {
         // Hot hits' last uses first (see `hot`).
         self.inner.fold_hot();
         self.inner.index.entries()
+    }
+
+    /// Calls `f` with every entry, borrowed in place, in no particular order
+    /// ([`Index::for_each_entry`](wasm_cache_core::Index::for_each_entry)):
+    /// [`entries`](Self::entries) without its copy of every key and URL, for
+    /// listing a large cache. `f` must not call back into this cache.
+    pub fn for_each_entry(&self, f: impl FnMut(EntryRef<'_>)) {
+        // Hot hits' last uses first (see `hot`).
+        self.inner.fold_hot();
+        self.inner.index.for_each_entry(f);
     }
 
     /// The checksum remembered for `url`, with the resource versions that saw it.

@@ -45,6 +45,26 @@ pub(crate) fn write_out(bytes: &[u8]) {
     stdout_result(out.write_all(bytes).and_then(|()| out.flush()));
 }
 
+/// Writes `parts` to stdout in order, through one large buffer (no copy of
+/// them all first), then flushes; a closed pipe ends the process quietly.
+pub(crate) fn write_out_all<'a>(parts: impl Iterator<Item = &'a [u8]>) {
+    use std::io::Write;
+    let stdout = std::io::stdout().lock();
+    // Into a pipe (a script, `jq`), tens of megabytes go 64 KiB at a time by
+    // default, a context switch each; a larger pipe where the system allows
+    // it (best effort: not a pipe, or over the limit, changes nothing).
+    let _ = rustix::pipe::fcntl_setpipe_size(&stdout, 1 << 20);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout);
+    let mut written = Ok(());
+    for part in parts {
+        written = out.write_all(part);
+        if written.is_err() {
+            break;
+        }
+    }
+    stdout_result(written.and_then(|()| out.flush()));
+}
+
 fn stdout_result(written: std::io::Result<()>) {
     if let Err(e) = written {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -79,31 +99,133 @@ pub(crate) struct ResolveJson {
     pub(crate) size: Option<u64>,
 }
 
-/// One line of `list --json`, borrowed from the entry it shows.
-#[derive(Serialize)]
-pub(crate) struct ModuleJson<'a> {
-    pub(crate) schema: u32,
-    pub(crate) name: &'a str,
-    pub(crate) checksum: &'a str,
-    pub(crate) sha256: &'a str,
-    pub(crate) path: &'a str,
-    pub(crate) size: u64,
-    pub(crate) last_use: &'a str,
-    pub(crate) last_use_unix_ms: u64,
-    pub(crate) urls: RedactedUrls<'a>,
+/// One module of `list`: where its sort key (the redacted name, in a buffer
+/// of names, then the checksum) and its rendered line are.
+pub(crate) struct ListRow {
+    pub(crate) name: std::ops::Range<usize>,
+    pub(crate) checksum: wasm_cache_core::Sha256Digest,
+    pub(crate) line: std::ops::Range<usize>,
 }
 
-/// An entry's URLs as a JSON array, each redacted, without a copy of those
-/// that hide nothing.
-pub(crate) struct RedactedUrls<'a>(pub(crate) &'a std::collections::BTreeSet<String>);
+/// Renders `list` lines, text or `--json` (documented in docs/CLI.md: one
+/// object per line, fields in this order), straight into a byte buffer.
+pub(crate) struct ListRender {
+    json: bool,
+    /// The module directory with its trailing `/`, as a JSON string's
+    /// contents (escaped) for `--json`.
+    dir: Vec<u8>,
+    /// The last `last_use` rendered, by its second: a cache's entries share
+    /// few distinct seconds.
+    last_use: (u64, String),
+}
 
-impl Serialize for RedactedUrls<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            self.0
-                .iter()
-                .map(|u| wasm_cache_core::redacted_url(u.as_str())),
-        )
+impl ListRender {
+    pub(crate) fn new(cache: &wasm_cache::Cache, json: bool) -> Self {
+        // Every module's path is this directory and its file name (see
+        // `Cache::module_path`), so the directory is escaped once.
+        let sample = cache
+            .module_path(&wasm_cache_core::Sha256Digest::default())
+            .display()
+            .to_string();
+        let prefix = sample
+            .strip_suffix(
+                wasm_cache_core::Sha256Digest::default()
+                    .file_name()
+                    .as_str(),
+            )
+            .unwrap_or_default();
+        let mut dir = Vec::new();
+        json_str(&mut dir, prefix);
+        // The contents only, without the quotes.
+        dir.pop();
+        dir.remove(0);
+        Self {
+            json,
+            dir,
+            last_use: (u64::MAX, String::new()),
+        }
+    }
+
+    fn last_use(&mut self, at: wasm_cache_core::Timestamp) -> &str {
+        use std::fmt::Write as _;
+        let second = at.0 / 1000;
+        if self.last_use.0 != second {
+            self.last_use.1.clear();
+            let _ = write!(
+                self.last_use.1,
+                "{}",
+                humantime::format_rfc3339_seconds(at.to_system_time())
+            );
+            self.last_use.0 = second;
+        }
+        &self.last_use.1
+    }
+
+    /// Appends the line of `e`, shown by its redacted `name`.
+    pub(crate) fn line(
+        &mut self,
+        out: &mut Vec<u8>,
+        name: &str,
+        e: &wasm_cache_core::EntryRef<'_>,
+    ) {
+        use std::fmt::Write as _;
+        let checksum = e.key.checksum.file_name_bytes();
+        let checksum = &checksum[..64];
+        if !self.json {
+            let last_use = self.last_use(e.last_use);
+            let mut w = Utf8(out);
+            let checksum = std::str::from_utf8(checksum).unwrap_or_default();
+            let _ = write!(w, "{checksum:<64}  {:>10}  {last_use:<20}  ", size(e.size));
+            if e.urls.is_empty() {
+                let _ = writeln!(w, "{name}");
+            } else {
+                for (i, u) in e.urls.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    let _ = write!(w, "{sep}{}", wasm_cache_core::redacted_url(u));
+                }
+                let _ = writeln!(w);
+            }
+            return;
+        }
+        let file = e.content.file_name_bytes();
+        out.extend_from_slice(b"{\"schema\":");
+        let _ = write!(Utf8(out), "{SCHEMA}");
+        out.extend_from_slice(b",\"name\":");
+        json_str(out, name);
+        out.extend_from_slice(b",\"checksum\":\"");
+        out.extend_from_slice(checksum);
+        out.extend_from_slice(b"\",\"sha256\":\"");
+        out.extend_from_slice(&file[..64]);
+        out.extend_from_slice(b"\",\"path\":\"");
+        out.extend_from_slice(&self.dir);
+        out.extend_from_slice(&file);
+        let _ = write!(Utf8(out), "\",\"size\":{},\"last_use\":", e.size);
+        let last_use = self.last_use(e.last_use);
+        json_str(out, last_use);
+        let _ = write!(
+            Utf8(out),
+            ",\"last_use_unix_ms\":{},\"urls\":[",
+            e.last_use.0
+        );
+        for (i, u) in e.urls.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, &wasm_cache_core::redacted_url(u));
+        }
+        out.extend_from_slice(b"]}\n");
+    }
+}
+
+/// Appends `s` as a JSON string: copied when nothing in it needs escaping
+/// (the common case), else escaped by serde_json.
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
@@ -195,6 +317,21 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         assert_eq!(size(64 << 20), "64.0 MiB");
+    }
+
+    #[test]
+    fn json_strings_are_what_serde_writes() {
+        for s in [
+            "",
+            "plain https://h.example/m.wasm",
+            "quote \" and backslash \\",
+            "controls \n\t\r\u{1}\u{1f}\u{7f}",
+            "unicode é 漢 \u{1F600}",
+        ] {
+            let mut ours = Vec::new();
+            json_str(&mut ours, s);
+            assert_eq!(ours, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]

@@ -99,6 +99,43 @@ impl fmt::Debug for RedactedUrls<'_> {
     }
 }
 
+/// One module entry, borrowed from the index for the duration of an
+/// [`Index::for_each_entry`] call: what [`EntryInfo`] holds, without copying
+/// the key or the URLs. `Debug` redacts the URLs.
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct EntryRef<'a> {
+    /// The entry's key.
+    pub key: &'a ModuleKey,
+    /// The sha256 of the module's bytes (see [`EntryInfo::content`]).
+    pub content: Sha256Digest,
+    /// The module's size in bytes.
+    pub size: u64,
+    /// When the entry was last handed out or stored.
+    pub last_use: Timestamp,
+    /// The URLs that led to this entry, sorted, without duplicates.
+    pub urls: &'a [String],
+}
+
+impl fmt::Debug for EntryRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntryRef")
+            .field("key", self.key)
+            .field("content", &self.content)
+            .field("size", &self.size)
+            .field("last_use", &self.last_use)
+            .field(
+                "urls",
+                &self
+                    .urls
+                    .iter()
+                    .map(|u| crate::redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 /// A snapshot of one module entry. `Debug` redacts the URLs.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -1143,6 +1180,24 @@ impl Index {
             wrong_sizes,
             future_last_use,
             orphans,
+        }
+    }
+
+    /// Calls `f` with every entry, borrowed in place and in no particular
+    /// order: for a caller that renders or sums a large index without the
+    /// copy [`entries`](Self::entries) makes (a key, a URL set per entry).
+    /// `f` runs while part of the index is read-locked: it must not call
+    /// back into this index.
+    pub fn for_each_entry(&self, mut f: impl FnMut(EntryRef<'_>)) {
+        for e in self.modules.iter() {
+            let (key, v) = e.pair();
+            f(EntryRef {
+                key,
+                content: v.content,
+                size: v.size,
+                last_use: v.last_use,
+                urls: &v.urls.0,
+            });
         }
     }
 

@@ -466,7 +466,9 @@ pub fn redact_url(raw: &str) -> String {
 /// no `@`, `?` or `#` is its own redaction (what `wasm-cache list` prints for
 /// each of 100,000 entries).
 pub fn redacted_url(raw: &str) -> std::borrow::Cow<'_, str> {
-    if !raw.contains(['@', '?', '#']) {
+    // A byte scan: `contains` with a char array is a tenth of `list`'s
+    // rendering of a large cache.
+    if !raw.bytes().any(|b| matches!(b, b'@' | b'?' | b'#')) {
         return std::borrow::Cow::Borrowed(raw);
     }
     std::borrow::Cow::Owned(redact_owned(raw))

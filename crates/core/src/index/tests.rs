@@ -304,8 +304,10 @@ fn debug_output_never_shows_credentials_or_query_strings() {
         &req(&u, Some(sum(2)), "1", PullPolicy::Always),
         Timestamp(0),
     );
+    let mut refs = String::new();
+    idx.for_each_entry(|e| refs.push_str(&format!("{e:?}")));
     let shown = format!(
-        "{k:?} {:?} {removed:?} {events:?} {lookup:?} {idx:?} {}",
+        "{k:?} {:?} {removed:?} {events:?} {lookup:?} {idx:?} {} {refs}",
         idx.entries(),
         k.redacted_name()
     );
@@ -882,7 +884,12 @@ proptest! {
                 .map(|e| { assert_eq!(e.content, content(e.key.checksum.as_bytes()[0])); (e.key, e.size, e.last_use.0, e.urls) }).collect();
             let want: Vec<(ModuleKey, u64, u64, BTreeSet<String>)> = model.modules.iter()
                 .map(|(k, (s, l, u))| (k.clone(), *s, *l, u.clone())).collect();
-            prop_assert_eq!(entries, want);
+            prop_assert_eq!(&entries, &want);
+            // The borrowed visit sees the same entries.
+            let mut visited = Vec::new();
+            idx.for_each_entry(|e| visited.push((e.key.clone(), e.size, e.last_use.0, e.urls.iter().cloned().collect::<BTreeSet<String>>())));
+            visited.sort();
+            prop_assert_eq!(visited, want);
             for u in URLS {
                 let got = idx.checksum_record(u).map(|r| (r.checksum, r.resource_versions));
                 prop_assert_eq!(got, model.records.get(u).cloned());
