@@ -8,11 +8,15 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use common::{cli, file_sha256};
-use wasm_cache::{Cache, GetRequest, PullPolicy};
+use wasm_cache::{Cache, GetRequest, ManualClock, PullPolicy};
 use wasm_cache_testkit::http::{Route, ServerOptions, TestServer};
+use wasm_cache_testkit::images::push_cncf_artifact;
 use wasm_cache_testkit::modules::{sample_module, sha256_hex};
+use wasm_cache_testkit::registry::{Registry, RegistryKind};
 
 fn fetch(dir: &Path, args: &[&str]) -> Output {
     cli(dir).arg("fetch").args(args).output().unwrap()
@@ -300,4 +304,60 @@ fn an_unpinned_cli_hit_needs_no_server_and_follows_the_urls_record() {
     let out = fetch(dir, &[&url, "--resource-version", "4", "--timeout", "2s"]);
     assert!(!out.status.success());
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_removed_entrys_url_hints_go_with_its_checksum_records() {
+    // Removing an entry drops the checksum records of its URLs. Their `.urls`
+    // hints must go with them: otherwise, once another tag with the same
+    // manifest is cached under the same key (repository, manifest digest),
+    // a quick unpinned hit answers the first tag, which the full path no
+    // longer has a record for and would pull again (the tag may have moved).
+    let registry = Registry::start(RegistryKind::Plain);
+    let module = sample_module(30_000, 7);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = rt.block_on(async {
+        (
+            push_cncf_artifact(&registry, "gap/m", "a", &module).await,
+            push_cncf_artifact(&registry, "gap/m", "b", &module).await,
+        )
+    });
+    assert_eq!(a.manifest_digest, b.manifest_digest);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().to_path_buf();
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let open = || {
+        Cache::builder(&dir)
+            .background_purge(false)
+            .insecure_registries([registry.host()])
+            .clock(Arc::new(clock.clone()))
+            .expiry(Duration::from_secs(60))
+            .build()
+    };
+    rt.block_on(async {
+        let cache = open().await.unwrap();
+        cache.get(&GetRequest::new(&a.url)).await.unwrap();
+        clock.advance(Duration::from_secs(3600));
+        let report = cache.purge().await.unwrap();
+        assert_eq!(report.expired.len(), 1, "{report:?}");
+        assert!(cache.checksum_record(&a.url).is_none());
+        cache.get(&GetRequest::new(&b.url)).await.unwrap();
+        cache.shutdown().await.unwrap();
+    });
+    let quick = |url: &str| Cache::hit_in_dir(&dir, &GetRequest::new(url)).unwrap();
+    assert!(
+        quick(&b.url).is_some(),
+        "the tag cached last is a quick hit"
+    );
+    assert!(
+        quick(&a.url).is_none(),
+        "the purged tag's hint outlived its checksum record"
+    );
+    // The full path agrees: no record for the purged tag.
+    rt.block_on(async {
+        let cache = open().await.unwrap();
+        assert!(cache.checksum_record(&a.url).is_none());
+        assert!(cache.checksum_record(&b.url).is_some());
+        cache.shutdown().await.unwrap();
+    });
 }

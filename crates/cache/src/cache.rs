@@ -588,6 +588,14 @@ impl Inner {
         }
     }
 
+    /// Removes the lookup hints of an entry's URLs whose checksum records
+    /// went with it ([`Hints::forget_urls`]); before the removal is journaled.
+    fn forget_url_hints(&self, urls: &std::collections::BTreeSet<String>) {
+        if let Some(h) = &self.hints {
+            h.forget_urls(&self.index, urls);
+        }
+    }
+
     /// Brings the lookup hints up to date with records just journaled.
     fn hints_after(&self, events: &[IndexEvent]) {
         if let Some(h) = &self.hints {

@@ -17,15 +17,9 @@
 //! or a full disk); a directory unchanged since its count was last taken is
 //! not listed again ([`HintDir::count_known`]), so a read-only command on a
 //! large cache does not wait for two listings of 100,000 names at its exit.
-//! Known gap: removing an entry also drops the checksum records of its URLs,
-//! which the `.urls` hints do not learn. The entry's key hint goes with it,
-//! so the URL's hint answers nothing until an entry under the same key (same
-//! module name and checksum) is cached again by another URL: for OCI, another
-//! tag of the repository with the same manifest digest. Then a quick
-//! unpinned hit on the first URL serves that module (the one the URL named at
-//! its last pull, verified) where the full path would pull again; and a
-//! quick pinned hit skips re-recording the URL's checksum, which costs a
-//! later unpinned request one download.
+//! Removing an entry also drops the checksum records of its URLs (the
+//! journal's `remove` record does not name them): the remover deletes those
+//! URLs' hints ([`Hints::forget_urls`]) before it journals the removal.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -100,6 +94,27 @@ impl Hints {
     pub(super) fn before(&self, events: &[IndexEvent]) {
         for event in events {
             if let IndexEvent::Record { url, .. } = event
+                && let Err(e) = self.urls.remove(&url_hint(url))
+            {
+                debug!(error = %e, "removing a lookup hint failed");
+            }
+        }
+    }
+
+    /// Removes the URL hints of `urls` that `index` no longer has a checksum
+    /// record for: an entry just removed took its URLs' records with it
+    /// (`Index::remove`), and the journal's `remove` record does not name
+    /// them. Without this, a quick unpinned hit would answer such a URL once
+    /// an entry under the same key is cached again (for OCI: another tag with
+    /// the same manifest digest), where the full path pulls again. Best
+    /// effort; a hint removed too many only costs a full open.
+    pub(super) fn forget_urls<'a>(
+        &self,
+        index: &Index,
+        urls: impl IntoIterator<Item = &'a String>,
+    ) {
+        for url in urls {
+            if index.checksum_record(url).is_none()
                 && let Err(e) = self.urls.remove(&url_hint(url))
             {
                 debug!(error = %e, "removing a lookup hint failed");

@@ -237,7 +237,8 @@ impl Inner {
 
     /// Drops an entry from the index (and journal), leaving files alone.
     pub(super) fn forget(&self, key: &ModuleKey) {
-        if self.index.remove(key).is_some() {
+        if let Some(e) = self.index.remove(key) {
+            self.forget_url_hints(&e.urls);
             self.journal_append(&IndexEvent::Remove { key: key.clone() });
             self.meters.entries(self.index.len());
         }
@@ -266,7 +267,10 @@ impl Inner {
     pub(super) fn forget_content(&self, content: &Sha256Digest) -> Vec<IndexEvent> {
         let mut events = Vec::new();
         for e in self.index.entries() {
-            if e.content == *content && self.index.remove(&e.key).is_some() {
+            if e.content == *content
+                && let Some(e) = self.index.remove(&e.key)
+            {
+                self.forget_url_hints(&e.urls);
                 events.push(IndexEvent::Remove { key: e.key });
             }
         }

@@ -122,6 +122,7 @@ impl Inner {
         }
         let mut events = Vec::new();
         for e in removed {
+            self.forget_url_hints(&e.entry.urls);
             let content = e.entry.content;
             events.push(IndexEvent::Remove {
                 key: e.entry.key.clone(),
