@@ -329,7 +329,7 @@ fn a_removed_entrys_url_hints_go_with_its_checksum_records() {
     let open = || {
         Cache::builder(&dir)
             .background_purge(false)
-            .insecure_registries([registry.host()])
+            .insecure_hosts([registry.host()])
             .clock(Arc::new(clock.clone()))
             .expiry(Duration::from_secs(60))
             .build()
