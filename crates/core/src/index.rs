@@ -780,16 +780,16 @@ impl Index {
     }
 
     fn remembered_checksum(&self, req: &LookupRequest<'_>) -> Option<Sha256Digest> {
-        let ignore = req.policy.ignores_resource_version(req.url);
         // The common case (every hit of an unpinned URL): nothing to change,
         // so a read lock, which hits of other URLs in the shard share.
         {
             let rec = self.checksums.get(req.url.as_str())?;
-            if rec.version(req.resource_name) == Some(req.resource_version) {
-                return Some(rec.checksum);
-            }
-            if !ignore {
+            let seen = rec.version(req.resource_name) == Some(req.resource_version);
+            if !req.policy.takes_record(req.url, seen) {
                 return None;
+            }
+            if seen {
+                return Some(rec.checksum);
             }
         }
         let mut rec = self.checksums.get_mut(req.url.as_str())?;

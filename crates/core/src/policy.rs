@@ -35,6 +35,16 @@ impl PullPolicy {
         }
     }
 
+    /// Whether the checksum a URL's record remembers answers a request for
+    /// `url` without a download: the record has seen the request's resource
+    /// version (`seen_version`), or this policy ignores resource versions
+    /// for the URL ([`ignores_resource_version`](Self::ignores_resource_version)).
+    /// The one rule of [`Index::lookup`](crate::Index::lookup) and of any
+    /// quicker path that answers from the same records.
+    pub fn takes_record(self, url: &ModuleUrl, seen_version: bool) -> bool {
+        seen_version || self.ignores_resource_version(url)
+    }
+
     /// The name used on the command line and in config (`if-not-present`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -86,6 +96,14 @@ mod tests {
         assert!(!Unspecified.ignores_resource_version(&http));
         assert!(IfNotPresent.ignores_resource_version(&http));
         assert!(!Always.ignores_resource_version(&http));
+        // A record that saw the resource version answers under every policy;
+        // one that did not, only where the version is ignored.
+        for p in [Unspecified, IfNotPresent, Always] {
+            for u in [&oci, &latest, &http] {
+                assert!(p.takes_record(u, true));
+                assert_eq!(p.takes_record(u, false), p.ignores_resource_version(u));
+            }
+        }
     }
 
     #[test]

@@ -258,9 +258,8 @@ pub(crate) fn hit_in_dir(
     };
     let checksum = match (pinned, &rec) {
         (Some(c), _) => c,
-        (None, Some(r)) if same_version(r) || req.pull_policy.ignores_resource_version(&url) => {
-            r.checksum
-        }
+        // The full path's rule (`Index::lookup`), from the same record.
+        (None, Some(r)) if req.pull_policy.takes_record(&url, same_version(r)) => r.checksum,
         // No record, or one the policy says to re-pull for.
         (None, _) => return Ok(None),
     };
