@@ -229,8 +229,11 @@ async fn byte_budget_evicts_lru_but_never_within_grace() {
     // Module 0 is used again: now 1 is the least recently used.
     cache.get(&req(&s.url("/0.wasm"), "1")).await.unwrap();
     let r = cache.purge().await.unwrap();
-    assert_eq!(r.evicted.len(), 1, "{r:?}");
-    assert!(!paths[1].exists());
+    // The third fetch went over budget and queued a purge of its own, which
+    // a loaded machine may run only now, and evict module 1 itself: what
+    // counts is what is left, and that no more than one was evicted.
+    assert!(r.evicted.len() <= 1, "{r:?}");
+    assert!(!paths[1].exists(), "{r:?}");
     assert!(paths[0].exists() && paths[2].exists());
 }
 
@@ -400,9 +403,11 @@ async fn a_purge_never_touches_a_module_being_written_or_just_handed_out() {
     let r = cache.purge().await.unwrap();
     assert!(r.evicted.is_empty() && r.files_removed == 0, "{r:?}");
     assert_module_at(&path, &module);
-    // Once idle past the grace period, the budget evicts it.
+    // Once idle past the grace period, the budget evicts it: this purge, or
+    // the one the fetch queued when it went over budget (a loaded machine
+    // may run that one only now).
     c.advance(Duration::from_secs(61));
     let r = cache.purge().await.unwrap();
-    assert_eq!(r.files_removed, 1, "{r:?}");
-    assert!(!path.exists());
+    assert!(r.files_removed <= 1, "{r:?}");
+    assert!(!path.exists(), "{r:?}");
 }
