@@ -61,6 +61,16 @@ fn project_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative
+/// to the checkout if relative), else `<root>/target`. The binaries that
+/// `demo`, `man` and `bench` build and then run are looked up there.
+fn target_dir(root: &Path) -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root.join(d),
+        _ => root.join("target"),
+    }
+}
+
 fn cargo() -> Command {
     Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -100,15 +110,15 @@ fn demo(root: &Path) -> Result {
     )?;
     run(
         "demo",
-        Command::new(root.join("target/debug/wasm-cache-demo"))
+        Command::new(target_dir(root).join("debug/wasm-cache-demo"))
             .current_dir(root)
-            .env("WASM_CACHE_BIN", root.join("target/debug/wasm-cache")),
+            .env("WASM_CACHE_BIN", target_dir(root).join("debug/wasm-cache")),
     )
 }
 
 /// `wasm-cache(1)` and the completion scripts, from the built command.
 fn man(root: &Path, out: Option<PathBuf>) -> Result {
-    let out = out.unwrap_or_else(|| root.join("target/man"));
+    let out = out.unwrap_or_else(|| target_dir(root).join("man"));
     run(
         "cargo build (cli)",
         cargo().current_dir(root).args([
@@ -121,7 +131,7 @@ fn man(root: &Path, out: Option<PathBuf>) -> Result {
         ]),
     )?;
     std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let bin = root.join("target/debug/wasm-cache");
+    let bin = target_dir(root).join("debug/wasm-cache");
     let pages = Command::new(&bin)
         .arg("man")
         .arg("--out-dir")
@@ -176,9 +186,12 @@ fn bench(root: &Path, rest: &[String]) -> Result {
     )?;
     run(
         "benchmark runner",
-        Command::new(root.join("target/release/wasm-cache-bench"))
+        Command::new(target_dir(root).join("release/wasm-cache-bench"))
             .current_dir(root)
-            .env("WASM_CACHE_BIN", root.join("target/release/wasm-cache"))
+            .env(
+                "WASM_CACHE_BIN",
+                target_dir(root).join("release/wasm-cache"),
+            )
             .args(rest),
     )
 }
