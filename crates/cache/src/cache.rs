@@ -317,10 +317,7 @@ impl Cache {
         }
         let url = inner.parse_url(&req.url)?;
         let url = &*url;
-        let checksum = match req.checksum.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(c) => Some(Sha256Digest::parse(c)?),
-        };
+        let checksum = req.given_checksum().map(Sha256Digest::parse).transpose()?;
         let (name, expected) = match inner.try_hit(url, checksum, req, policy).await? {
             Hit::Served {
                 file,
@@ -566,25 +563,35 @@ impl Inner {
         if events.is_empty() {
             return;
         }
-        self.hints_before(events);
-        let appended = self
-            .journal
-            .lock_shared(Instant::now() + METADATA_WAIT)
-            .and_then(|shared| shared.append(events, true));
-        match appended {
-            Ok(()) => self.hints_after(events),
-            // The module is served from memory all the same; a restart would
-            // treat its file as an orphan, or find its file gone.
-            Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
-        }
+        self.append_with_hints(events, || {
+            self.journal
+                .lock_shared(Instant::now() + METADATA_WAIT)
+                .and_then(|shared| shared.append(events, true))
+        });
     }
 
-    /// Clears the lookup hints that records about to be journaled change
-    /// ([`Hints::before`]); [`Inner::hints_after`] writes them once the
-    /// records are in.
-    fn hints_before(&self, events: &[IndexEvent]) {
+    /// Journals `events` through `append` (under whichever journal lock the
+    /// caller holds) with the lookup hints in step: the hints the records
+    /// change are cleared before the append ([`Hints::before`]) and written
+    /// once the records are in ([`Hints::after`]). Best effort: the index in
+    /// memory has the records all the same (a module is served from memory;
+    /// a restart treats its file as an orphan, or finds it gone), so a
+    /// failure is a warning.
+    fn append_with_hints(
+        &self,
+        events: &[IndexEvent],
+        append: impl FnOnce() -> Result<(), wasm_store_fs::StoreError>,
+    ) {
         if let Some(h) = &self.hints {
             h.before(events);
+        }
+        match append() {
+            Ok(()) => {
+                if let Some(h) = &self.hints {
+                    h.after(&self.index, events);
+                }
+            }
+            Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
         }
     }
 
@@ -593,13 +600,6 @@ impl Inner {
     fn forget_url_hints(&self, urls: &std::collections::BTreeSet<String>) {
         if let Some(h) = &self.hints {
             h.forget_urls(&self.index, urls);
-        }
-    }
-
-    /// Brings the lookup hints up to date with records just journaled.
-    fn hints_after(&self, events: &[IndexEvent]) {
-        if let Some(h) = &self.hints {
-            h.after(&self.index, events);
         }
     }
 

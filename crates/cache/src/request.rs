@@ -64,6 +64,15 @@ impl GetRequest {
         self
     }
 
+    /// The checksum the request pins, as given: trimmed, and `None` when
+    /// absent or empty (an empty one pins nothing).
+    pub(crate) fn given_checksum(&self) -> Option<&str> {
+        match self.checksum.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(c) => Some(c),
+        }
+    }
+
     /// Sets the asking resource's name and version.
     #[must_use]
     pub fn resource(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {

@@ -229,15 +229,7 @@ impl Inner {
             // Journaled after the store's lock of the content is released
             // (never under it), still under the journal's shared lock.
             match &shared {
-                Some(shared) => {
-                    me.hints_before(&events);
-                    match shared.append(&events, true) {
-                        Ok(()) => me.hints_after(&events),
-                        // Served from memory all the same; the next start
-                        // finds the file as an orphan.
-                        Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
-                    }
-                }
+                Some(shared) => me.append_with_hints(&events, || shared.append(&events, true)),
                 None => me.journal_append_all(&events),
             }
             Ok::<_, wasm_cache_core::Error>(Published {

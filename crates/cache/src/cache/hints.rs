@@ -229,7 +229,7 @@ pub(crate) fn hit_in_dir(
     let Ok(url) = ModuleUrl::parse(&req.url) else {
         return Ok(None); // The full path reports the error.
     };
-    let pinned = match req.checksum.as_deref().map(Sha256Digest::parse) {
+    let pinned = match req.given_checksum().map(Sha256Digest::parse) {
         Some(Ok(c)) => Some(c),
         Some(Err(_)) => return Ok(None),
         None => url.pinned_digest(),

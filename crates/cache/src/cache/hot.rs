@@ -73,7 +73,7 @@ pub(super) struct UrlRecord {
 struct HotHit {
     resource_name: Box<str>,
     resource_version: Box<str>,
-    /// The request's checksum as given (trimmed; `None` when absent or empty).
+    /// The request's checksum as given ([`GetRequest::given_checksum`]).
     checksum: Option<Box<str>>,
     key: ModuleKey,
     content: Sha256Digest,
@@ -105,7 +105,7 @@ impl HotHit {
     fn answers(&self, req: &GetRequest) -> bool {
         *self.resource_name == *req.resource_name
             && *self.resource_version == *req.resource_version
-            && self.checksum.as_deref() == request_checksum(req)
+            && self.checksum.as_deref() == req.given_checksum()
     }
 }
 
@@ -125,14 +125,6 @@ impl UrlRecord {
             hot: Box::default(),
             retired: AtomicBool::new(false),
         }
-    }
-}
-
-/// The request's checksum as [`HotHit::checksum`] keeps it.
-fn request_checksum(req: &GetRequest) -> Option<&str> {
-    match req.checksum.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(c) => Some(c),
     }
 }
 
@@ -210,7 +202,7 @@ impl Inner {
         let hit = HotHit {
             resource_name: req.resource_name.as_str().into(),
             resource_version: req.resource_version.as_str().into(),
-            checksum: request_checksum(req).map(Into::into),
+            checksum: req.given_checksum().map(Into::into),
             key: key.clone(),
             content,
             file: file.clone(),

@@ -151,13 +151,10 @@ impl Inner {
         }
         self.meters.entries(self.index.len());
         match &exclusive {
+            // On a failure the files are gone all the same: the next start
+            // drops their entries.
             Some(x) if !events.is_empty() => {
-                self.hints_before(&events);
-                match x.append(&events, true) {
-                    Ok(()) => self.hints_after(&events),
-                    // The files are gone: the next start drops their entries.
-                    Err(e) => warn!(error = %e, "appending to the wasm cache journal failed"),
-                }
+                self.append_with_hints(&events, || x.append(&events, true));
             }
             Some(_) => {}
             None => self.journal_append_all(&events),
