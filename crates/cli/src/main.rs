@@ -290,15 +290,22 @@ impl From<wasm_cache_core::Error> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose, cli.quiet);
+    let progress = !cli.quiet && std::io::stderr().is_terminal();
     // A hit the directory's hints answer needs no runtime, no fetcher and no
-    // journal replay: tried before any of them is set up.
-    if let Command::Fetch(args) = &cli.command {
-        match quick_fetch(&cli, args) {
-            Ok(Some(code)) => return code,
-            Ok(None) => {}
-            Err(f) => return fail(&f),
+    // journal replay: tried before any of them is set up. On a miss, what
+    // was prepared (every option read and checked) goes on to the full path.
+    let plan = match &cli.command {
+        Command::Fetch(args) => {
+            let quick = plan_fetch(args, progress, || cache_dir(&cli))
+                .and_then(|plan| Ok((quick_fetch(args, &plan)?, plan)));
+            match quick {
+                Ok((Some(code), _)) => return code,
+                Ok((None, plan)) => Some(plan),
+                Err(f) => return fail(&f),
+            }
         }
-    }
+        _ => None,
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -309,7 +316,7 @@ fn main() -> ExitCode {
     // Dropping the runtime waits for the cache's background housekeeping
     // (the lookup hints' re-sync): cut short, the hints of a directory opened
     // only by short commands would never be complete.
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, progress, plan)) {
         Ok(code) => code,
         Err(f) => fail(&f),
     }
@@ -398,7 +405,9 @@ fn builder(dir: &Path) -> CacheBuilder {
         .watch_directory(false)
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+/// Every command but the runtime-free parts of `fetch` (`plan`: what
+/// [`main`] prepared for a `fetch` its quick path did not answer).
+async fn run(cli: Cli, progress: bool, plan: Option<FetchPlan>) -> Result<ExitCode, Failure> {
     // Commands that need no cache directory.
     match &cli.command {
         Command::Completions { shell } => {
@@ -427,9 +436,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         _ => {}
     }
     let dir = cache_dir(&cli)?;
-    let progress = !cli.quiet && std::io::stderr().is_terminal();
     match cli.command {
-        Command::Fetch(args) => fetch(&dir, args, progress).await,
+        Command::Fetch(args) => {
+            let plan = match plan {
+                Some(plan) => plan,
+                None => plan_fetch(&args, progress, || Ok(dir))?,
+            };
+            fetch(args, plan).await
+        }
         Command::Resolve(args) => resolve(&dir, args, progress).await,
         Command::List { json } => list(&dir, json).await,
         Command::Purge {
@@ -452,16 +466,21 @@ async fn open_for(
     progress: bool,
 ) -> Result<(Cache, GetRequest), Failure> {
     let (fetchers, secret) = network_setup(net, progress)?;
-    let mut cache = builder(dir).max_module_size(net.max_size);
-    for (scheme, fetcher) in fetchers {
-        cache = cache.fetcher(scheme, fetcher);
-    }
-    let cache = cache.build().await?;
+    let cache = open_with(dir, net, fetchers).await?;
     let mut req = GetRequest::new(net.url.clone()).timeout(net.timeout);
     if let Some(s) = secret {
         req = req.pull_secret(s);
     }
     Ok((cache, req))
+}
+
+/// The cache in `dir` with `fetchers` (from [`network_setup`]).
+async fn open_with(dir: &Path, net: &NetArgs, fetchers: SchemeFetchers) -> Result<Cache, Failure> {
+    let mut cache = builder(dir).max_module_size(net.max_size);
+    for (scheme, fetcher) in fetchers {
+        cache = cache.fetcher(scheme, fetcher);
+    }
+    Ok(cache.build().await?)
 }
 
 /// The fetchers a URL's scheme needs, each for the scheme it serves.
@@ -601,27 +620,56 @@ fn fetch_request(args: &FetchArgs) -> Result<GetRequest, Failure> {
     Ok(req)
 }
 
+/// What `fetch` needs before the cache is opened, every option read and
+/// checked once (a bad option fails a hit too): shared by the quick path
+/// and the full one.
+struct FetchPlan {
+    dir: PathBuf,
+    /// The request, without the pull secret (only the full path sends it).
+    req: GetRequest,
+    fetchers: SchemeFetchers,
+    secret: Option<PullSecret>,
+}
+
+/// [`FetchPlan`] for `args`; `dir` gives the cache directory (checked last).
+fn plan_fetch(
+    args: &FetchArgs,
+    progress: bool,
+    dir: impl FnOnce() -> Result<PathBuf, Failure>,
+) -> Result<FetchPlan, Failure> {
+    let req = fetch_request(args)?;
+    // Nothing is built or connected here: the fetchers are built on first use.
+    let (fetchers, secret) = network_setup(&args.net, progress)?;
+    Ok(FetchPlan {
+        dir: dir()?,
+        req,
+        fetchers,
+        secret,
+    })
+}
+
 /// `fetch` answered from the directory's lookup hints (`Cache::hit_in_dir`:
 /// no runtime, no journal replay, no fetcher, no trust roots), or `None`
 /// for the full path.
-fn quick_fetch(cli: &Cli, args: &FetchArgs) -> Result<Option<ExitCode>, Failure> {
-    let req = fetch_request(args)?;
-    // Checked (nothing is built or connected): a bad option fails a hit too.
-    network_setup(&args.net, false)?;
-    let dir = cache_dir(cli)?;
+fn quick_fetch(args: &FetchArgs, plan: &FetchPlan) -> Result<Option<ExitCode>, Failure> {
     let started = Instant::now();
-    match Cache::hit_in_dir(&dir, &req)? {
-        Some(outcome) => finish_fetch(args, &req, &outcome, started.elapsed()).map(Some),
+    match Cache::hit_in_dir(&plan.dir, &plan.req)? {
+        Some(outcome) => finish_fetch(args, &plan.req, &outcome, started.elapsed()).map(Some),
         None => Ok(None),
     }
 }
 
 /// `fetch` through an opened cache (after [`quick_fetch`] found no hit).
-async fn fetch(dir: &Path, args: FetchArgs, progress: bool) -> Result<ExitCode, Failure> {
-    let mut req = fetch_request(&args)?;
+async fn fetch(args: FetchArgs, plan: FetchPlan) -> Result<ExitCode, Failure> {
+    let FetchPlan {
+        dir,
+        mut req,
+        fetchers,
+        secret,
+    } = plan;
     let started = Instant::now();
-    let (cache, common) = open_for(dir, &args.net, progress).await?;
-    if let Some(secret) = common.pull_secret {
+    let cache = open_with(&dir, &args.net, fetchers).await?;
+    if let Some(secret) = secret {
         req = req.pull_secret(secret);
     }
     let result = cache.get_detailed(&req).await;
