@@ -88,13 +88,14 @@ impl fmt::Debug for ModuleKey {
     }
 }
 
-/// `Debug` for a set of URLs as given: each one redacted.
-struct RedactedUrls<'a>(&'a BTreeSet<String>);
+/// `Debug` for a set of URLs as given (a set, or a sorted slice of them):
+/// each one redacted.
+struct RedactedUrls<I>(I);
 
-impl fmt::Debug for RedactedUrls<'_> {
+impl<'a, I: IntoIterator<Item = &'a String> + Copy> fmt::Debug for RedactedUrls<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set()
-            .entries(self.0.iter().map(|u| crate::redact_url(u)))
+            .entries(self.0.into_iter().map(|u| crate::redacted_url(u)))
             .finish()
     }
 }
@@ -124,14 +125,7 @@ impl fmt::Debug for EntryRef<'_> {
             .field("content", &self.content)
             .field("size", &self.size)
             .field("last_use", &self.last_use)
-            .field(
-                "urls",
-                &self
-                    .urls
-                    .iter()
-                    .map(|u| crate::redact_url(u))
-                    .collect::<Vec<_>>(),
-            )
+            .field("urls", &RedactedUrls(self.urls))
             .finish()
     }
 }

@@ -1029,13 +1029,13 @@ proptest! {
                 Op::Lookup { url: i, sum: s, rv, policy: p } => {
                     let rv = rv.to_string();
                     let generation = idx.generation();
-                    let got = idx.lookup(&req_r(&urls[i], s.map(sum), &rv, policy(p)), Timestamp(now));
+                    let got = idx.lookup(&req(&urls[i], s.map(sum), &rv, policy(p)), Timestamp(now));
                     if matches!(got, Lookup::Hit { .. }) {
                         memo.push((i, s, rv, p, generation, got));
                     }
                 }
                 Op::Record { url: i, sum: s, rv } => {
-                    idx.record_checksum(urls[i].as_str(), sum(s), "r", &rv.to_string());
+                    idx.record_checksum(urls[i].as_str(), sum(s), "ns/plugin", &rv.to_string());
                 }
                 Op::Remove { url: i, sum: s } => {
                     idx.remove(&ModuleKey::new(urls[i].module_name(), sum(s)));
@@ -1056,26 +1056,11 @@ proptest! {
             }
             for (i, s, rv, p, generation, hit) in &memo {
                 if *generation == idx.generation() {
-                    let again = idx.lookup(&req_r(&urls[*i], s.map(sum), rv, policy(*p)), Timestamp(now));
+                    let again = idx.lookup(&req(&urls[*i], s.map(sum), rv, policy(*p)), Timestamp(now));
                     prop_assert_eq!(&again, hit);
                 }
             }
         }
-    }
-}
-
-fn req_r<'a>(
-    u: &'a ModuleUrl,
-    checksum: Option<Sha256Digest>,
-    rv: &'a str,
-    policy: PullPolicy,
-) -> LookupRequest<'a> {
-    LookupRequest {
-        url: u,
-        checksum,
-        resource_name: "r",
-        resource_version: rv,
-        policy,
     }
 }
 
@@ -1085,7 +1070,7 @@ fn touches_and_new_entries_leave_the_generation_alone() {
     let u = url("http://a.example/m.wasm");
     let key = ModuleKey::new(u.module_name(), sum(1));
     idx.insert(key.clone(), sum(1), 10, Some(u.as_str()), Timestamp(1));
-    idx.record_checksum(u.as_str(), sum(1), "r", "1");
+    idx.record_checksum(u.as_str(), sum(1), "ns/plugin", "1");
     let g = idx.generation();
     idx.touch(&key, Timestamp(5));
     idx.insert(key.clone(), sum(1), 10, Some(u.as_str()), Timestamp(6));
@@ -1096,13 +1081,13 @@ fn touches_and_new_entries_leave_the_generation_alone() {
         None,
         Timestamp(7),
     );
-    assert!(!idx.record_checksum(u.as_str(), sum(1), "r", "1"));
+    assert!(!idx.record_checksum(u.as_str(), sum(1), "ns/plugin", "1"));
     assert!(matches!(
-        idx.lookup(&req_r(&u, None, "1", PullPolicy::Unspecified), Timestamp(8)),
+        idx.lookup(&req(&u, None, "1", PullPolicy::Unspecified), Timestamp(8)),
         Lookup::Hit { .. }
     ));
     assert_eq!(idx.generation(), g);
-    idx.record_checksum(u.as_str(), sum(1), "r", "2");
+    idx.record_checksum(u.as_str(), sum(1), "ns/plugin", "2");
     assert_ne!(idx.generation(), g, "a changed record moves it");
     let g = idx.generation();
     idx.insert(key.clone(), sum(3), 10, None, Timestamp(9));
