@@ -44,7 +44,6 @@ fn main() -> ExitCode {
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-/// The workspace root, from this crate's manifest directory.
 /// The workspace `cargo xtask` was run in. `cargo run` sets
 /// `CARGO_MANIFEST_DIR` for the process it starts, so this is the checkout
 /// the command was typed in even when the binary it runs was built from
@@ -61,12 +60,13 @@ fn project_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative
-/// to the checkout if relative), else `<root>/target`. The binaries that
-/// `demo`, `man` and `bench` build and then run are looked up there.
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (a
+/// relative one taken from the working directory, as cargo takes it), else
+/// `<root>/target`. The binaries that `demo`, `man` and `bench` build and
+/// then run are looked up there.
 fn target_dir(root: &Path) -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => root.join(d),
+        Some(d) if !d.is_empty() => std::path::absolute(&d).unwrap_or_else(|_| PathBuf::from(d)),
         _ => root.join("target"),
     }
 }

@@ -601,8 +601,8 @@ impl FsStore {
         Files(read(&self.inner.index))
     }
 
-    /// Every module the store knows, in no particular order (what an open
-    /// reconciles its index with: no sort).
+    /// Every module the store knows, in no particular order (a copy of each;
+    /// [`files`](Self::files) reads them in place).
     pub fn list_unsorted(&self) -> Vec<StoredModule> {
         read(&self.inner.index)
             .iter()
