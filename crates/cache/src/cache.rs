@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, warn};
 use wasm_cache_core::{
-    EntryInfo, EntryRef, Fetcher, Index, IndexEvent, ModuleKey, ModuleUrl, Scheme, Sha256Digest,
-    Timestamp,
+    EntryInfo, EntryRef, EntryRefs, Fetcher, Index, IndexEvent, ModuleKey, ModuleUrl, Scheme,
+    Sha256Digest, Timestamp,
 };
 use wasm_cache_signature::TrustPolicy;
 use wasm_store_fs::{FsStore, Journal, VerifyReport};
@@ -425,6 +425,17 @@ impl Cache {
         // Hot hits' last uses first (see `hot`).
         self.inner.fold_hot();
         self.inner.index.for_each_entry(f);
+    }
+
+    /// Every entry, borrowed in place, for reading on several threads
+    /// ([`Index::entry_refs`](wasm_cache_core::Index::entry_refs)): what
+    /// `wasm-cache list` renders a large cache from. Until it is dropped,
+    /// whatever writes to the index (a `get`, a purge, a shutdown) waits:
+    /// drop it first.
+    pub fn entry_refs(&self) -> EntryRefs<'_> {
+        // Hot hits' last uses first (see `hot`).
+        self.inner.fold_hot();
+        self.inner.index.entry_refs()
     }
 
     /// The checksum remembered for `url`, with the resource versions that saw it.

@@ -138,8 +138,8 @@ pub use crate::error::Error;
 pub use crate::outcome::{Outcome, Resolved};
 pub use crate::request::{DEFAULT_TIMEOUT, GetRequest};
 pub use wasm_cache_core::{
-    ChecksumRecord, EntryInfo, EntryRef, ErrorKind, Fetcher, ModuleKey, ModuleUrl, PullPolicy,
-    PullSecret, Scheme, Sha256Digest,
+    ChecksumRecord, EntryInfo, EntryRef, EntryRefs, ErrorKind, Fetcher, ModuleKey, ModuleUrl,
+    PullPolicy, PullSecret, Scheme, Sha256Digest,
 };
 pub use wasm_cache_signature::{KeyFingerprint, PublicKey, TrustPolicy};
 #[cfg(feature = "http")]

@@ -36,7 +36,7 @@ use wasm_cache::{
     Cache, CacheBuilder, DEFAULT_TIMEOUT, ErrorKind, GetRequest, HttpFetcher, OciFetcher,
     PullPolicy, PullSecret, Scheme,
 };
-use wasm_cache_core::{DEFAULT_MAX_MODULE_SIZE, redact_url, redacted_url};
+use wasm_cache_core::{DEFAULT_MAX_MODULE_SIZE, redact_url};
 
 use crate::logging::TARGET;
 use crate::output::{SCHEMA, line, parse_size};
@@ -763,36 +763,20 @@ async fn resolve(dir: &Path, args: ResolveArgs, progress: bool) -> Result<ExitCo
 
 async fn list(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
     let cache = builder(dir).build().await?;
-    // Each entry is rendered in place (no copy of the index), into one
-    // buffer of lines and one of sort keys, then the lines are written in
-    // order at once: with 100,000 modules, a copy of every entry, serde's
-    // per-field machinery and a flush per line were most of the command's
-    // time (issue 19).
-    let mut rows: Vec<output::ListRow> = Vec::new();
-    let mut names = Vec::new();
-    let mut lines = Vec::new();
-    let mut render = output::ListRender::new(&cache, json);
-    cache.for_each_entry(|e| {
-        let name = redacted_url(&e.key.name);
-        let row = output::ListRow {
-            name: names.len()..names.len() + name.len(),
-            checksum: e.key.checksum,
-            line: lines.len()..lines.len(),
-        };
-        names.extend_from_slice(name.as_bytes());
-        render.line(&mut lines, &name, &e);
-        rows.push(output::ListRow {
-            line: row.line.start..lines.len(),
-            ..row
-        });
-    });
+    // Each entry is rendered in place (no copy of the index), on every core,
+    // then the sorted parts are merged as they are written: with 100,000
+    // modules, a copy of every entry, serde's per-field machinery, a flush
+    // per line and then a single rendering thread were most of the
+    // command's time (issue 19).
+    let render = output::ListRender::new(&cache, json);
+    let parts = {
+        // Released before the shutdown below, which writes.
+        let refs = cache.entry_refs();
+        output::render_list(&refs, &render)
+    };
     if let Err(e) = cache.shutdown().await {
         tracing::warn!(target: TARGET, "saving the cache index failed: {e}");
     }
-    // By (name, checksum): the same order as the hex strings'.
-    rows.sort_unstable_by(|a, b| {
-        (&names[a.name.clone()], &a.checksum).cmp(&(&names[b.name.clone()], &b.checksum))
-    });
     let header = if json {
         String::new()
     } else {
@@ -801,16 +785,16 @@ async fn list(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
             "CHECKSUM", "SIZE", "LAST USE"
         )
     };
-    output::write_out_all(
-        std::iter::once(header.as_bytes()).chain(rows.iter().map(|r| &lines[r.line.clone()])),
-    );
+    output::write_list(header.as_bytes(), &parts);
     if !json {
-        eprintln!("{} module(s) in {}", rows.len(), dir.display());
+        let n: usize = parts.iter().map(output::ListPart::len).sum();
+        eprintln!("{n} module(s) in {}", dir.display());
     }
     // The process ends next: freeing the index entry by entry only delays
     // the exit (a tenth of `list`'s time with 100,000 modules). The cache is
     // shut down; nothing of it runs on drop.
     std::mem::forget(cache);
+    std::mem::forget(parts);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -101,14 +101,120 @@ pub(crate) struct ResolveJson {
 
 /// One module of `list`: where its sort key (the redacted name, in a buffer
 /// of names, then the checksum) and its rendered line are.
-pub(crate) struct ListRow {
-    pub(crate) name: std::ops::Range<usize>,
-    pub(crate) checksum: wasm_cache_core::Sha256Digest,
-    pub(crate) line: std::ops::Range<usize>,
+struct ListRow {
+    name: std::ops::Range<usize>,
+    checksum: wasm_cache_core::Sha256Digest,
+    line: std::ops::Range<usize>,
+}
+
+/// Some of `list`'s modules, rendered and sorted: their lines, one after
+/// the other, in one buffer, their sort keys' names in another.
+#[derive(Default)]
+pub(crate) struct ListPart {
+    names: Vec<u8>,
+    lines: Vec<u8>,
+    rows: Vec<ListRow>,
+}
+
+impl ListPart {
+    fn push(&mut self, render: &mut ListRender, e: &wasm_cache_core::EntryRef<'_>) {
+        let name = wasm_cache_core::redacted_url(&e.key.name);
+        let (name_at, line_at) = (self.names.len(), self.lines.len());
+        self.names.extend_from_slice(name.as_bytes());
+        render.line(&mut self.lines, &name, e);
+        self.rows.push(ListRow {
+            name: name_at..self.names.len(),
+            checksum: e.key.checksum,
+            line: line_at..self.lines.len(),
+        });
+    }
+
+    /// Row `i`'s sort key: by (name, checksum), the order of the hex strings.
+    fn key(&self, i: usize) -> (&[u8], &wasm_cache_core::Sha256Digest) {
+        let row = &self.rows[i];
+        (&self.names[row.name.clone()], &row.checksum)
+    }
+
+    fn sort(&mut self) {
+        let names = &self.names;
+        self.rows.sort_unstable_by(|a, b| {
+            (&names[a.name.clone()], &a.checksum).cmp(&(&names[b.name.clone()], &b.checksum))
+        });
+    }
+
+    /// How many modules.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// Entries per rendering thread, at least: below that, a thread's start
+/// costs more than it saves.
+const LIST_ENTRIES_PER_THREAD: usize = 8192;
+
+/// Renders every entry of `refs`, in parts each sorted, on as many threads
+/// as the machine has cores (at most 8, and one for a small cache): with
+/// 100,000 modules, rendering was a quarter of `list`'s time, on one core of
+/// two while the other idled (issue 19).
+pub(crate) fn render_list(
+    refs: &wasm_cache_core::EntryRefs<'_>,
+    render: &ListRender,
+) -> Vec<ListPart> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    render_parts(refs, render, cores, LIST_ENTRIES_PER_THREAD)
+}
+
+fn render_parts(
+    refs: &wasm_cache_core::EntryRefs<'_>,
+    render: &ListRender,
+    cores: usize,
+    per_thread: usize,
+) -> Vec<ListPart> {
+    let n = refs.len();
+    let threads = cores.min(n.div_ceil(per_thread)).clamp(1, 8);
+    let chunk = n.div_ceil(threads);
+    let part = |t: usize| {
+        let mut render = render.clone();
+        let mut part = ListPart::default();
+        for e in refs.range((t * chunk).min(n)..((t + 1) * chunk).min(n)) {
+            part.push(&mut render, &e);
+        }
+        part.sort();
+        part
+    };
+    if threads == 1 {
+        return vec![part(0)];
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|t| s.spawn(move || part(t))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// Writes `header` then the lines of `parts` merged in sort order.
+pub(crate) fn write_list(header: &[u8], parts: &[ListPart]) {
+    write_out_all(std::iter::once(header).chain(merged(parts)));
+}
+
+/// The lines of `parts` (each sorted) in sort order.
+fn merged(parts: &[ListPart]) -> impl Iterator<Item = &[u8]> {
+    let mut next = vec![0usize; parts.len()];
+    std::iter::from_fn(move || {
+        let p = (0..parts.len())
+            .filter(|&p| next[p] < parts[p].rows.len())
+            .min_by(|&a, &b| parts[a].key(next[a]).cmp(&parts[b].key(next[b])))?;
+        let row = &parts[p].rows[next[p]];
+        next[p] += 1;
+        Some(&parts[p].lines[row.line.clone()])
+    })
 }
 
 /// Renders `list` lines, text or `--json` (documented in docs/CLI.md: one
 /// object per line, fields in this order), straight into a byte buffer.
+#[derive(Clone)]
 pub(crate) struct ListRender {
     json: bool,
     /// The module directory with its trailing `/`, as a JSON string's
@@ -134,6 +240,11 @@ impl ListRender {
                     .as_str(),
             )
             .unwrap_or_default();
+        Self::in_dir(prefix, json)
+    }
+
+    /// Lines of modules whose files are in `prefix` (with its trailing `/`).
+    fn in_dir(prefix: &str, json: bool) -> Self {
         let mut dir = Vec::new();
         json_str(&mut dir, prefix);
         // The contents only, without the quotes.
@@ -162,12 +273,7 @@ impl ListRender {
     }
 
     /// Appends the line of `e`, shown by its redacted `name`.
-    pub(crate) fn line(
-        &mut self,
-        out: &mut Vec<u8>,
-        name: &str,
-        e: &wasm_cache_core::EntryRef<'_>,
-    ) {
+    fn line(&mut self, out: &mut Vec<u8>, name: &str, e: &wasm_cache_core::EntryRef<'_>) {
         use std::fmt::Write as _;
         let checksum = e.key.checksum.file_name_bytes();
         let checksum = &checksum[..64];
@@ -317,6 +423,59 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         assert_eq!(size(64 << 20), "64.0 MiB");
+    }
+
+    /// Lines rendered in parts on several threads and merged come out as one
+    /// thread renders and sorts them, whatever the number of parts.
+    #[test]
+    fn list_parts_merge_into_one_sorted_listing() {
+        use wasm_cache_core::{Index, ModuleKey, Sha256Digest, Timestamp};
+        let index = Index::new();
+        for i in 0..500u32 {
+            let content = Sha256Digest::from_bytes([(i % 251) as u8; 32]);
+            // Names repeat (a name with several checksums) and some need
+            // redacting, which changes their order.
+            let url = match i % 5 {
+                0 => format!("https://user:pw@h.example/m{}.wasm", i % 37),
+                1 => format!("https://h.example/m{}.wasm?token={i}", i % 37),
+                _ => format!("https://h.example/m{}.wasm", i % 37),
+            };
+            let key = ModuleKey::new(url.clone(), Sha256Digest::from_bytes([i as u8; 32]));
+            index.insert(
+                key,
+                content,
+                u64::from(i),
+                Some(&url),
+                Timestamp::from_millis(1_700_000_000_000 + u64::from(i) * 997),
+            );
+        }
+        let refs = index.entry_refs();
+        for json in [false, true] {
+            let render = ListRender::in_dir("/cache/", json);
+            let one = render_parts(&refs, &render, 1, 1);
+            assert_eq!(one.len(), 1);
+            let want: Vec<&[u8]> = merged(&one).collect();
+            assert_eq!(want.len(), refs.len());
+            // Sorted by (redacted name, checksum), every line once.
+            let keys: Vec<_> = (0..one[0].len()).map(|i| one[0].key(i)).collect();
+            assert!(keys.windows(2).all(|w| w[0] <= w[1]));
+            for (cores, per_thread) in [(2, 1), (3, 100), (8, 1), (8, 499), (2, 10_000)] {
+                let parts = render_parts(&refs, &render, cores, per_thread);
+                let expect = cores.min(refs.len().div_ceil(per_thread)).clamp(1, 8);
+                assert_eq!(
+                    parts.len(),
+                    expect,
+                    "{cores} cores, {per_thread} per thread"
+                );
+                let got: Vec<&[u8]> = merged(&parts).collect();
+                assert_eq!(
+                    got, want,
+                    "{cores} cores, {per_thread} per thread, json {json}"
+                );
+            }
+            let text = String::from_utf8(want.concat()).unwrap();
+            assert!(!text.contains("pw@") && !text.contains("token="), "{text}");
+        }
     }
 
     #[test]

@@ -130,6 +130,55 @@ impl fmt::Debug for EntryRef<'_> {
     }
 }
 
+/// Every module entry of an index, borrowed in place ([`Index::entry_refs`]):
+/// a vector of references, so that parts of it can be read on several
+/// threads at once (`EntryRefs` is `Sync`). The index is read-locked, shard by
+/// shard, until this is dropped: the holder must not write to the index
+/// meanwhile.
+pub struct EntryRefs<'a>(Vec<dashmap::mapref::multiple::RefMulti<'a, ModuleKey, Entry>>);
+
+impl<'a> EntryRefs<'a> {
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The entries at `range` (indices into this set, in no particular
+    /// order but the same on every call).
+    ///
+    /// # Panics
+    /// If `range` is out of bounds.
+    pub fn range(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl ExactSizeIterator<Item = EntryRef<'_>> + '_ {
+        self.0[range].iter().map(|r| entry_ref(r.key(), r.value()))
+    }
+}
+
+impl fmt::Debug for EntryRefs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntryRefs")
+            .field("len", &self.0.len())
+            .finish()
+    }
+}
+
+fn entry_ref<'a>(key: &'a ModuleKey, v: &'a Entry) -> EntryRef<'a> {
+    EntryRef {
+        key,
+        content: v.content,
+        size: v.size,
+        last_use: v.last_use,
+        urls: &v.urls.0,
+    }
+}
+
 /// A snapshot of one module entry. `Debug` redacts the URLs.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -1185,14 +1234,18 @@ impl Index {
     pub fn for_each_entry(&self, mut f: impl FnMut(EntryRef<'_>)) {
         for e in self.modules.iter() {
             let (key, v) = e.pair();
-            f(EntryRef {
-                key,
-                content: v.content,
-                size: v.size,
-                last_use: v.last_use,
-                urls: &v.urls.0,
-            });
+            f(entry_ref(key, v));
         }
+    }
+
+    /// Every entry, borrowed in place, for a caller that reads them on
+    /// several threads (rendering `list` of a large cache): see
+    /// [`EntryRefs`]. Costs one pointer-sized reference per entry, not a copy
+    /// of the keys and URLs. While it is held, a write to the index waits
+    /// for it: the thread holding it must not write (that would wait
+    /// forever), nor wait for a thread that does.
+    pub fn entry_refs(&self) -> EntryRefs<'_> {
+        EntryRefs(self.modules.iter().collect())
     }
 
     /// Snapshots of every entry, sorted by key.

@@ -40,7 +40,7 @@ pub use crate::fetcher::{
     PullSecret, SignatureLayer, Signatures, WASM_MAGIC, check_wasm_header,
 };
 pub use crate::index::{
-    ChecksumRecord, EntryInfo, EntryRef, Index, IndexEvent, Lookup, LookupRequest,
+    ChecksumRecord, EntryInfo, EntryRef, EntryRefs, Index, IndexEvent, Lookup, LookupRequest,
     MAX_SIGNATURES_PER_CHECKSUM, ModuleKey, Removed, SignatureRecord, Timestamp,
 };
 pub use crate::policy::PullPolicy;

@@ -889,7 +889,16 @@ proptest! {
             let mut visited = Vec::new();
             idx.for_each_entry(|e| visited.push((e.key.clone(), e.size, e.last_use.0, e.urls.iter().cloned().collect::<BTreeSet<String>>())));
             visited.sort();
-            prop_assert_eq!(visited, want);
+            prop_assert_eq!(&visited, &want);
+            // So do the borrowed references, however they are cut in parts.
+            let refs = idx.entry_refs();
+            prop_assert_eq!(refs.len(), want.len());
+            let mid = refs.len() / 2;
+            let mut parts: Vec<_> = refs.range(0..mid).chain(refs.range(mid..refs.len()))
+                .map(|e| (e.key.clone(), e.size, e.last_use.0, e.urls.iter().cloned().collect::<BTreeSet<String>>())).collect();
+            parts.sort();
+            prop_assert_eq!(parts, want);
+            drop(refs);
             for u in URLS {
                 let got = idx.checksum_record(u).map(|r| (r.checksum, r.resource_versions));
                 prop_assert_eq!(got, model.records.get(u).cloned());
