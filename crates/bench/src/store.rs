@@ -67,7 +67,21 @@ fn populate(dir: &Path, n: usize) -> Result<(), String> {
     }
     Journal::<IndexEvent>::open(dir.join("index.journal"))
         .and_then(|j| j.compact(&events))
-        .map_err(err)
+        .map_err(err)?;
+    // Written back before anything is timed: otherwise the kernel flushes
+    // the fixture's tens of thousands of new files (hundreds of MB of dirty
+    // pages and inodes) during the measurements, on the same two cores, and
+    // every row of the section, baselines included, reads the flush.
+    // (`sync -f` is coreutils' `syncfs` of the file system holding `dir`.)
+    let synced = Command::new("sync")
+        .arg("-f")
+        .arg(dir)
+        .status()
+        .map_err(err)?;
+    if !synced.success() {
+        return Err(format!("sync -f {}: {synced}", dir.display()));
+    }
+    Ok(())
 }
 
 /// The floor of a hit from this directory: read the journal, `stat` the file.
