@@ -275,32 +275,38 @@ From `perf record` profiles of the runner and of `wasm-cache fetch` (details
 in `crates/bench/README.md`):
 
 - **Cold HTTP and raw OCI**: curl only copies bytes. We also SHA-256 the
-  module (ring, SHA-NI; the header gives this machine's time for one pass,
-  over half of our CPU on a raw-layer pull), on a thread of the ingest so
-  the reader keeps reading, and `fsync` it before it appears under its
-  name (writeback is started every 8 MiB with `sync_file_range`, so the
-  `fsync` waits for the tail only), then sync the directory and the
-  journal once: that is the remaining gap, and it is the price of the
-  crash-safety and verification guarantees. SHA-256 is one sequential
-  stream: when curl moves the bytes in less time than one hash pass takes
-  (the bench's own HTTP server, on a machine whose SHA-NI runs at about
-  1.2 GB/s), no pipeline that verifies before it publishes can come within
-  1.15x of it. Against docker-registry the registry itself needs about one
-  of the two cores, so the hash competes with it (our HTTP fetcher pulling
-  the same blob from the registry costs what the OCI pull costs).
-- **Cold OCI**: a cold pull of a tag is two requests (manifest, blob; an
-  index adds one), on our own guarded transport. A raw layer is hashed once
-  (the store's hash verifies the layer digest, which is the module's); a
-  tar+gzip layer twice (the compressed layer and the module, each on its
-  own thread) and is also inflated (zlib-rs; the layer is compressed at
-  level 6 as docker, buildkit and gzip write it, so its incompressible
-  sample bytes are stored blocks). curl and skopeo neither verify, inflate
-  nor unpack.
-- **`list` of a large cache**: opening the cache is two thirds of its CPU
-  (journal decode and apply, the directory listing with a `statx` per
-  module), then copying and sorting the entries and writing the JSON.
-  Lazy size checks and an index snapshot beside the journal are the next
-  steps (crates/bench/README.md).
+  module (ring, SHA-NI), on a thread of the ingest so the reader keeps
+  reading, and `fsync` it before it appears under its name (writeback is
+  started every 8 MiB with `sync_file_range`, so the `fsync` waits for the
+  tail only), then sync the directory and the journal once. SHA-256 is one
+  sequential stream, so one pass (the header gives its time here) is a
+  floor no second core shortens; in a `perf` profile of a raw-layer pull
+  the hash thread was busy from the blob's first bytes to its end.
+  When curl moves the bytes in less time than that pass takes (the bench's
+  own HTTP server), no fetch that verifies before it publishes comes within
+  1.15x of it. Against docker-registry, whose CPU shares the two cores, a
+  raw-layer pull takes about 150 ms of CPU in all (ours 100-110 ms by
+  `time`, the hash included, the registry's 40-50 ms from `/proc`), so on
+  two cores it cannot end before about 75 ms, 1.25x-1.45x of the 52-60 ms
+  curl took in the same loops; the manifest round trip, process start and
+  the final `fsync` come on top.
+- **Cold OCI tar+gzip**: a cold pull of a tag is two requests (manifest,
+  blob; an index adds one), on our own guarded transport. A raw layer is
+  hashed once (the store's hash verifies the layer digest, which is the
+  module's); a tar+gzip layer twice (the compressed layer and the module,
+  each on its own thread) and is also inflated (zlib-rs; the layer is
+  compressed at level 6 as docker, buildkit and gzip write it, so its
+  incompressible sample bytes are stored blocks). With the registry, the
+  two hash passes and the reader, the pull keeps both cores about 90%
+  busy: it is bound by the machine's CPU, not by waiting. curl and skopeo
+  neither verify, inflate nor unpack.
+- **`list` of a large cache**: opening the cache is most of it: the
+  directory listing (a `statx` per module) beside the journal's decoding
+  and applying (on two threads), both cores busy; then the entries are
+  rendered on every core and merged as they are written. The time moves
+  by a third from one run to the next on this VM. Lazy size checks (no
+  `statx` per module at open) and an index snapshot beside the journal
+  are the next steps (crates/bench/README.md).
 ";
 
 fn document(cfg: &Config, table: &str, failures: &[String]) -> String {
