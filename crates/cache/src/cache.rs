@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, warn};
 use wasm_cache_core::{
-    EntryInfo, EntryRef, EntryRefs, Fetcher, Index, IndexEvent, ModuleKey, ModuleUrl, Scheme,
-    Sha256Digest, Timestamp,
+    EntryInfo, EntryRefs, Fetcher, Index, IndexEvent, ModuleKey, ModuleUrl, Scheme, Sha256Digest,
+    Timestamp,
 };
 use wasm_cache_signature::TrustPolicy;
 use wasm_store_fs::{FsStore, Journal, VerifyReport};
@@ -417,19 +417,11 @@ impl Cache {
         self.inner.index.entries()
     }
 
-    /// Calls `f` with every entry, borrowed in place, in no particular order
-    /// ([`Index::for_each_entry`](wasm_cache_core::Index::for_each_entry)):
-    /// [`entries`](Self::entries) without its copy of every key and URL, for
-    /// listing a large cache. `f` must not call back into this cache.
-    pub fn for_each_entry(&self, f: impl FnMut(EntryRef<'_>)) {
-        // Hot hits' last uses first (see `hot`).
-        self.inner.fold_hot();
-        self.inner.index.for_each_entry(f);
-    }
-
-    /// Every entry, borrowed in place, for reading on several threads
-    /// ([`Index::entry_refs`](wasm_cache_core::Index::entry_refs)): what
-    /// `wasm-cache list` renders a large cache from. Until it is dropped,
+    /// Every entry, borrowed in place, in no particular order
+    /// ([`Index::entry_refs`](wasm_cache_core::Index::entry_refs)):
+    /// [`entries`](Self::entries) without its copy of every key and URL, on
+    /// one thread or several; what `wasm-cache list` renders a large cache
+    /// from. Until it is dropped,
     /// whatever writes to the index (a `get`, a purge, a shutdown) waits:
     /// drop it first.
     pub fn entry_refs(&self) -> EntryRefs<'_> {

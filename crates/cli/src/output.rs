@@ -107,6 +107,14 @@ struct ListRow {
     line: std::ops::Range<usize>,
 }
 
+impl ListRow {
+    /// By (name, checksum): the order of the hex strings. `names` is the
+    /// buffer of the row's part.
+    fn key<'a>(&'a self, names: &'a [u8]) -> (&'a [u8], &'a wasm_cache_core::Sha256Digest) {
+        (&names[self.name.clone()], &self.checksum)
+    }
+}
+
 /// Some of `list`'s modules, rendered and sorted: their lines, one after
 /// the other, in one buffer, their sort keys' names in another.
 #[derive(Default)]
@@ -129,17 +137,15 @@ impl ListPart {
         });
     }
 
-    /// Row `i`'s sort key: by (name, checksum), the order of the hex strings.
+    /// Row `i`'s sort key ([`ListRow::key`]).
     fn key(&self, i: usize) -> (&[u8], &wasm_cache_core::Sha256Digest) {
-        let row = &self.rows[i];
-        (&self.names[row.name.clone()], &row.checksum)
+        self.rows[i].key(&self.names)
     }
 
     fn sort(&mut self) {
         let names = &self.names;
-        self.rows.sort_unstable_by(|a, b| {
-            (&names[a.name.clone()], &a.checksum).cmp(&(&names[b.name.clone()], &b.checksum))
-        });
+        self.rows
+            .sort_unstable_by(|a, b| a.key(names).cmp(&b.key(names)));
     }
 
     /// How many modules.

@@ -100,9 +100,9 @@ impl<'a, I: IntoIterator<Item = &'a String> + Copy> fmt::Debug for RedactedUrls<
     }
 }
 
-/// One module entry, borrowed from the index for the duration of an
-/// [`Index::for_each_entry`] call: what [`EntryInfo`] holds, without copying
-/// the key or the URLs. `Debug` redacts the URLs.
+/// One module entry, borrowed from the index through an [`EntryRefs`]:
+/// what [`EntryInfo`] holds, without copying the key or the URLs. `Debug`
+/// redacts the URLs.
 #[derive(Clone, Copy)]
 #[non_exhaustive]
 pub struct EntryRef<'a> {
@@ -146,6 +146,11 @@ impl<'a> EntryRefs<'a> {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Every entry, in no particular order but that of [`range`](Self::range).
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = EntryRef<'_>> + '_ {
+        self.range(0..self.0.len())
     }
 
     /// The entries at `range` (indices into this set, in no particular
@@ -1226,24 +1231,14 @@ impl Index {
         }
     }
 
-    /// Calls `f` with every entry, borrowed in place and in no particular
-    /// order: for a caller that renders or sums a large index without the
-    /// copy [`entries`](Self::entries) makes (a key, a URL set per entry).
-    /// `f` runs while part of the index is read-locked: it must not call
-    /// back into this index.
-    pub fn for_each_entry(&self, mut f: impl FnMut(EntryRef<'_>)) {
-        for e in self.modules.iter() {
-            let (key, v) = e.pair();
-            f(entry_ref(key, v));
-        }
-    }
-
-    /// Every entry, borrowed in place, for a caller that reads them on
-    /// several threads (rendering `list` of a large cache): see
-    /// [`EntryRefs`]. Costs one pointer-sized reference per entry, not a copy
-    /// of the keys and URLs. While it is held, a write to the index waits
-    /// for it: the thread holding it must not write (that would wait
-    /// forever), nor wait for a thread that does.
+    /// Every entry, borrowed in place, in no particular order: for a caller
+    /// that renders or sums a large index without the copy
+    /// [`entries`](Self::entries) makes (a key, a URL set per entry), on one
+    /// thread or several (rendering `list` of a large cache): see
+    /// [`EntryRefs`]. Costs one pointer-sized reference per entry. While it
+    /// is held, a write to the index waits for it: the thread holding it
+    /// must not write (that would wait forever), nor wait for a thread that
+    /// does.
     pub fn entry_refs(&self) -> EntryRefs<'_> {
         EntryRefs(self.modules.iter().collect())
     }

@@ -304,8 +304,7 @@ fn debug_output_never_shows_credentials_or_query_strings() {
         &req(&u, Some(sum(2)), "1", PullPolicy::Always),
         Timestamp(0),
     );
-    let mut refs = String::new();
-    idx.for_each_entry(|e| refs.push_str(&format!("{e:?}")));
+    let refs: String = idx.entry_refs().iter().map(|e| format!("{e:?}")).collect();
     let shown = format!(
         "{k:?} {:?} {removed:?} {events:?} {lookup:?} {idx:?} {} {refs}",
         idx.entries(),
@@ -885,13 +884,13 @@ proptest! {
             let want: Vec<(ModuleKey, u64, u64, BTreeSet<String>)> = model.modules.iter()
                 .map(|(k, (s, l, u))| (k.clone(), *s, *l, u.clone())).collect();
             prop_assert_eq!(&entries, &want);
-            // The borrowed visit sees the same entries.
-            let mut visited = Vec::new();
-            idx.for_each_entry(|e| visited.push((e.key.clone(), e.size, e.last_use.0, e.urls.iter().cloned().collect::<BTreeSet<String>>())));
+            // The borrowed references see the same entries, whole or
+            // however they are cut in parts.
+            let refs = idx.entry_refs();
+            let mut visited: Vec<_> = refs.iter()
+                .map(|e| (e.key.clone(), e.size, e.last_use.0, e.urls.iter().cloned().collect::<BTreeSet<String>>())).collect();
             visited.sort();
             prop_assert_eq!(&visited, &want);
-            // So do the borrowed references, however they are cut in parts.
-            let refs = idx.entry_refs();
             prop_assert_eq!(refs.len(), want.len());
             let mid = refs.len() / 2;
             let mut parts: Vec<_> = refs.range(0..mid).chain(refs.range(mid..refs.len()))
